@@ -1,0 +1,508 @@
+"""Per-sample source-imaging metrics, as DeepSIF evaluates them (pure numpy).
+
+Conventions
+-----------
+- ``est`` and ``true`` are activity arrays of shape ``(T, R)`` (time x regions).
+- ``patches`` is the list of true source patches of one sample, each an int array of
+  region ids with the patch centre first (as in DeepSIF's ``selected_region``).
+- ``centres`` is ``(R, 3)`` region centres in mm; distances between regions are the
+  Euclidean distances between centres unless a full ``(R, R)`` distance matrix is given
+  (DeepSIF used a precomputed matrix, ``dis_matrix_fs_20k.mat``, not distributed).
+
+Region identification follows DeepSIF's ``utils.get_otsu_regions``: an Otsu threshold
+(100 histogram bins) on the normalized absolute estimate, and a region is identified
+when it exceeds the threshold at more than 7 time points. Each identified region is
+assigned to the true patch that contains its nearest true region (DeepSIF's
+``eval_calculate_sim_results.m``).
+
+Degenerate cases never raise and never give a silently wrong number: a sample where
+nothing is identified gets ``detected = 0``, ``n_identified = 0``, ``recall = 0`` and
+NaN for precision, localization error, spatial dispersion and ``corr_identified`` (they
+are undefined, as in DeepSIF where ``0/0`` gives NaN); :func:`summarize` reports how many
+values were NaN next to each median. Statistics of a constant time course (Pearson
+correlation) and AUC without both classes are NaN as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+from skimage.filters import threshold_otsu
+
+logger = logging.getLogger(__name__)
+
+#: DeepSIF's rule: a region is active when above threshold at more than this many samples.
+MIN_ACTIVE_SAMPLES = 7
+#: Histogram bins of the Otsu threshold (DeepSIF uses 100).
+OTSU_NBINS = 100
+
+#: Metrics computed by :func:`evaluate_sample` (numeric values of a record).
+METRIC_NAMES = (
+    "le_mm",
+    "precision",
+    "recall",
+    "spatial_dispersion_mm",
+    "corr",
+    "corr_identified",
+    "auc",
+    "mse",
+    "mse_normalized",
+    "n_identified",
+    "detected",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_2d(name: str, arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"'{name}' has shape {arr.shape}, expected (T, R)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"'{name}' contains {int(np.sum(~np.isfinite(arr)))} non-finite values")
+    return arr
+
+
+def _clean_patches(patches: Sequence[Any], n_regions: int) -> list[np.ndarray]:
+    """Integer patches with padding (anything outside [0, R)) removed; empty ones dropped."""
+    out = []
+    for k, p in enumerate(patches):
+        p = np.asarray(p, dtype=np.float64).ravel()
+        keep = np.isfinite(p) & (p >= 0) & (p < n_regions) & (p == np.round(p))
+        p = p[keep].astype(np.int64)
+        if p.size:
+            # keep the order (centre first) but drop repeated ids
+            _, first = np.unique(p, return_index=True)
+            out.append(p[np.sort(first)])
+        elif k == 0 and len(patches) == 1:
+            logger.debug("the only patch is empty after removing padding")
+    return out
+
+
+def patches_from_activity(true: np.ndarray) -> list[np.ndarray]:
+    """True patch list from a target activity array when the patches are not known.
+
+    All regions with nonzero activity form one patch whose centre is the region with the
+    largest peak ``max_t |true|``. Use the real patch list when available: with several
+    sources this cannot separate them.
+
+    Parameters
+    ----------
+    true : array, shape (T, R)
+
+    Returns
+    -------
+    patches : list of int arrays
+        One array (centre first), or an empty list when ``true`` is all zeros.
+    """
+    true = _as_2d("true", true)
+    peak = np.max(np.abs(true), axis=0)
+    regions = np.flatnonzero(peak > 0)
+    if regions.size == 0:
+        return []
+    centre = regions[np.argmax(peak[regions])]
+    return [np.concatenate([[centre], regions[regions != centre]])]
+
+
+def _distances(
+    rows: np.ndarray, cols: np.ndarray, centres: np.ndarray | None, distances: np.ndarray | None
+) -> np.ndarray:
+    if distances is not None:
+        return np.asarray(distances)[np.ix_(rows, cols)]
+    diff = centres[rows][:, None, :] - centres[cols][None, :, :]
+    return np.sqrt(np.sum(diff**2, axis=-1))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    # a constant time course has no correlation: NaN rather than a division warning
+    if den <= 1e-300:
+        return math.nan
+    return float(np.dot(a, b) / den)
+
+
+# --------------------------------------------------------------------------- metrics
+def identify_regions(
+    est: np.ndarray,
+    min_active_samples: int = MIN_ACTIVE_SAMPLES,
+    nbins: int = OTSU_NBINS,
+) -> tuple[np.ndarray, float]:
+    """Regions identified in an estimate by DeepSIF's Otsu rule.
+
+    ``a = |est| / max |est|`` (so estimates of any sign and scale, e.g. dSPM values,
+    are treated alike); ``thr = threshold_otsu(a, nbins)``; region ``r`` is identified
+    when ``a[t, r] > thr`` for more than ``min_active_samples`` time points.
+
+    DeepSIF's code computes the threshold on ``(|est| - min) / max`` but compares the
+    raw, signed estimate with it; for its outputs (max about 1, min about 0) both agree.
+    Here the same normalized magnitude is used on both sides.
+
+    Parameters
+    ----------
+    est : array, shape (T, R)
+        Estimated activity.
+    min_active_samples : int
+        A region must exceed the threshold at more than this many samples (7).
+    nbins : int
+        Histogram bins of the Otsu threshold (100).
+
+    Returns
+    -------
+    regions : int array, shape (n_identified,)
+        Sorted region ids; empty when ``est`` is all zeros or constant.
+    threshold : float
+        The Otsu threshold on the normalized magnitude (NaN when undefined).
+    """
+    est = _as_2d("est", est)
+    mag = np.abs(est)
+    peak = float(mag.max()) if mag.size else 0.0
+    if peak <= 0.0:
+        return np.zeros(0, dtype=np.int64), math.nan
+    norm = mag / peak
+    if float(norm.min()) == 1.0:  # constant magnitude: nothing stands out
+        return np.zeros(0, dtype=np.int64), math.nan
+    thr = float(threshold_otsu(norm, nbins=nbins))
+    counts = np.sum(norm > thr, axis=0)
+    return np.flatnonzero(counts > min_active_samples).astype(np.int64), thr
+
+
+def assign_to_patches(
+    identified: np.ndarray,
+    patches: Sequence[np.ndarray],
+    centres: np.ndarray | None = None,
+    distances: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assign each identified region to the patch holding its nearest true region.
+
+    Parameters
+    ----------
+    identified : int array, shape (n,)
+        Identified region ids.
+    patches : list of int arrays
+        True patches (centre first), padding already removed.
+    centres : array, shape (R, 3), optional
+        Region centres in mm (used when ``distances`` is None).
+    distances : array, shape (R, R), optional
+        Region-to-region distances in mm.
+
+    Returns
+    -------
+    patch_index : int array, shape (n,)
+        Index into ``patches`` for each identified region (ties: first patch).
+    distance_mm : float array, shape (n,)
+        Distance from each identified region to the nearest true region (0 inside a patch).
+    """
+    identified = np.asarray(identified, dtype=np.int64)
+    if identified.size == 0 or not patches:
+        return np.zeros(identified.size, dtype=np.int64) - 1, np.full(identified.size, np.nan)
+    labels = np.concatenate(patches)
+    owner = np.concatenate([np.full(len(p), k) for k, p in enumerate(patches)])
+    d = _distances(identified, labels, centres, distances)
+    nearest = np.argmin(d, axis=1)
+    return owner[nearest].astype(np.int64), d[np.arange(identified.size), nearest]
+
+
+def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve by the rank (Mann-Whitney) formula.
+
+    ``AUC = (sum of ranks of positives - P (P + 1) / 2) / (P N)`` with average ranks
+    for ties, i.e. the probability that a random positive scores above a random
+    negative, ties counting one half.
+
+    Parameters
+    ----------
+    scores : array, shape (n,)
+        Higher means more likely positive.
+    labels : bool array, shape (n,)
+
+    Returns
+    -------
+    auc : float
+        NaN when there are no positives or no negatives.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores have shape {scores.shape}, labels {labels.shape}: expected equal")
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)  # average ranks for ties
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def spatial_dispersion(
+    est: np.ndarray,
+    regions: np.ndarray,
+    distance_mm: np.ndarray,
+) -> float:
+    """Amplitude-weighted spread of the identified regions around the true patches.
+
+    ``SD = sqrt( sum_j d_j^2 E_j / sum_j E_j )`` over the identified regions ``j``, where
+    ``d_j`` is the distance (mm) from region ``j`` to the nearest true region (0 inside a
+    true patch) and ``E_j = sum_t est[t, j]^2`` its energy (Molins et al. 2008; Grova et
+    al. 2006, restricted to the identified regions as DeepSIF restricts its metrics).
+    0 when all the energy lies inside the true patches.
+
+    Parameters
+    ----------
+    est : array, shape (T, R)
+    regions : int array, shape (n,)
+        Identified regions.
+    distance_mm : array, shape (n,)
+        Their distances to the nearest true region.
+
+    Returns
+    -------
+    sd : float
+        In mm; NaN when no region is identified or their energy is zero.
+    """
+    regions = np.asarray(regions, dtype=np.int64)
+    if regions.size == 0:
+        return math.nan
+    energy = np.sum(np.asarray(est, dtype=np.float64)[:, regions] ** 2, axis=0)
+    total = float(energy.sum())
+    if total <= 0.0:
+        return math.nan
+    return float(math.sqrt(float(np.sum(np.asarray(distance_mm) ** 2 * energy)) / total))
+
+
+def evaluate_sample(
+    est: np.ndarray,
+    true: np.ndarray | None,
+    centres: np.ndarray | None,
+    patches: Sequence[Any] | None = None,
+    *,
+    distances: np.ndarray | None = None,
+    info: Mapping[str, Any] | None = None,
+    min_active_samples: int = MIN_ACTIVE_SAMPLES,
+    nbins: int = OTSU_NBINS,
+) -> dict[str, Any]:
+    """All metrics of one sample.
+
+    Parameters
+    ----------
+    est : array, shape (T, R)
+        Estimated activity (any scale and sign).
+    true : array, shape (T, R) or None
+        True activity (the training target). None when only ``patches`` is known, then
+        ``corr``, ``mse`` and ``mse_normalized`` are NaN and the AUC uses patch membership.
+    centres : array, shape (R, 3) or None
+        Region centres in mm (required unless ``distances`` is given).
+    patches : list of int arrays, optional
+        True patches, centre first; padding (ids outside ``[0, R)``, e.g. 15213) is
+        dropped. Default: :func:`patches_from_activity` of ``true`` (one patch).
+    distances : array, shape (R, R), optional
+        Region-to-region distances in mm replacing the Euclidean centre distances.
+    info : mapping, optional
+        Extra fields copied into the record (e.g. ``snr_db``, ``n_sources``, ``method``,
+        ``index``) for :func:`summarize`.
+    min_active_samples, nbins : int
+        Region identification settings (see :func:`identify_regions`).
+
+    Returns
+    -------
+    record : dict
+        ``le_mm``: mean over identified regions of the distance to the nearest true
+        region (mm). ``precision``: identified regions inside a true patch / identified.
+        ``recall``: true regions identified / true regions. ``spatial_dispersion_mm``: see
+        :func:`spatial_dispersion`. ``corr``: mean over patches of the Pearson correlation
+        between the true and estimated time courses at the patch centre.
+        ``corr_identified``: DeepSIF's variant, the correlation between the true centre
+        time course and the mean estimate over the identified regions assigned to that
+        patch (mean over patches with assigned regions). ``auc``: AUC of the region map
+        ``max_t |est|`` against true-patch membership. ``mse``: ``mean((est - true)^2)``
+        in the estimate's units. ``mse_normalized``: the same after dividing each array by
+        its maximum absolute value (comparable across methods with other scales).
+        ``n_identified``, ``detected`` (1.0 when any region is identified),
+        ``n_true_regions``, ``n_sources``, ``threshold``, ``identified`` (the region ids,
+        a list), plus the ``info`` fields.
+
+    Examples
+    --------
+    >>> est = np.zeros((20, 4)); est[:, 1] = 1.0; est[:, 2] = 0.1
+    >>> centres = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0.]])
+    >>> rec = evaluate_sample(est, None, centres, patches=[np.array([1])])
+    >>> rec["le_mm"], rec["precision"], rec["recall"]
+    (0.0, 1.0, 1.0)
+    """
+    est = _as_2d("est", est)
+    n_times, n_regions = est.shape
+    if true is not None:
+        true = _as_2d("true", true)
+        if true.shape != est.shape:
+            raise ValueError(f"'true' has shape {true.shape}, expected the shape of 'est' {est.shape}")
+    if distances is None:
+        if centres is None:
+            raise ValueError("evaluate_sample needs 'centres' (R, 3) or 'distances' (R, R)")
+        centres = np.asarray(centres, dtype=np.float64)
+        if centres.shape != (n_regions, 3):
+            raise ValueError(f"'centres' has shape {centres.shape}, expected (R, 3) with R={n_regions}")
+    elif np.shape(distances) != (n_regions, n_regions):
+        raise ValueError(f"'distances' has shape {np.shape(distances)}, expected (R, R) with R={n_regions}")
+
+    if patches is None:
+        if true is None:
+            raise ValueError("evaluate_sample needs 'true' activity or the true 'patches'")
+        patch_list = patches_from_activity(true)
+    else:
+        patch_list = _clean_patches(patches, n_regions)
+    true_regions = np.unique(np.concatenate(patch_list)) if patch_list else np.zeros(0, np.int64)
+
+    identified, thr = identify_regions(est, min_active_samples, nbins)
+    owner, dist = assign_to_patches(identified, patch_list, centres, distances)
+    n_id = int(identified.size)
+    n_hit = int(np.intersect1d(identified, true_regions).size)
+
+    rec: dict[str, Any] = {}
+    rec["n_identified"] = float(n_id)
+    rec["detected"] = float(n_id > 0)
+    rec["n_true_regions"] = int(true_regions.size)
+    rec["n_sources"] = len(patch_list)
+    rec["threshold"] = thr
+    rec["precision"] = n_hit / n_id if n_id else math.nan
+    rec["recall"] = n_hit / true_regions.size if true_regions.size else math.nan
+    rec["le_mm"] = float(np.mean(dist)) if n_id and patch_list else math.nan
+    rec["spatial_dispersion_mm"] = spatial_dispersion(est, identified, dist) if patch_list else math.nan
+
+    corr, corr_id = [], []
+    for k, p in enumerate(patch_list):
+        if true is not None:
+            corr.append(_pearson(true[:, p[0]], est[:, p[0]]))
+            mine = identified[owner == k]
+            if mine.size:
+                corr_id.append(_pearson(true[:, p[0]], est[:, mine].mean(axis=1)))
+    rec["corr"] = float(np.mean(corr)) if corr and not np.isnan(corr).all() else math.nan
+    rec["corr_identified"] = float(np.nanmean(corr_id)) if corr_id and not np.isnan(corr_id).all() else math.nan
+
+    member = np.zeros(n_regions, dtype=bool)
+    member[true_regions] = True
+    rec["auc"] = auc_score(np.max(np.abs(est), axis=0), member)
+
+    if true is not None:
+        rec["mse"] = float(np.mean((est - true) ** 2))
+        e_max, t_max = np.max(np.abs(est)), np.max(np.abs(true))
+        e_n = est / e_max if e_max > 0 else est
+        t_n = true / t_max if t_max > 0 else true
+        rec["mse_normalized"] = float(np.mean((e_n - t_n) ** 2))
+    else:
+        rec["mse"] = math.nan
+        rec["mse_normalized"] = math.nan
+    rec["identified"] = identified.tolist()
+    if info:
+        rec.update(dict(info))
+    return rec
+
+
+# --------------------------------------------------------------------------- summary
+def _stats(values: Iterable[float]) -> dict[str, float]:
+    v = np.asarray([float(x) for x in values], dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return {"median": math.nan, "q1": math.nan, "q3": math.nan, "iqr": math.nan,
+                "mean": math.nan, "n": 0, "n_nan": int(v.size)}
+    q1, med, q3 = np.percentile(finite, [25, 50, 75])
+    return {
+        "median": float(med),
+        "q1": float(q1),
+        "q3": float(q3),
+        "iqr": float(q3 - q1),
+        "mean": float(finite.mean()),
+        "n": int(finite.size),
+        "n_nan": int(v.size - finite.size),
+    }
+
+
+def _metric_names(records: Sequence[Mapping[str, Any]], by: Sequence[str]) -> list[str]:
+    names = [m for m in METRIC_NAMES if any(m in r for r in records)]
+    skip = set(by) | set(names) | {"method", "index", "identified", "n_true_regions", "threshold", "snr_db", "n_sources"}
+    # numeric extra fields (e.g. a per-sample loss) are summarized too
+    for r in records:
+        for k, v in r.items():
+            if k not in skip and isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                names.append(k)
+                skip.add(k)
+    return names
+
+
+def _group_value(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        return float(v)
+    if isinstance(v, (np.integer, int)):
+        return int(v)
+    return v if isinstance(v, str) else str(v)
+
+
+def _summarize_one(records: Sequence[Mapping[str, Any]], metrics: Sequence[str], by: Sequence[str]) -> dict:
+    def block(recs: Sequence[Mapping[str, Any]]) -> dict:
+        return {
+            "n_samples": len(recs),
+            "stats": {m: _stats(r.get(m, math.nan) for r in recs) for m in metrics},
+        }
+
+    def grouped(keys: Sequence[str]) -> list[dict]:
+        groups: dict[tuple, list] = {}
+        for r in records:
+            if all(k in r for k in keys):
+                groups.setdefault(tuple(_group_value(r[k]) for k in keys), []).append(r)
+        out = []
+        for key in sorted(groups, key=lambda t: tuple((isinstance(x, str), x) for x in t)):
+            out.append({"key": dict(zip(keys, key)), **block(groups[key])})
+        return out
+
+    return {
+        "overall": block(records),
+        "groups": grouped(by) if by else [],
+        "marginals": {k: grouped([k]) for k in by},
+    }
+
+
+def summarize(
+    records: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
+    by: Sequence[str] = ("snr_db", "n_sources"),
+    metrics: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Median and interquartile range of each metric, overall and per group.
+
+    Parameters
+    ----------
+    records : list of dict, or dict of method name -> list of dict
+        Records from :func:`evaluate_sample`. A plain list is split by each record's
+        ``"method"`` field (records without one go to method ``"model"``).
+    by : sequence of str
+        Record fields to group by (jointly, and each one alone in ``"marginals"``).
+        Records missing a field are left out of that grouping (not of ``overall``).
+    metrics : sequence of str, optional
+        Metrics to summarize; default: those of :data:`METRIC_NAMES` present, plus any
+        other numeric field.
+
+    Returns
+    -------
+    summary : dict
+        ``{"by": [...], "metrics": [...], "methods": {method: {"overall": B,
+        "groups": [{"key": {...}, **B}, ...], "marginals": {field: [{"key": ...,
+        **B}, ...]}}}}`` where ``B = {"n_samples": n, "stats": {metric: {"median",
+        "q1", "q3", "iqr", "mean", "n", "n_nan"}}}``. NaN values (undefined metrics) are
+        left out of the statistics and counted in ``n_nan``.
+    """
+    by = list(by)
+    if isinstance(records, Mapping):
+        per_method = {str(k): list(v) for k, v in records.items()}
+    else:
+        per_method = {}
+        for r in records:
+            per_method.setdefault(str(r.get("method", "model")), []).append(r)
+    all_records = [r for recs in per_method.values() for r in recs]
+    names = list(metrics) if metrics is not None else _metric_names(all_records, by)
+    return {
+        "by": by,
+        "metrics": names,
+        "methods": {m: _summarize_one(recs, names, by) for m, recs in per_method.items()},
+    }

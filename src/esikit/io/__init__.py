@@ -1,0 +1,37 @@
+"""Reading and writing MAT (v4, v5/v7, v7.3), HDF5 and Octave text files; forward matrices.
+
+Public API
+----------
+detect_mat_format, list_mat_variables, load_mat_file, save_mat_file, fits_in_mat_v5,
+load_forward_matrix, orient_forward_matrix, FORWARD_KEYS, ForwardMatrixKeyError.
+"""
+
+from esikit.io._mat import (
+    MAT_FORMATS,
+    SAVE_FORMATS,
+    detect_mat_format,
+    fits_in_mat_v5,
+    list_mat_variables,
+    load_mat_file,
+    save_mat_file,
+)
+from esikit.io.forward import (
+    FORWARD_KEYS,
+    ForwardMatrixKeyError,
+    load_forward_matrix,
+    orient_forward_matrix,
+)
+
+__all__ = [
+    "FORWARD_KEYS",
+    "MAT_FORMATS",
+    "SAVE_FORMATS",
+    "ForwardMatrixKeyError",
+    "detect_mat_format",
+    "fits_in_mat_v5",
+    "list_mat_variables",
+    "load_forward_matrix",
+    "load_mat_file",
+    "orient_forward_matrix",
+    "save_mat_file",
+]

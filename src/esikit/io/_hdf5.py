@@ -105,6 +105,17 @@ def _chars_to_strings(codes: np.ndarray) -> np.ndarray:
     return np.array(strings, dtype=f"<U{width}").reshape(codes.shape[:-1])
 
 
+def _struct_field_order(group: h5py.Group) -> list[str]:
+    """Field names from the ``MATLAB_fields`` attribute (arrays of single chars)."""
+    fields = group.attrs.get("MATLAB_fields")
+    if fields is None:
+        return []
+    try:
+        return [np.asarray(x).tobytes().decode("ascii") for x in np.asarray(fields).ravel()]
+    except (UnicodeDecodeError, TypeError, ValueError):
+        return []
+
+
 def _is_matlab_empty(ds: h5py.Dataset) -> bool:
     flag = ds.attrs.get("MATLAB_empty")
     return flag is not None and bool(np.asarray(flag).ravel()[0])
@@ -116,8 +127,11 @@ def _read_node(f: h5py.File, node: h5py.HLObject) -> Any:
         if "MATLAB_sparse" in node.attrs:
             return _read_sparse(node, cls)
         # A struct: one member per field (struct arrays keep per-field reference
-        # datasets, which read as object arrays).
-        return {k: _read_node(f, node[k]) for k in node.keys() if k not in _PRIVATE_GROUPS}
+        # datasets, which read as object arrays), in MATLAB's field order when known.
+        members = [k for k in node.keys() if k not in _PRIVATE_GROUPS]
+        order = _struct_field_order(node)
+        members = [k for k in order if k in members] + [k for k in members if k not in order]
+        return {k: _read_node(f, node[k]) for k in members}
 
     ds: h5py.Dataset = node
     if _is_matlab_empty(ds):
@@ -348,7 +362,8 @@ class _Writer:
 
 def save_mat73(path: Path, data: Mapping[str, Any], do_compression: bool = True) -> None:
     """Write ``data`` as a MAT v7.3 file (HDF5 with MATLAB's 512-byte header)."""
-    with h5py.File(path, "w", userblock_size=MAT73_USERBLOCK_SIZE) as f:
+    # track_order keeps the variables in the caller's order (h5py lists by name otherwise).
+    with h5py.File(path, "w", userblock_size=MAT73_USERBLOCK_SIZE, track_order=True) as f:
         writer = _Writer(f, do_compression)
         for name, value in data.items():
             try:

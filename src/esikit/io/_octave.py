@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -133,8 +134,17 @@ class _Parser:
         parse_dtype = np.int64 if np.dtype(dtype).kind in "iu" else np.float64
         if np.dtype(dtype) == np.uint64:
             parse_dtype = np.uint64
-        values = np.fromstring(block, dtype=parse_dtype, sep=" ") if block.strip() else np.zeros(0)
-        if values.size != count:
+        values = np.zeros(0, dtype=parse_dtype)
+        if block.strip():
+            # Fast C parser; it stops (numpy < 2.3: warns, newer: raises) at tokens it
+            # does not know, such as Octave's NA: then take the slow path.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    values = np.fromstring(block, dtype=parse_dtype, sep=" ")
+                except ValueError:
+                    values = None
+        if values is None or values.size != count:
             values = self._parse_numbers_slow(block, parse_dtype)
         if values.size != count:
             raise self.error(

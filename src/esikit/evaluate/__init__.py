@@ -1,5 +1,13 @@
 """Evaluation of source estimates: DeepSIF's metrics, classical inverse baselines, plots."""
 
+from .baselines import (
+    BASELINES,
+    apply_inverse,
+    clear_kernel_cache,
+    estimate_sources,
+    lambda2_from_snr,
+    make_inverse_kernel,
+)
 from .metrics import (
     METRIC_NAMES,
     assign_to_patches,
@@ -12,6 +20,12 @@ from .metrics import (
 )
 
 __all__ = [
+    "BASELINES",
+    "apply_inverse",
+    "clear_kernel_cache",
+    "estimate_sources",
+    "lambda2_from_snr",
+    "make_inverse_kernel",
     "METRIC_NAMES",
     "assign_to_patches",
     "auc_score",

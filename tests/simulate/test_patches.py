@@ -1,0 +1,192 @@
+"""Tests for esikit.simulate.patches (DeepSIF-style region growing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from esikit.simulate.patches import (
+    CandidatePatches,
+    as_adjacency,
+    candidate_patches,
+    grow_patch,
+    is_connected,
+    smooth_patch,
+)
+
+
+def grid_anatomy(nx: int = 12, ny: int = 10):
+    """A flat nx x ny grid of regions, 4-neighbour adjacency, 10 mm spacing."""
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    rows, cols = [], []
+    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
+        rows += a.ravel().tolist()
+        cols += b.ravel().tolist()
+    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
+    adj = (adj + adj.T).tocsr()
+    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    centres = np.stack([xx.ravel() * 10.0, yy.ravel() * 10.0, np.zeros(nx * ny)], axis=1)
+    return adj, centres
+
+
+def load_deepsif_adjacency(folder):
+    """The DeepSIF template adjacency and region centres, read independently with scipy."""
+    scipy_io = pytest.importorskip("scipy.io")
+    nbs = scipy_io.loadmat(folder / "fs_cortex_20k_region_mapping.mat")["nbs"]
+    centres = scipy_io.loadmat(folder / "fs_cortex_20k_inflated.mat")["centre"]
+    n = nbs.shape[1]
+    rows, cols = [], []
+    for i in range(n):
+        for j in np.asarray(nbs[0, i]).ravel():
+            rows.append(i)
+            cols.append(int(j) - 1)  # 1-based in the file
+    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
+    return adj, np.asarray(centres, float)
+
+
+def check_patch(adj, patch, centre, max_size):
+    patch = np.asarray(patch)
+    assert patch.dtype.kind == "i"
+    assert patch[0] == centre
+    assert len(np.unique(patch)) == len(patch)
+    assert 1 <= len(patch) <= max_size
+    assert patch.min() >= 0 and patch.max() < adj.shape[0]
+    assert is_connected(adj, patch)
+
+
+def test_is_connected():
+    adj, _ = grid_anatomy(3, 3)
+    assert is_connected(adj, [0, 1, 2, 5])
+    assert not is_connected(adj, [0, 2])
+    assert is_connected(adj, [4])
+
+
+def test_smooth_patch_fills_holes_and_removes_strays():
+    adj, _ = grid_anatomy(7, 7)
+    # a ring around region 24 (the middle) has a hole at 24; 10 hangs on by one edge
+    ring = [16, 17, 18, 23, 25, 30, 31, 32]
+    add, remove = smooth_patch(adj, np.array(ring + [10]), centre=16)
+    assert add.tolist() == [24]
+    assert remove.tolist() == [10]  # its only neighbour in the patch is 17
+    # the centre is never removed, even when dangling
+    add, remove = smooth_patch(adj, np.array([0, 1]), centre=0)
+    assert 0 not in remove.tolist()
+    assert 1 in remove.tolist()
+
+
+def test_as_adjacency_symmetrises_and_checks():
+    adj = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 1], [0, 0, 1]], bool))
+    sym, c = as_adjacency(adj, np.zeros((3, 3)))
+    assert (sym != sym.T).nnz == 0
+    assert sym.diagonal().sum() == 0
+    with pytest.raises(ValueError, match="centres"):
+        as_adjacency(adj, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="centres must be given"):
+        as_adjacency(adj)
+
+
+@pytest.mark.parametrize("centre", [0, 33, 55, 119])
+def test_candidates_on_grid(centre):
+    adj, centres = grid_anatomy()
+    cands = candidate_patches(adj, centres, centre, seed=1)
+    n_ring1 = len(adj[centre].indices)
+    assert len(cands) == 2 * 5 * int(np.ceil(n_ring1 / 2))
+    for p in cands:
+        check_patch(adj, p, centre, 70)
+        # the whole first ring is always in (smoothing never removes it on a grid:
+        # every first-ring region touches the centre and a second-ring or other region)
+    sizes = [len(p) for p in cands]
+    assert max(sizes) > 1 + n_ring1  # some growth beyond the first ring
+    # three-ring candidates are at least as large on average as two-ring ones
+    half = len(cands) // 2
+    assert np.mean(sizes[half:]) >= np.mean(sizes[:half])
+    # deterministic for a seed, different for another
+    again = candidate_patches(adj, centres, centre, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(cands, again))
+    other = candidate_patches(adj, centres, centre, seed=2)
+    assert not all(np.array_equal(a, b) for a, b in zip(cands, other))
+
+
+def test_candidate_cache_is_order_independent():
+    adj, centres = grid_anatomy()
+    a = CandidatePatches(adj, centres, seed=3)
+    b = CandidatePatches(adj, centres, seed=3)
+    last = a.count(40) - 1
+    pa = a.get(40, last)
+    b.get(41, 0)
+    b.get(40, 0)
+    assert np.array_equal(pa, b.get(40, last))
+    with pytest.raises(IndexError, match="candidate patches"):
+        a.get(40, last + 1)
+    assert "CandidatePatches(" in repr(a)
+
+
+def test_isolated_region():
+    adj = sp.csr_matrix((np.ones(1, bool), ([1], [2])), shape=(4, 4))
+    centres = np.zeros((4, 3))
+    assert [p.tolist() for p in candidate_patches(adj, centres, 0)] == [[0]]
+    assert grow_patch(adj, centres, 0, 10, 0).tolist() == [0]
+    assert sorted(grow_patch(adj, centres, 1, 10, 0).tolist()) == [1, 2]
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 5, 9, 20, 45, 70])
+def test_grow_patch_on_grid(size):
+    adj, centres = grid_anatomy()
+    rng = np.random.default_rng(size)
+    for centre in rng.choice(adj.shape[0], 8, replace=False):
+        p = grow_patch(adj, centres, int(centre), size, np.random.default_rng([size, int(centre)]))
+        check_patch(adj, p, int(centre), size)
+        assert len(p) == size  # a 120-region grid always has room
+        p2 = grow_patch(adj, centres, int(centre), size, np.random.default_rng([size, int(centre)]))
+        assert np.array_equal(p, p2)
+
+
+def test_grow_patch_component_smaller_than_size():
+    adj, centres = grid_anatomy(3, 3)
+    p = grow_patch(adj, centres, 4, 70, 0)
+    assert sorted(p.tolist()) == list(range(9))
+
+
+def test_grow_patch_is_elongated():
+    # patches grown along an axis should be longer than wide on average
+    adj, centres = grid_anatomy(30, 30)
+    ratios = []
+    for seed in range(20):
+        p = grow_patch(adj, centres, 15 * 30 + 15, 30, seed)
+        xy = centres[p, :2] - centres[p, :2].mean(0)
+        ev = np.linalg.eigvalsh(np.cov(xy.T))
+        ratios.append(ev[1] / max(ev[0], 1e-9))
+    assert np.median(ratios) > 1.3
+
+
+def test_grow_patch_errors():
+    adj, centres = grid_anatomy(3, 3)
+    with pytest.raises(ValueError, match="size"):
+        grow_patch(adj, centres, 0, 0, 0)
+    with pytest.raises(ValueError, match="centre"):
+        grow_patch(adj, centres, 9, 3, 0)
+
+
+def test_deepsif_template(deepsif_anatomy_dir):
+    adj, centres = load_deepsif_adjacency(deepsif_anatomy_dir)
+    assert adj.shape == (994, 994)
+    sym, _ = as_adjacency(adj, centres)
+    cp = CandidatePatches(adj, centres, seed=0)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for centre in rng.choice(994, 25, replace=False).tolist():
+        cands = cp.all(centre)
+        assert len(cands) >= 10
+        for p in cands:
+            check_patch(sym, p, centre, 70)
+            # the first ring survives smoothing except dangling regions
+            sizes.append(len(p))
+        for size in (3, 17, 70):
+            g = grow_patch(adj, centres, centre, size, rng)
+            check_patch(sym, g, centre, size)
+            assert len(g) == size
+    sizes = np.asarray(sizes)
+    # DeepSIF's two/three-ring patches: a few to a few dozen regions
+    assert 4 <= sizes.min() and sizes.max() <= 70
+    assert 10 <= np.median(sizes) <= 40

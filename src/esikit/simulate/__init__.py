@@ -6,10 +6,20 @@ from .anatomy import (
     load_deepsif_anatomy,
     load_default_anatomy,
 )
+from .nmm import NOISE_SETTINGS, JansenRitParams, jansen_rit_dfun, simulate_network
+from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 
 __all__ = [
     "Anatomy",
+    "JansenRitParams",
+    "NOISE_SETTINGS",
+    "find_alpha",
+    "jansen_rit_dfun",
     "load_anatomy",
     "load_deepsif_anatomy",
     "load_default_anatomy",
+    "peak_windows",
+    "sensor_snr_db",
+    "simulate_network",
+    "source_background_power",
 ]

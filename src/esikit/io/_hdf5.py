@@ -162,6 +162,12 @@ def _read_node(f: h5py.File, node: h5py.HLObject) -> Any:
         return _chars_to_strings(arr)
     if cls == "logical":
         return arr.astype(bool)
+    if cls is not None and cls not in _CLASS_DTYPES:
+        # e.g. MATLAB objects (string, table, function_handle) live in #subsystem#.
+        logger.warning(
+            "%s: MATLAB class '%s' is not supported; returning the raw %s data",
+            ds.name, cls, arr.dtype,
+        )
     return arr
 
 

@@ -35,6 +35,8 @@ from typing import IO, Any
 import numpy as np
 import scipy.sparse
 
+from esikit import __version__ as esikit_version
+
 logger = logging.getLogger(__name__)
 
 _NUMERIC_BASE_DTYPES: dict[str, type] = {
@@ -405,8 +407,6 @@ def _write_value(out: IO[str], name: str, value: Any) -> None:
 
 def save_octave_text(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` in Octave's ``save -text`` format."""
-    from esikit import __version__ as esikit_version  # noqa: PLC0415
-
     created = time.strftime("%a %b %d %H:%M:%S %Y UTC", time.gmtime())
     with open(path, "w", encoding="utf-8", newline="\n") as out:
         out.write(f"# Created by Octave-compatible writer of esikit {esikit_version}, {created}\n")

@@ -7,10 +7,30 @@ from .anatomy import (
     load_default_anatomy,
 )
 from .nmm import NOISE_SETTINGS, JansenRitParams, jansen_rit_dfun, simulate_network
+from .spikes import (
+    CLIP_LENGTH,
+    RegionClipResult,
+    downsample_raw,
+    find_spike_times,
+    make_region_clips,
+    make_spike_clips,
+    rescale_spike_channel,
+    select_clips,
+    spike_alpha,
+)
 from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 
 __all__ = [
     "Anatomy",
+    "CLIP_LENGTH",
+    "RegionClipResult",
+    "downsample_raw",
+    "find_spike_times",
+    "make_region_clips",
+    "make_spike_clips",
+    "rescale_spike_channel",
+    "select_clips",
+    "spike_alpha",
     "JansenRitParams",
     "NOISE_SETTINGS",
     "find_alpha",

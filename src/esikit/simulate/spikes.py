@@ -1,0 +1,524 @@
+"""Spike clips from simulated neural-mass activity (DeepSIF's ``process_raw_nmm.m``).
+
+For each region ``r`` DeepSIF simulates the network with ``r`` excitable, then keeps the
+500-sample (1 s at 500 Hz) blocks in which ``r`` fires an isolated spike:
+
+1. drop the first 1000 raw samples (500 ms transient), keep every 4th sample
+   (2000 Hz -> 500 Hz), map simulated nodes to forward-model regions;
+2. spike peaks (``find_spike_time``): values below 8 mV set to zero, strict local
+   maxima of what remains, at least 249 samples after the start and 250 before the end
+   (1-based ``t - 249 > 0`` and ``t + 250 < T``), and more than 100 samples after the
+   previous peak of any region (peaks sorted by time, ties by region);
+3. a peak of ``r`` is kept when no peak of another region falls in
+   ``floor(t/500)*500 + 1 + (-200 .. 699)`` (1-based); the clip is the 500-sample block
+   ``floor(t/500)*500 + 1 .. + 500`` (aligned to the block grid, not centred);
+4. ``r``'s channel is rescaled around each kept spike so that the spike reaches 15 dB
+   against the rest of the brain at the sensors (``find_alpha`` over 200 samples around
+   every kept peak, then ``rescale_nmm_channel``);
+5. each clip is written to ``nmm_spikes/a{r}/nmm_{k}.mat`` (field ``data``, T x R
+   float32, ``k`` from 1, continuing across the noise settings).
+
+Indices in this module are 0-based; docstrings give DeepSIF's 1-based rules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .anatomy import Anatomy
+from .nmm import NOISE_SETTINGS, JansenRitParams, simulate_network
+from .snr import find_alpha, peak_windows
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CLIP_LENGTH",
+    "RegionClipResult",
+    "downsample_raw",
+    "find_spike_times",
+    "make_region_clips",
+    "make_spike_clips",
+    "rescale_spike_channel",
+    "select_clips",
+    "spike_alpha",
+    "write_clip",
+]
+
+#: Samples per clip (1 s at 500 Hz).
+CLIP_LENGTH = 500
+#: Name of the per-region marker written last (JSON with the counts).
+DONE_MARKER = ".done"
+
+_DISCARD_RAW = 1000   # raw samples dropped at the start (500 ms at 2000 Hz)
+_DOWNSAMPLE = 4       # 2000 Hz -> 500 Hz
+
+
+# --------------------------------------------------------------------------- rules
+def downsample_raw(raw: np.ndarray, node_of_region: np.ndarray | None = None,
+                   discard: int = _DISCARD_RAW, factor: int = _DOWNSAMPLE) -> np.ndarray:
+    """Drop the transient, keep every ``factor``-th sample and map nodes to regions.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (n_raw, n_nodes)
+        Simulated ``y1 - y2`` at the integration rate (2000 Hz).
+    node_of_region : ndarray of int, shape (n_regions,) | None
+        Column of ``raw`` for each region (None keeps all columns).
+    discard : int
+        Raw samples dropped first (DeepSIF: 1000).
+    factor : int
+        Downsampling factor, MATLAB ``downsample`` (first sample of every block).
+
+    Returns
+    -------
+    ndarray, shape (ceil((n_raw - discard) / factor), n_regions)
+    """
+    out = raw[discard::factor]
+    if node_of_region is not None:
+        out = out[:, np.asarray(node_of_region)]
+    return out
+
+
+def find_spike_times(nmm: np.ndarray, threshold: float = 8.0, min_gap: int = 100,
+                     start_margin: int = 249, end_margin: int = 250
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Spike peaks of all regions (DeepSIF's ``find_spike_time``).
+
+    Parameters
+    ----------
+    nmm : ndarray, shape (n_times, n_regions)
+        Downsampled activity in mV.
+    threshold : float
+        Values below it are set to zero before looking for maxima (8 mV).
+    min_gap : int
+        A peak is kept only if more than ``min_gap`` samples after the previous peak of
+        any region, kept or not (100).
+    start_margin, end_margin : int
+        1-based peak time ``t`` must satisfy ``t - start_margin > 0`` and
+        ``t + end_margin < n_times`` (249, 250).
+
+    Returns
+    -------
+    times : ndarray of int, shape (n_peaks,)
+        0-based sample of each kept peak, sorted.
+    regions : ndarray of int, shape (n_peaks,)
+        Region of each peak.
+    """
+    x = np.where(nmm < threshold, 0.0, nmm)
+    is_max = np.zeros(x.shape, dtype=bool)
+    # strict local maxima; the first and last samples never are (MATLAB islocalmax)
+    is_max[1:-1] = (x[1:-1] > x[:-2]) & (x[1:-1] > x[2:])
+    times, regions = np.nonzero(is_max)  # row-major: by time, ties by region
+    t1 = times + 1  # DeepSIF's 1-based times
+    gap_ok = np.ones(len(times), dtype=bool)
+    gap_ok[1:] = np.diff(times) > min_gap
+    keep = (t1 - start_margin > 0) & (t1 + end_margin < nmm.shape[0]) & gap_ok
+    return times[keep].astype(np.int64), regions[keep].astype(np.int64)
+
+
+def select_clips(times: np.ndarray, regions: np.ndarray, region: int, n_times: int,
+                 clip_length: int = CLIP_LENGTH, window: tuple[int, int] = (-200, 699)
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks of ``region`` isolated from other regions' peaks, and their clip starts.
+
+    Parameters
+    ----------
+    times, regions : ndarray of int, shape (n_peaks,)
+        Output of :func:`find_spike_times` (0-based times).
+    region : int
+        The excited region.
+    n_times : int
+        Length of the recording (clips must fit in it).
+    clip_length : int
+        Block length (500).
+    window : (int, int)
+        Offsets from the 1-based block start ``floor(t/500)*500 + 1`` inside which no
+        other region may peak (-200 .. 699 inclusive).
+
+    Returns
+    -------
+    spike_times : ndarray of int, shape (n_clips,)
+        0-based peak time of each kept spike.
+    clip_starts : ndarray of int, shape (n_clips,)
+        0-based first sample of each clip, ``floor((t0 + 1) / 500) * 500``. As in
+        DeepSIF a peak at 1-based ``t = 500 m`` gets the block after it.
+    """
+    times = np.asarray(times, dtype=np.int64)
+    regions = np.asarray(regions, dtype=np.int64)
+    own = regions == region
+    starts = ((times[own] + 1) // clip_length) * clip_length  # 0-based block starts
+    others = np.sort(times[~own])
+    lo = starts + window[0]
+    hi = starts + window[1]
+    # count other-region peaks in [lo, hi]
+    n_in = np.searchsorted(others, hi, side="right") - np.searchsorted(others, lo, side="left")
+    keep = (n_in == 0) & (starts + clip_length <= n_times)
+    return times[own][keep], starts[keep]
+
+
+def spike_alpha(nmm: np.ndarray, fwd: np.ndarray, region: int, spike_times: np.ndarray,
+                target_snr_db: float = 15.0) -> float:
+    """DeepSIF's scaling of the region's spikes to ``target_snr_db`` (``find_alpha``).
+
+    Power over 200 samples around every kept peak (-99 .. +100), signal = the region's
+    own channel through its leadfield column, noise = every other region.
+
+    Parameters
+    ----------
+    nmm : ndarray, shape (n_times, n_regions)
+    fwd : ndarray, shape (n_channels, n_regions)
+    region : int
+    spike_times : ndarray of int, shape (n_spikes,)
+        0-based kept peaks.
+    target_snr_db : float
+
+    Returns
+    -------
+    float
+        ``alpha``; NaN when there is no spike.
+    """
+    if len(spike_times) == 0:
+        return float("nan")
+    index = peak_windows(spike_times, nmm.shape[0], before=99, after=100)
+    alpha = find_alpha(nmm, fwd, [int(region)], float(target_snr_db), time_index=index,
+                       normalize_peak=False)
+    return float(np.asarray(alpha).reshape(-1)[0])
+
+
+def _scaled_span(sig: np.ndarray) -> tuple[int, int]:
+    """DeepSIF's start and end of the spike inside a 500-sample window (0-based, inclusive).
+
+    ``sig`` is the mean-removed region channel from 249 samples before the peak to 250
+    after (the peak is 1-based sample 250). Start: the last sample before the peak whose
+    magnitude is below a threshold; end: the first such sample after the trough that
+    follows (searched in 1-based samples 301..400); only 1-based samples 50..450 count,
+    and the threshold grows from 0.1 by 0.05 until both exist.
+    """
+    j = np.arange(1, len(sig) + 1)  # DeepSIF's 1-based positions
+    allowed = (j >= 50) & (j <= 450)
+    mag = np.abs(sig)
+    thre = 0.1
+
+    def small(th):
+        return j[(mag < th) & allowed]
+
+    s = small(thre)
+    while not np.any(s < 250):
+        thre += 0.05
+        s = small(thre)
+    start = int(s[s < 250][-1])
+    # DeepSIF adds 301 to the 1-based argmin of sig(301:400), one past the trough
+    min_ind = int(np.argmin(sig[300:400])) + 1 + 301
+    while not np.any(s > min_ind):
+        thre += 0.05
+        s = small(thre)
+    end = int(s[s > min_ind][0])
+    return start - 1, end - 1
+
+
+def rescale_spike_channel(nmm: np.ndarray, region: int, spike_times: np.ndarray,
+                          alpha: float) -> np.ndarray:
+    """Scale the spikes of one region's channel by ``alpha`` (DeepSIF's ``rescale_nmm_channel``).
+
+    Around each peak (249 samples before to 250 after), the mean-removed channel is
+    multiplied by ``alpha`` between the spike's start and end (see
+    :func:`_scaled_span`); the temporal mean is added back. Spikes are processed in
+    order, on the already rescaled signal.
+
+    Parameters
+    ----------
+    nmm : ndarray, shape (n_times, n_regions)
+    region : int
+    spike_times : ndarray of int, shape (n_spikes,)
+        0-based peaks, each at least 249 samples from the start and 250 from the end.
+    alpha : float
+
+    Returns
+    -------
+    ndarray, shape (n_times, n_regions)
+        A rescaled copy (other regions unchanged).
+    """
+    out = np.array(nmm, copy=True)
+    mean = out[:, region].mean()
+    ch = out[:, region] - mean
+    for t in np.asarray(spike_times, dtype=np.int64):
+        lo, hi = t - 249, t + 251
+        if lo < 0 or hi > len(ch):
+            raise ValueError(f"spike at sample {t} too close to the edge of {len(ch)} samples "
+                             "(needs 249 before and 250 after)")
+        sig = ch[lo:hi].copy()
+        a, b = _scaled_span(sig)
+        sig[a:b + 1] *= alpha
+        ch[lo:hi] = sig
+    out[:, region] = ch + mean
+    return out
+
+
+# --------------------------------------------------------------------------- files
+def _save_mat(path: Path, data: dict) -> None:
+    try:
+        from esikit.io import save_mat_file
+    except ImportError:  # io package missing: plain scipy writes the same MAT v5
+        import scipy.io
+
+        scipy.io.savemat(path, data, do_compression=True)
+        return
+    save_mat_file(path, data, format="v5")
+
+
+def write_clip(folder: Path, k: int, clip: np.ndarray) -> Path:
+    """Write ``folder/nmm_{k}.mat`` (field ``data``, float32) atomically.
+
+    The file is written under a temporary name in the same folder, then renamed, so
+    readers never see half a file.
+    """
+    folder = Path(folder)
+    final = folder / f"nmm_{k}.mat"
+    tmp = folder / f".tmp_{os.getpid()}_nmm_{k}.mat"
+    _save_mat(tmp, {"data": np.asarray(clip, dtype=np.float32)})
+    os.replace(tmp, final)
+    return final
+
+
+@dataclass
+class RegionClipResult:
+    """What :func:`make_region_clips` produced for one region.
+
+    Attributes
+    ----------
+    region : int
+    n_clips : int
+        Clips written (``nmm_1 .. nmm_{n_clips}``).
+    peaks_per_setting : list of int
+        Peaks of the region passing DeepSIF's peak rules, per setting.
+    clips_per_setting : list of int
+        Clips kept per setting.
+    alpha_per_setting : list of float
+        Scaling applied per setting (NaN without clips).
+    simulated_s : float
+        Simulated seconds in total (all settings, transient included).
+    wall_s : float
+        Wall time.
+    skipped : bool
+        True when the region was already finished (read from its marker).
+    """
+
+    region: int
+    n_clips: int
+    peaks_per_setting: list[int] = field(default_factory=list)
+    clips_per_setting: list[int] = field(default_factory=list)
+    alpha_per_setting: list[float] = field(default_factory=list)
+    simulated_s: float = 0.0
+    wall_s: float = 0.0
+    skipped: bool = False
+
+
+def _region_seed(seed: int, region: int, setting: int) -> list[int]:
+    return [int(seed), int(region), int(setting)]
+
+
+def make_region_clips(
+    weights: np.ndarray,
+    tract_lengths: np.ndarray,
+    node_of_region: np.ndarray,
+    fwd: np.ndarray,
+    region: int,
+    out_dir: str | Path,
+    duration_s: float,
+    settings: Sequence[int] = (0, 1, 2),
+    seed: int = 0,
+    params: JansenRitParams | None = None,
+    target_snr_db: float = 15.0,
+    backend: str = "numba",
+) -> RegionClipResult:
+    """Simulate one excited region under each setting and write its spike clips.
+
+    Resumable: when ``out_dir/a{region}/.done`` exists the region is skipped and its
+    recorded counts returned; otherwise any clip left by an interrupted run is replaced.
+
+    Parameters
+    ----------
+    weights, tract_lengths : ndarray, shape (n_nodes, n_nodes)
+        Connectome.
+    node_of_region : ndarray of int, shape (n_regions,)
+        Simulated node of each region.
+    fwd : ndarray, shape (n_channels, n_regions)
+        Region leadfield (for the 15 dB rescaling).
+    region : int
+        Region to excite (its node ``node_of_region[region]`` gets ``A_excited``).
+    out_dir : str | Path
+        The ``nmm_spikes`` folder; clips go to ``a{region}/nmm_{k}.mat``.
+    duration_s : float
+        Simulated seconds per setting, the 0.5 s transient included.
+    settings : sequence of int
+        DeepSIF noise settings (:data:`~esikit.simulate.nmm.NOISE_SETTINGS`) in order.
+    seed : int
+        Base seed; each (region, setting) run is seeded by ``(seed, region, setting)``.
+    params : JansenRitParams | None
+        Model parameters (``mu`` and ``noise_scale`` come from the setting).
+    target_snr_db : float
+        SNR of the rescaled spikes (DeepSIF: 15).
+    backend : {"numba", "numpy"}
+
+    Returns
+    -------
+    RegionClipResult
+    """
+    t_start = time.perf_counter()
+    folder = Path(out_dir) / f"a{int(region)}"
+    marker = folder / DONE_MARKER
+    config = {"settings": [int(x) for x in settings], "duration_s_per_setting": float(duration_s),
+              "seed": int(seed), "target_snr_db": float(target_snr_db)}
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        if all(info.get(key) == value for key, value in config.items()):
+            info["skipped"] = True
+            return RegionClipResult(**{k: info[k] for k in RegionClipResult.__dataclass_fields__
+                                       if k in info})
+        logger.warning("%s: made with other settings (%s), remaking region %d with %s",
+                       marker, {key: info.get(key) for key in config}, region, config)
+        marker.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in list(folder.glob("nmm_*.mat")) + list(folder.glob(".tmp_*")):
+        stale.unlink()  # left by an interrupted run: redo the region from scratch
+
+    node_of_region = np.asarray(node_of_region)
+    excited = int(node_of_region[region])
+    result = RegionClipResult(region=int(region), n_clips=0)
+    k = 0
+    for setting in settings:
+        if setting not in range(len(NOISE_SETTINGS)):
+            raise ValueError(f"Invalid value for 'settings': expected values in "
+                             f"{list(range(len(NOISE_SETTINGS)))}, got {setting!r}.")
+        # Record only what is kept: every 4th sample, first one at raw sample 0.
+        raw = simulate_network(weights, tract_lengths, excited, duration_s, setting=setting,
+                               seed=_region_seed(seed, region, setting), params=params,
+                               backend=backend, record_every=_DOWNSAMPLE, dtype=np.float32)
+        nmm = raw[_DISCARD_RAW // _DOWNSAMPLE:][:, node_of_region]
+        del raw
+        times, regions = find_spike_times(nmm)
+        spike_times, starts = select_clips(times, regions, region, nmm.shape[0])
+        result.peaks_per_setting.append(int(np.sum(regions == region)))
+        result.clips_per_setting.append(int(len(spike_times)))
+        result.simulated_s += float(duration_s)
+        if len(spike_times) == 0:
+            result.alpha_per_setting.append(float("nan"))
+            continue
+        alpha = spike_alpha(nmm, fwd, region, spike_times, target_snr_db)
+        result.alpha_per_setting.append(alpha)
+        scaled = rescale_spike_channel(nmm, region, spike_times, alpha)
+        for s0 in starts:
+            k += 1
+            write_clip(folder, k, scaled[s0:s0 + CLIP_LENGTH])
+    result.n_clips = k
+    result.wall_s = time.perf_counter() - t_start
+    info = asdict(result)
+    info["alpha_per_setting"] = [None if np.isnan(a) else a for a in result.alpha_per_setting]
+    info.update(config)
+    tmp = folder / f".tmp_{os.getpid()}_done"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, marker)  # written last: the region is complete
+    return result
+
+
+# Worker-process state: the connectome and leadfield are sent once per process.
+_WORKER: dict = {}
+
+
+def _init_worker(weights, tract_lengths, node_of_region, fwd, kwargs) -> None:
+    _WORKER.update(weights=weights, tract_lengths=tract_lengths,
+                   node_of_region=node_of_region, fwd=fwd, kwargs=kwargs)
+
+
+def _run_region(region: int) -> RegionClipResult:
+    w = _WORKER
+    return make_region_clips(w["weights"], w["tract_lengths"], w["node_of_region"], w["fwd"],
+                             region, **w["kwargs"])
+
+
+def default_n_workers() -> int:
+    """CPUs available to this process."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def make_spike_clips(
+    anatomy: Anatomy,
+    out_dir: str | Path,
+    regions: Sequence[int] | None = None,
+    duration_s: float = 20.0,
+    settings: Sequence[int] = (0, 1, 2),
+    seed: int = 0,
+    params: JansenRitParams | None = None,
+    n_workers: int | None = None,
+    target_snr_db: float = 15.0,
+    backend: str = "numba",
+    progress: bool = True,
+) -> dict[int, RegionClipResult]:
+    """Spike clips of many regions, in parallel over regions (resumable).
+
+    Parameters
+    ----------
+    anatomy : Anatomy
+        Connectome, ``node_of_region`` and leadfield.
+    out_dir : str | Path
+        The ``nmm_spikes`` folder.
+    regions : sequence of int | None
+        Regions to excite, default all.
+    duration_s, settings, seed, params, target_snr_db, backend
+        See :func:`make_region_clips`.
+    n_workers : int | None
+        Worker processes (None: the CPUs available; 1: run in this process).
+    progress : bool
+        Show a tqdm bar over regions.
+
+    Returns
+    -------
+    dict of int to RegionClipResult
+        One entry per region, in region order.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    regions = list(range(anatomy.n_regions)) if regions is None else [int(r) for r in regions]
+    bad = [r for r in regions if not 0 <= r < anatomy.n_regions]
+    if bad:
+        raise ValueError(f"Invalid value for 'regions': expected indices in "
+                         f"[0, {anatomy.n_regions}), got {bad}.")
+    kwargs = dict(out_dir=out_dir, duration_s=duration_s, settings=tuple(settings), seed=seed,
+                  params=params, target_snr_db=target_snr_db, backend=backend)
+    n_workers = default_n_workers() if n_workers is None else int(n_workers)
+    n_workers = max(1, min(n_workers, len(regions) or 1))
+    results: dict[int, RegionClipResult] = {}
+    bar = tqdm(total=len(regions), desc="spike clips", unit="region", disable=not progress)
+    args = (anatomy.weights, anatomy.tract_lengths, anatomy.node_of_region, anatomy.fwd, kwargs)
+    try:
+        if n_workers == 1:
+            _init_worker(*args)
+            for r in regions:
+                results[r] = _run_region(r)
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=n_workers, initializer=_init_worker,
+                                     initargs=args) as pool:
+                futures = {pool.submit(_run_region, r): r for r in regions}
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    results[res.region] = res
+                    bar.update(1)
+                    bar.set_postfix(clips=sum(x.n_clips for x in results.values()))
+    finally:
+        bar.close()
+    return {r: results[r] for r in regions}

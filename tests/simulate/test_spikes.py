@@ -1,0 +1,173 @@
+"""Tests for spike detection and clip cutting (esikit.simulate.spikes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from esikit.io import load_mat_file
+from esikit.simulate.anatomy import load_default_anatomy
+from esikit.simulate.spikes import (
+    CLIP_LENGTH,
+    downsample_raw,
+    find_spike_times,
+    make_spike_clips,
+    rescale_spike_channel,
+    select_clips,
+    spike_alpha,
+    write_clip,
+)
+
+
+def _bump(n, t, amp, width=6.0):
+    x = np.arange(n)
+    return amp * np.exp(-0.5 * ((x - t) / width) ** 2)
+
+
+def _traces(n, peaks, n_regions=3, base=1.0):
+    """Background ``base`` mV plus Gaussian bumps: peaks = [(time, region, amplitude)]."""
+    x = np.full((n, n_regions), base)
+    for t, r, amp in peaks:
+        x[:, r] += _bump(n, t, amp)
+    return x
+
+
+def test_downsample_raw():
+    raw = np.arange(2000 * 3, dtype=float).reshape(2000, 3)
+    out = downsample_raw(raw, node_of_region=np.array([2, 0]))
+    assert out.shape == (250, 2)
+    np.testing.assert_array_equal(out[:, 0], raw[1000::4, 2])  # MATLAB all_data(1001:end) then downsample
+    np.testing.assert_array_equal(out[:, 1], raw[1000::4, 0])
+
+
+def test_find_spike_times_rules():
+    n = 3000
+    peaks = [
+        (100, 0, 20.0),    # too close to the start (1-based 101 - 249 <= 0)
+        (600, 0, 20.0),    # kept
+        (700, 1, 7.5),     # below 8 mV: ignored entirely
+        (1000, 1, 15.0),   # kept
+        (1050, 2, 15.0),   # only 50 after the previous peak: dropped
+        (1150, 0, 15.0),   # exactly 100 after the dropped one: dropped (needs > 100)
+        (1251, 1, 15.0),   # 101 after: kept
+        (n - 251, 2, 15.0),  # 1-based t = n - 250: t + 250 < n fails: dropped
+    ]
+    x = _traces(n, peaks)
+    times, regions = find_spike_times(x)
+    assert times.tolist() == [600, 1000, 1251]
+    assert regions.tolist() == [0, 1, 1]
+    # 1-based t = n - 251 is the last allowed
+    times, _ = find_spike_times(_traces(n, [(n - 252, 2, 15.0)]))
+    assert times.tolist() == [n - 252]
+    # 1-based t = 250 is the first allowed
+    times, _ = find_spike_times(_traces(n, [(249, 2, 15.0), (248 + 400, 1, 15.0)]))
+    assert times.tolist() == [249, 648]
+
+
+def test_find_spike_times_strict_and_threshold():
+    x = np.zeros((1000, 2))
+    x[400:403, 0] = 10.0          # plateau: no strict maximum
+    x[600, 1] = 9.0               # isolated sample above threshold next to zeros
+    times, regions = find_spike_times(x)
+    assert times.tolist() == [600] and regions.tolist() == [1]
+
+
+def test_select_clips_alignment_and_isolation():
+    n = 5000
+    times = np.array([600, 1499, 2200, 3050, 3400])
+    regions = np.array([0, 0, 0, 1, 1])
+    spike_times, starts = select_clips(times, regions, 0, n)
+    # t0=600 -> 1-based 601 -> block 501..1000 -> start 500
+    # t0=1499 -> 1-based 1500 = 3*500: DeepSIF's block 1501..2000 (after the peak)
+    # t0=2200 -> block start 2000; window 1800..2699 holds no other peak
+    assert spike_times.tolist() == [600, 1499, 2200]
+    assert starts.tolist() == [500, 1500, 2000]
+    for t, s in zip([600, 2200], [500, 2000]):
+        assert s <= t < s + CLIP_LENGTH
+    # other-region peak window: 0-based [start - 200, start + 699]
+    for other, kept in [(2000 - 200, False), (2000 - 201, True), (2000 + 699, False),
+                        (2000 + 700, True)]:
+        st, _ = select_clips(np.array([2200, other]), np.array([0, 1]), 0, n)
+        assert (st.tolist() == [2200]) == kept, other
+    # a clip must fit in the recording
+    st, _ = select_clips(np.array([4600]), np.array([0]), 0, 4900)
+    assert st.size == 0
+
+
+def test_spike_alpha_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    n, r_count, c_count = 1500, 4, 3
+    nmm = rng.normal(1.0, 0.3, (n, r_count))
+    nmm[:, 2] += _bump(n, 600, 30.0) + _bump(n, 1000, 25.0)
+    fwd = rng.normal(size=(c_count, r_count))
+    alpha = spike_alpha(nmm, fwd, 2, np.array([600, 1000]), 15.0)
+    # DeepSIF calcualate_SNR with explicit loops
+    idx = [t + o for t in (600, 1000) for o in range(-99, 101)]
+    sig = np.outer(nmm[:, 2], fwd[:, 2])
+    sig -= sig.mean(axis=0)
+    rest = [0, 1, 3]
+    noise = nmm[:, rest] @ fwd[:, rest].T
+    noise -= noise.mean(axis=0)
+    ps = sum((sig[i] ** 2).sum() for i in idx) / len(idx)
+    pn = sum((noise[i] ** 2).sum() for i in idx) / len(idx)
+    assert alpha == pytest.approx(np.sqrt(10 ** 1.5 * pn / ps), rel=1e-10)
+    assert np.isnan(spike_alpha(nmm, fwd, 2, np.array([], dtype=int)))
+
+
+def test_rescale_spike_channel():
+    n = 1500
+    nmm = _traces(n, [(600, 1, 20.0)], n_regions=3, base=1.0)
+    # make the spike biphasic so it has a trough after the peak
+    nmm[:, 1] -= _bump(n, 600 + 90, 3.0, width=15.0)
+    out = rescale_spike_channel(nmm, 1, np.array([600]), 3.0)
+    np.testing.assert_array_equal(out[:, [0, 2]], nmm[:, [0, 2]])
+    mean = nmm[:, 1].mean()
+    ratio = (out[:, 1] - mean) / np.where(nmm[:, 1] - mean == 0, 1, nmm[:, 1] - mean)
+    changed = np.flatnonzero(~np.isclose(out[:, 1], nmm[:, 1]))
+    # one contiguous span around the peak, scaled by exactly alpha, inside the 500 window
+    assert changed.min() >= 600 - 249 and changed.max() <= 600 + 250
+    assert changed.min() < 600 < changed.max()
+    np.testing.assert_allclose(ratio[changed.min():changed.max() + 1], 3.0)
+    assert out[600, 1] - mean == pytest.approx(3.0 * (nmm[600, 1] - mean))
+    np.testing.assert_allclose(rescale_spike_channel(nmm, 1, np.array([600]), 1.0), nmm)
+
+
+def test_write_clip_atomic(tmp_path):
+    clip = np.arange(500 * 4, dtype=np.float64).reshape(500, 4)
+    path = write_clip(tmp_path, 3, clip)
+    assert path.name == "nmm_3.mat"
+    data = load_mat_file(path)["data"]
+    assert data.dtype == np.float32 and data.shape == (500, 4)
+    np.testing.assert_array_equal(data, clip.astype(np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nmm_3.mat"]
+
+
+def test_make_spike_clips_resumable(tmp_path):
+    anat = load_default_anatomy()
+    out = tmp_path / "nmm_spikes"
+    kw = dict(regions=[48], duration_s=12.0, settings=(2,), seed=3, n_workers=1, progress=False)
+    res = make_spike_clips(anat, out, **kw)[48]
+    assert not res.skipped and res.n_clips >= 1
+    files = sorted((out / "a48").glob("nmm_*.mat"))
+    assert len(files) == res.n_clips
+    clip = load_mat_file(files[0])["data"]
+    assert clip.shape == (500, 76) and clip.dtype == np.float32
+    # the spike is in region 48, rescaled above the 8 mV detection level
+    assert clip[:, 48].max() > 8 and clip[:, 48].max() > np.delete(clip, 48, axis=1).max()
+    info = json.loads((out / "a48" / ".done").read_text())
+    assert info["n_clips"] == res.n_clips and info["settings"] == [2]
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "a48").iterdir()}
+    again = make_spike_clips(anat, out, **kw)[48]
+    assert again.skipped and again.n_clips == res.n_clips
+    assert {p: p.stat().st_mtime_ns for p in (out / "a48").iterdir()} == mtimes
+
+    # An interrupted region (no marker, a stale extra clip) is redone from scratch.
+    (out / "a48" / ".done").unlink()
+    write_clip(out / "a48", 99, np.zeros((500, 76)))
+    redo = make_spike_clips(anat, out, **kw)[48]
+    assert not redo.skipped and redo.n_clips == res.n_clips
+    assert not (out / "a48" / "nmm_99.mat").exists()
+    np.testing.assert_array_equal(load_mat_file(files[0])["data"], clip)  # same seed, same clip

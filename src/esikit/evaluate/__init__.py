@@ -18,6 +18,13 @@ from .metrics import (
     spatial_dispersion,
     summarize,
 )
+from .plots import (
+    plot_cortex_activity,
+    plot_metric_distributions,
+    plot_time_courses,
+    plot_training_curves,
+)
+from .report import TABLE_METRICS, results_table_markdown, write_results
 
 __all__ = [
     "BASELINES",
@@ -34,4 +41,11 @@ __all__ = [
     "patches_from_activity",
     "spatial_dispersion",
     "summarize",
+    "plot_cortex_activity",
+    "plot_metric_distributions",
+    "plot_time_courses",
+    "plot_training_curves",
+    "TABLE_METRICS",
+    "results_table_markdown",
+    "write_results",
 ]

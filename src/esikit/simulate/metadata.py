@@ -1,0 +1,604 @@
+"""DeepSIF training/test metadata without MATLAB (``generate_sythetic_source.m`` in Python).
+
+A metadata file lists, for every sample, its source patches and how to synthesize them
+from neural-mass clips (``shared/docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, ported:
+
+* every region that has clips is a centre; each centre gets ``n_variations`` variations
+  (DeepSIF: 48 for training, 3 for testing) and each variation appears once per sensor
+  SNR level (5, 10, 15, 20 dB: ``current_snr``), so ``N = centres x variations x 4``,
+  ordered centre, variation, SNR level (DeepSIF's order);
+* the patch of a variation is one of the centre's candidate patches
+  (:class:`~esikit.simulate.patches.CandidatePatches`: two- and three-ring patches
+  grown along random axes); for training, variation ``v`` takes candidate ``v`` while
+  there are candidates and a random one after (DeepSIF), for testing a random one.
+  ``patch_mode='grow'`` instead draws a size from ``patch_size_range`` and grows a patch
+  of that size (:func:`~esikit.simulate.patches.grow_patch`);
+* two-source samples add a second centre, drawn among the other regions with clips,
+  whose patch neither overlaps nor touches the first (DeepSIF drew it without
+  constraint);
+* ``random_samples`` is the clip number ``k`` (from 1) in ``a{centre}/``, drawn per
+  sample and source; ``nmm_idx = (centre + 1) * nper + k + 1``;
+* ``mag_change`` is a Gaussian of the distance from the centre that halves at
+  ``d_half`` mm (DeepSIF draws one integer ``d_half`` in [40, 60] per file, sigma =
+  0.8493 d_half), 1 at the centre;
+* ``scale_ratio[i, s, :]`` are the peak amplitudes that give the source the target SNRs
+  (DeepSIF: 10, 12, ..., 20 dB for training, 10 and 15 for testing) against the
+  background of the rest of its clip (:func:`~esikit.simulate.snr.find_alpha`). DeepSIF
+  computes them with every patch region at weight 1; by default here the
+  ``mag_change`` weights are included, so that a sample synthesized by the contract
+  reaches exactly the target SNR (``alpha_uses_weights=False`` gives DeepSIF's values);
+* padding is 15213 in ``selected_region`` and ``mag_change`` (also for the absent second
+  source of a one-source sample, whose ``nmm_idx``, ``random_samples`` and
+  ``scale_ratio`` are 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .patches import CandidatePatches, as_adjacency, grow_patch
+from .snr import deepsif_spike_window
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NAN_NUMBER",
+    "SNR_LEVELS_DB",
+    "TRAIN_SOURCE_SNR_DB",
+    "TEST_SOURCE_SNR_DB",
+    "index_clips",
+    "gaussian_magnitude",
+    "scale_ratios_for_clip",
+    "generate_metadata",
+    "write_metadata",
+    "make_metadata_files",
+]
+
+#: DeepSIF's padding value in ``selected_region`` and ``mag_change``.
+NAN_NUMBER = 15213
+#: Sensor SNR levels of ``current_snr`` (dB); every configuration appears once per level.
+SNR_LEVELS_DB = (5.0, 10.0, 15.0, 20.0)
+#: Source-to-background SNRs (dB) giving the ``scale_ratio`` options of training files.
+TRAIN_SOURCE_SNR_DB = (10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
+#: The same for test files.
+TEST_SOURCE_SNR_DB = (10.0, 15.0)
+#: DeepSIF's range of the distance (mm) at which ``mag_change`` falls to one half.
+HALF_MAX_DISTANCE_MM = (40, 60)
+
+_REGION_DIR = re.compile(r"^a(\d+)$")
+_CLIP_FILE = re.compile(r"^nmm_(\d+)\.mat$")
+
+ClipLoader = Callable[[int, int], np.ndarray]
+
+
+def index_clips(nmm_spikes_dir: str | os.PathLike) -> dict[int, np.ndarray]:
+    """List the clips of an ``nmm_spikes`` folder without reading them.
+
+    Parameters
+    ----------
+    nmm_spikes_dir : path-like
+        Folder holding ``a{region}/nmm_{k}.mat``.
+
+    Returns
+    -------
+    clips : dict
+        Region (0-based) -> sorted array of the clip numbers ``k`` (from 1) it has;
+        regions without clips are left out.
+    """
+    root = Path(nmm_spikes_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Clip folder not found: {root}. Run 'esikit simulate' or set NMM_SPIKES_DIR.")
+    out: dict[int, np.ndarray] = {}
+    with os.scandir(root) as it:
+        for entry in it:
+            m = _REGION_DIR.match(entry.name)
+            if not m or not entry.is_dir():
+                continue
+            with os.scandir(entry.path) as files:
+                ks = [int(mk.group(1)) for f in files if (mk := _CLIP_FILE.match(f.name))]
+            ks = [k for k in ks if k >= 1]
+            if ks:
+                out[int(m.group(1))] = np.unique(np.asarray(ks, dtype=np.int64))
+    if not out:
+        raise FileNotFoundError(
+            f"No clip files under {root} (looked for a*/nmm_*.mat). Run 'esikit simulate' or set NMM_SPIKES_DIR."
+        )
+    return dict(sorted(out.items()))
+
+
+def _folder_loader(root: Path, field: str = "data") -> ClipLoader:
+    def load(region: int, k: int) -> np.ndarray:
+        from esikit.io import load_mat_file
+
+        path = root / f"a{int(region)}" / f"nmm_{int(k)}.mat"
+        content = load_mat_file(path, variable_names=[field])
+        if field not in content:
+            raise ValueError(f"{path}: no field '{field}' (fields: {sorted(content)})")
+        arr = np.asarray(content[field], dtype=np.float64)
+        if arr.ndim != 2:
+            raise ValueError(f"{path}: field '{field}' has shape {arr.shape}, expected (T, R)")
+        return arr
+
+    return load
+
+
+def gaussian_magnitude(centres: np.ndarray, patch: np.ndarray, half_max_mm: float) -> np.ndarray:
+    """DeepSIF's ``mag_change``: ``exp(-d^2 / (2 sigma^2))``, ``sigma = 0.8493 * half_max_mm``.
+
+    Parameters
+    ----------
+    centres : array, shape (n_regions, 3)
+        Region centres in mm.
+    patch : array of int, shape (n_patch,)
+        Patch regions, centre first.
+    half_max_mm : float
+        Distance from the centre at which the weight is 1/2.
+
+    Returns
+    -------
+    weights : array of float64, shape (n_patch,)
+        1 at the centre, decreasing with the Euclidean distance from it.
+    """
+    patch = np.asarray(patch, dtype=np.int64)
+    d = np.linalg.norm(centres[patch] - centres[patch[0]], axis=1)
+    sigma = 0.8493 * float(half_max_mm)  # sqrt(2 ln 2) * sigma = half-width at half maximum
+    return np.exp(-(d**2) / (2.0 * sigma**2))
+
+
+def scale_ratios_for_clip(
+    clip: np.ndarray,
+    fwd: np.ndarray,
+    patches: Sequence[np.ndarray],
+    weights: Sequence[np.ndarray] | None,
+    target_snr_db: Sequence[float] | np.ndarray,
+) -> np.ndarray:
+    """:func:`~esikit.simulate.snr.find_alpha` for many patches sharing one clip.
+
+    The clip's sensor projection and spike window are computed once; each patch then
+    costs one small product. Every patch must have the same centre (the clip's region).
+
+    Parameters
+    ----------
+    clip : array, shape (n_times, n_regions)
+    fwd : array, shape (n_channels, n_regions)
+    patches : list of arrays of int
+        Patches, centre first, all with the same centre.
+    weights : list of arrays of float | None
+        Weight of each patch region (None: all 1, DeepSIF).
+    target_snr_db : array, shape (K,)
+
+    Returns
+    -------
+    alpha : array of float64, shape (n_patches, K)
+        Peak amplitudes of the centre waveform reaching each target; 0 for every patch
+        when the centre waveform has no positive peak (nothing to scale).
+    """
+    x = np.asarray(clip, dtype=np.float64)
+    f = np.asarray(fwd, dtype=np.float64)
+    targets = np.asarray(target_snr_db, dtype=np.float64).reshape(-1)
+    out = np.zeros((len(patches), targets.size))
+    if not patches:
+        return out
+    centre = int(patches[0][0])
+    wave = x[:, centre]
+    peak = wave.max()
+    if not peak > 0:
+        return out
+    wave = wave / peak
+    win = deepsif_spike_window(wave)
+    n_win = win.size
+    wc = wave - wave.mean()
+    sig_energy = float(np.dot(wc[win], wc[win]))
+    # background = all regions minus the patch: project the whole clip once
+    xc = x - x.mean(axis=0, keepdims=True)
+    xw = xc[win]
+    ew = xw @ f.T  # (n_win, C), temporal mean already removed
+    e_energy = float(np.sum(ew * ew))
+    gain = 10.0 ** (targets / 10.0)
+    for i, p in enumerate(patches):
+        p = np.asarray(p, dtype=np.int64)
+        if int(p[0]) != centre:
+            raise ValueError(f"all patches must share the clip's centre {centre}, patch {i} starts at {p[0]}")
+        w = np.ones(p.size) if weights is None else np.asarray(weights[i], dtype=np.float64)
+        topo = f[:, p] @ w
+        ps = sig_energy * float(np.dot(topo, topo)) / n_win
+        m = xw[:, p] @ f[:, p].T
+        pn = (e_energy - 2.0 * float(np.sum(ew * m)) + float(np.sum(m * m))) / n_win
+        pn = max(pn, 0.0)
+        out[i] = np.sqrt(gain * pn / ps) if ps > 0 else 0.0
+    return out
+
+
+def _resolve_anatomy(anatomy: Any):
+    if isinstance(anatomy, (str, os.PathLike)):
+        from .anatomy import load_anatomy
+
+        anatomy = load_anatomy(anatomy)
+    return anatomy
+
+
+def _as_n_sources(n_sources: int | Sequence[int]) -> tuple[int, ...]:
+    options = (int(n_sources),) if np.isscalar(n_sources) else tuple(int(v) for v in n_sources)  # type: ignore[arg-type]
+    if not options or any(v not in (1, 2) for v in options):
+        raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or a sequence of them, got {n_sources!r}.")
+    return options
+
+
+def _draw_half_max(half_max_mm: float | Sequence[float], rng: np.random.Generator) -> float:
+    if np.isscalar(half_max_mm):
+        return float(half_max_mm)  # type: ignore[arg-type]
+    lo, hi = (int(v) for v in half_max_mm)  # type: ignore[union-attr]
+    return float(rng.integers(lo, hi + 1))  # DeepSIF: randi([40, 60]) once per file
+
+
+def generate_metadata(
+    anatomy: Any,
+    clips: str | os.PathLike | Mapping[int, Sequence[int]],
+    *,
+    n_samples: int | None = None,
+    n_variations: int = 48,
+    n_sources: int | Sequence[int] = 2,
+    snr_levels_db: Sequence[float] = SNR_LEVELS_DB,
+    source_snr_db: Sequence[float] = TRAIN_SOURCE_SNR_DB,
+    patch_mode: str = "deepsif",
+    enumerate_candidates: bool = True,
+    patch_size_range: tuple[int, int] = (1, 70),
+    max_size: int = 70,
+    nper: int | None = None,
+    half_max_mm: float | Sequence[float] = HALF_MAX_DISTANCE_MM,
+    min_centre_distance_mm: float = 0.0,
+    alpha_uses_weights: bool = True,
+    fwd: np.ndarray | None = None,
+    clip_loader: ClipLoader | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Make DeepSIF metadata for the regions that have clips.
+
+    Parameters
+    ----------
+    anatomy : Anatomy | str | Path
+        Head model (``adjacency``, ``centres`` in mm, ``fwd``), or a spec for
+        :func:`~esikit.simulate.anatomy.load_anatomy`.
+    clips : path-like | dict
+        The ``nmm_spikes`` folder (clips are counted by listing ``a{r}/nmm_{k}.mat``
+        and read only for ``scale_ratio``), or a dict region -> clip numbers ``k``
+        (then ``clip_loader`` is required).
+    n_samples : int | None
+        Number of samples. None: every centre x ``n_variations`` x SNR level in
+        DeepSIF's order. Otherwise ``n_variations`` becomes
+        ``ceil(n_samples / (n_centres * n_levels))`` and a random subset of
+        ``n_samples`` rows (kept in order) is made.
+    n_variations : int
+        Variations per centre (DeepSIF: 48 training, 3 testing).
+    n_sources : int | sequence of int
+        1, 2, or e.g. ``(1, 2)`` to draw the count per configuration; S = the largest.
+    snr_levels_db : sequence of float
+        Sensor SNR levels, one sample per level and configuration (``current_snr``).
+    source_snr_db : sequence of float
+        Source-to-background SNRs giving the K ``scale_ratio`` options.
+    patch_mode : {'deepsif', 'grow'}
+        DeepSIF candidate patches, or patches grown to a size drawn uniformly from
+        ``patch_size_range``.
+    enumerate_candidates : bool
+        ``'deepsif'`` mode: variation ``v`` takes candidate ``v`` while there are
+        candidates (DeepSIF's training files); False draws every patch at random (its
+        test files).
+    patch_size_range : (int, int)
+        Inclusive size range for ``'grow'`` mode.
+    max_size : int
+        P, the padded patch width (DeepSIF: 70).
+    nper : int | None
+        Clips per region used (``k <= nper``; enters ``nmm_idx``). None: the largest
+        ``k`` present.
+    half_max_mm : float | (int, int)
+        Distance at which ``mag_change`` halves, or DeepSIF's integer range to draw it
+        from once.
+    min_centre_distance_mm : float
+        Smallest distance between the two centres of a two-source sample (their
+        patches are also kept disjoint and non-adjacent).
+    alpha_uses_weights : bool
+        Include ``mag_change`` in the SNR of ``scale_ratio`` (exact SNR of the
+        synthesized sample) or use weight 1 everywhere (DeepSIF).
+    fwd : array, shape (n_channels, n_regions) | None
+        Leadfield for ``scale_ratio`` (default ``anatomy.fwd``).
+    clip_loader : callable | None
+        ``clip_loader(region, k) -> (T, R)`` array; default reads the folder's files.
+        Each clip is read once.
+    seed : int
+        Seed of every random draw (patch candidates use it too).
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    meta : dict of str to array
+        ``selected_region`` int32 (N, S, P), ``nmm_idx`` int64 (N, S),
+        ``random_samples`` int64 (N, S), ``scale_ratio`` float64 (N, S, K),
+        ``mag_change`` float64 (N, S, P), ``current_snr`` float64 (N, 1).
+    """
+    from tqdm.auto import tqdm
+
+    anatomy = _resolve_anatomy(anatomy)
+    adj, centres = as_adjacency(anatomy)
+    n_regions = adj.shape[0]
+    fwd = np.asarray(anatomy.fwd if fwd is None else fwd, dtype=np.float64)
+    if fwd.ndim != 2 or fwd.shape[1] != n_regions:
+        raise ValueError(f"fwd has shape {fwd.shape}, expected (n_channels, {n_regions}) to match the anatomy")
+    if patch_mode not in ("deepsif", "grow"):
+        raise ValueError(f"Invalid value for 'patch_mode': expected one of 'deepsif', 'grow', got {patch_mode!r}.")
+    source_options = _as_n_sources(n_sources)
+    n_src = max(source_options)
+    levels = np.asarray(snr_levels_db, dtype=np.float64).reshape(-1)
+    targets = np.asarray(source_snr_db, dtype=np.float64).reshape(-1)
+    if levels.size == 0 or targets.size == 0:
+        raise ValueError("snr_levels_db and source_snr_db must hold at least one value each")
+    lo_size, hi_size = (int(v) for v in patch_size_range)
+    if not 1 <= lo_size <= hi_size <= max_size:
+        raise ValueError(
+            f"Invalid value for 'patch_size_range': expected 1 <= low <= high <= max_size={max_size}, "
+            f"got {patch_size_range!r}."
+        )
+
+    # -- clips --------------------------------------------------------------------------
+    if isinstance(clips, (str, os.PathLike)):
+        root = Path(clips)
+        clip_index = index_clips(root)
+        loader = clip_loader or _folder_loader(root)
+    else:
+        clip_index = {int(r): np.unique(np.asarray(ks, dtype=np.int64)) for r, ks in clips.items() if len(ks)}
+        if clip_loader is None:
+            raise ValueError("clip_loader is needed when clips is a dict of region -> clip numbers")
+        loader = clip_loader
+    outside = [r for r in clip_index if not 0 <= r < n_regions]
+    if outside:
+        logger.warning("Ignoring clip folders of %d region(s) outside [0, %d): %s", len(outside), n_regions, outside[:5])
+    if nper is None:
+        nper = int(max(int(ks.max()) for r, ks in clip_index.items() if 0 <= r < n_regions))
+    nper = int(nper)
+    clip_index = {r: ks[ks <= nper] for r, ks in clip_index.items() if 0 <= r < n_regions}
+    clip_index = {r: ks for r, ks in clip_index.items() if ks.size}
+    if not clip_index:
+        raise ValueError(f"no region has a clip numbered 1..{nper}")
+    centre_list = np.asarray(sorted(clip_index), dtype=np.int64)
+    n_centres = centre_list.size
+    n_levels = levels.size
+
+    ss = np.random.SeedSequence(int(seed))
+    rng_cfg, rng_k, rng_misc, rng_rows = (np.random.default_rng(s) for s in ss.spawn(4))
+    half_max = _draw_half_max(half_max_mm, rng_misc)
+    logger.info("mag_change halves at %.1f mm from the centre", half_max)
+
+    if n_samples is not None:
+        n_samples = int(n_samples)
+        if n_samples < 1:
+            raise ValueError(f"Invalid value for 'n_samples': expected an integer >= 1, got {n_samples}.")
+        n_variations = int(np.ceil(n_samples / (n_centres * n_levels)))
+    n_variations = int(n_variations)
+    if n_variations < 1:
+        raise ValueError(f"Invalid value for 'n_variations': expected an integer >= 1, got {n_variations}.")
+    n_total = n_centres * n_variations * n_levels
+    if n_samples is None or n_samples >= n_total:
+        rows = np.arange(n_total)
+    else:
+        rows = np.sort(rng_rows.choice(n_total, size=n_samples, replace=False))
+    n = rows.size
+    cfg_of_row = rows // n_levels  # configuration = (centre, variation)
+    level_of_row = rows % n_levels
+    cfgs = np.unique(cfg_of_row)
+
+    # -- patches per configuration ------------------------------------------------------
+    cands = CandidatePatches(adj, centres, seed=seed, max_size=max_size)
+    clip_regions_mask = np.zeros(n_regions, dtype=bool)
+    clip_regions_mask[centre_list] = True
+    cfg_patches: dict[int, list[np.ndarray]] = {}
+    n_fallback = 0
+    for cfg in tqdm(cfgs.tolist(), desc="patches", disable=not progress, leave=False):
+        c = int(centre_list[cfg // n_variations])
+        v = cfg % n_variations
+        rng = np.random.default_rng([int(seed), 1, cfg])
+        if patch_mode == "deepsif":
+            count = cands.count(c)
+            j = v if (enumerate_candidates and v < count) else int(rng.integers(count))
+            p1 = cands.get(c, j)
+        else:
+            p1 = grow_patch(adj, centres, c, int(rng.integers(lo_size, hi_size + 1)), rng)
+        patches = [p1]
+        k_src = source_options[int(rng.integers(len(source_options)))] if len(source_options) > 1 else source_options[0]
+        if k_src == 2:
+            p2 = _second_patch(adj, centres, cands, p1, clip_regions_mask, rng, patch_mode, (lo_size, hi_size),
+                               min_centre_distance_mm, max_size)
+            if p2 is None:
+                n_fallback += 1
+            else:
+                patches.append(p2)
+        cfg_patches[cfg] = patches
+    if n_fallback:
+        logger.warning(
+            "%d of %d two-source configurations found no second patch disjoint from and not touching the first; "
+            "they hold one source", n_fallback, cfgs.size)
+
+    # -- fields ------------------------------------------------------------------------
+    selected = np.full((n, n_src, max_size), NAN_NUMBER, dtype=np.int32)
+    mag = np.full((n, n_src, max_size), float(NAN_NUMBER), dtype=np.float64)
+    present = np.zeros((n, n_src), dtype=bool)
+    cfg_weights = {cfg: [gaussian_magnitude(centres, p, half_max) for p in ps] for cfg, ps in cfg_patches.items()}
+    for i, cfg in enumerate(cfg_of_row.tolist()):
+        for s, (p, w) in enumerate(zip(cfg_patches[cfg], cfg_weights[cfg])):
+            selected[i, s, : p.size] = p
+            mag[i, s, : p.size] = w
+            present[i, s] = True
+    centre_of = np.where(present, selected[:, :, 0], -1).astype(np.int64)
+    # k uniformly among the clips of each source's centre, drawn for all sources at once
+    flat_ks = np.concatenate([clip_index[int(r)] for r in centre_list])
+    offsets = np.zeros(n_regions + 1, dtype=np.int64)
+    counts = np.zeros(n_regions, dtype=np.int64)
+    counts[centre_list] = [clip_index[int(r)].size for r in centre_list]
+    offsets[1:] = np.cumsum(counts)
+    c_present = centre_of[present]
+    pick = np.minimum((rng_k.random(c_present.size) * counts[c_present]).astype(np.int64), counts[c_present] - 1)
+    random_samples = np.zeros((n, n_src), dtype=np.int64)
+    random_samples[present] = flat_ks[offsets[c_present] + pick]
+    nmm_idx = np.where(present, (centre_of + 1) * nper + random_samples + 1, 0)
+
+    # -- scale_ratio, one clip read per (region, k) -----------------------------------------
+    scale = np.zeros((n, n_src, targets.size), dtype=np.float64)
+    pairs_i, pairs_s = np.nonzero(present)
+    order = np.lexsort((random_samples[pairs_i, pairs_s], centre_of[pairs_i, pairs_s]))
+    pairs_i, pairs_s = pairs_i[order], pairs_s[order]
+    keys = centre_of[pairs_i, pairs_s] * (nper + 1) + random_samples[pairs_i, pairs_s]
+    bounds = np.flatnonzero(np.diff(keys)) + 1
+    groups = np.split(np.arange(keys.size), bounds)
+    n_flat = 0
+    for g in tqdm(groups, desc="scale_ratio", disable=not progress, leave=False):
+        gi, gs = pairs_i[g], pairs_s[g]
+        region, k = int(centre_of[gi[0], gs[0]]), int(random_samples[gi[0], gs[0]])
+        clip = np.asarray(loader(region, k), dtype=np.float64)
+        if clip.ndim != 2 or clip.shape[1] != n_regions:
+            raise ValueError(
+                f"clip a{region}/nmm_{k}: shape {clip.shape}, expected (T, {n_regions}) to match the leadfield"
+            )
+        pts = [cfg_patches[int(cfg_of_row[i])][s] for i, s in zip(gi, gs)]
+        wts = [cfg_weights[int(cfg_of_row[i])][s] for i, s in zip(gi, gs)] if alpha_uses_weights else None
+        alpha = scale_ratios_for_clip(clip, fwd, pts, wts, targets)
+        if not alpha.any():
+            n_flat += len(g)
+        scale[gi, gs] = alpha
+    if n_flat:
+        logger.warning("%d source(s) use a clip whose centre waveform has no positive peak: scale_ratio 0", n_flat)
+
+    return {
+        "selected_region": selected,
+        "nmm_idx": nmm_idx.astype(np.int64),
+        "random_samples": random_samples,
+        "scale_ratio": scale,
+        "mag_change": mag,
+        "current_snr": levels[level_of_row].reshape(n, 1),
+    }
+
+
+def _second_patch(
+    adj,
+    centres: np.ndarray,
+    cands: CandidatePatches,
+    p1: np.ndarray,
+    clip_regions_mask: np.ndarray,
+    rng: np.random.Generator,
+    patch_mode: str,
+    size_range: tuple[int, int],
+    min_dist: float,
+    max_size: int,
+    n_tries: int = 20,
+) -> np.ndarray | None:
+    """A second patch that neither overlaps nor touches ``p1``, or None."""
+    from .patches import _connected_prefix
+
+    n = adj.shape[0]
+    blocked = np.zeros(n, dtype=bool)
+    blocked[p1] = True
+    blocked[adj[p1].indices] = True  # regions touching the first patch
+    ok = clip_regions_mask & ~blocked
+    if min_dist > 0:
+        ok &= np.linalg.norm(centres - centres[p1[0]], axis=1) >= min_dist
+    choices = np.flatnonzero(ok)
+    if choices.size == 0:
+        return None
+    for _ in range(n_tries):
+        c2 = int(choices[rng.integers(choices.size)])
+        if patch_mode == "deepsif":
+            p2 = cands.get(c2, int(rng.integers(cands.count(c2))))
+        else:
+            p2 = grow_patch(adj, centres, c2, int(rng.integers(size_range[0], size_range[1] + 1)), rng)
+        if not blocked[p2].any():
+            return p2
+    # last resort: the last candidate cut to its regions away from the first patch
+    keep = [r for r in p2.tolist() if not blocked[r]]
+    return _connected_prefix(adj, keep, max_size)
+
+
+def write_metadata(path: str | os.PathLike, meta: Mapping[str, np.ndarray], format: str = "auto") -> Path:
+    """Write metadata to a MAT file.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file (e.g. ``train_sample_source1.mat``).
+    meta : dict of str to array
+        As returned by :func:`generate_metadata`.
+    format : {'auto', 'v5', 'v7.3'}
+        ``'auto'``: MAT v5 (what DeepSIF's MATLAB writes by default) unless a field is
+        too large for it (2 GiB), then v7.3.
+
+    Returns
+    -------
+    path : Path
+    """
+    from esikit.io import fits_in_mat_v5, save_mat_file
+
+    if format not in ("auto", "v5", "v7.3"):
+        raise ValueError(f"Invalid value for 'format': expected one of 'auto', 'v5', 'v7.3', got {format!r}.")
+    path = Path(path)
+    if format == "auto":
+        format = "v5" if fits_in_mat_v5(meta) else "v7.3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_mat_file(path, dict(meta), format=format)
+    logger.info("Wrote %s (%s, %d samples)", path, format, len(next(iter(meta.values()))))
+    return path
+
+
+def make_metadata_files(
+    anatomy: Any,
+    nmm_spikes_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n_train: int | None,
+    n_test: int | None,
+    seed: int = 0,
+    **kw: Any,
+) -> tuple[Path, Path]:
+    """Write ``train_sample_source1.mat`` and ``test_sample_source1.mat`` (DeepSIF's pair).
+
+    The training file enumerates each centre's candidate patches with 6 source SNR
+    options (10..20 dB); the test file draws random candidates with 2 options (10, 15
+    dB) and another seed (DeepSIF does not keep test centres apart from training ones:
+    both use every centre).
+
+    Parameters
+    ----------
+    anatomy : Anatomy | str | Path
+    nmm_spikes_dir : path-like
+    out_dir : path-like
+        Created if needed.
+    n_train, n_test : int | None
+        Number of samples in each file; None gives DeepSIF's full design (48 and 3
+        variations per centre, x 4 SNR levels).
+    seed : int
+        Training seed; the test file uses ``seed + 1``.
+    **kw
+        Passed to :func:`generate_metadata` for both files (e.g. ``n_sources``,
+        ``patch_mode``, ``nper``, ``clip_loader``, ``progress``); ``train_kw`` and
+        ``test_kw`` dicts override per file.
+
+    Returns
+    -------
+    train_path, test_path : Path
+    """
+    anatomy = _resolve_anatomy(anatomy)
+    out_dir = Path(out_dir)
+    train_kw = dict(kw.pop("train_kw", {}) or {})
+    test_kw = dict(kw.pop("test_kw", {}) or {})
+    fmt = kw.pop("format", "auto")
+    train_args = {"n_variations": 48, "source_snr_db": TRAIN_SOURCE_SNR_DB, "enumerate_candidates": True, **kw, **train_kw}
+    test_args = {"n_variations": 3, "source_snr_db": TEST_SOURCE_SNR_DB, "enumerate_candidates": False, **kw, **test_kw}
+    train = generate_metadata(anatomy, nmm_spikes_dir, n_samples=n_train, seed=seed, **train_args)
+    train_path = write_metadata(out_dir / "train_sample_source1.mat", train, fmt)
+    del train
+    test = generate_metadata(anatomy, nmm_spikes_dir, n_samples=n_test, seed=seed + 1, **test_args)
+    test_path = write_metadata(out_dir / "test_sample_source1.mat", test, fmt)
+    return train_path, test_path

@@ -1,0 +1,360 @@
+"""Tests for esikit.simulate.metadata (DeepSIF's generate_sythetic_source in Python)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from esikit.simulate.metadata import (
+    NAN_NUMBER,
+    TEST_SOURCE_SNR_DB,
+    TRAIN_SOURCE_SNR_DB,
+    gaussian_magnitude,
+    generate_metadata,
+    index_clips,
+    make_metadata_files,
+    scale_ratios_for_clip,
+    write_metadata,
+)
+from esikit.simulate.patches import is_connected
+
+N_TIMES = 200
+CLIP_REGIONS = [3, 9, 14, 20, 27, 33, 38, 45, 50, 56]
+N_CLIPS = 3
+
+
+def grid_anatomy(nx=8, ny=8, n_channels=16, seed=0):
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    rows, cols = [], []
+    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
+        rows += a.ravel().tolist()
+        cols += b.ravel().tolist()
+    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
+    adj = (adj + adj.T).tocsr()
+    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    centres = np.stack([xx.ravel() * 8.0, yy.ravel() * 8.0, np.zeros(nx * ny)], axis=1)
+    fwd = np.random.default_rng(seed).normal(size=(n_channels, nx * ny))
+    return SimpleNamespace(adjacency=adj, centres=centres, fwd=fwd)
+
+
+def spike_clip(region, k, n_regions, n_times=N_TIMES):
+    """Background noise everywhere, a spike (sharp peak then slow wave) at ``region``."""
+    rng = np.random.default_rng([region, k])
+    data = 0.3 * rng.normal(size=(n_times, n_regions))
+    t = np.arange(n_times)
+    peak = 80 + 5 * k
+    data[:, region] += 4.0 * np.exp(-0.5 * ((t - peak) / 4.0) ** 2) - 1.0 * np.exp(-0.5 * ((t - peak - 25) / 12.0) ** 2)
+    return data
+
+
+@pytest.fixture(scope="module")
+def anatomy():
+    return grid_anatomy()
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, anatomy):
+    from esikit.io import save_mat_file
+
+    root = tmp_path_factory.mktemp("source") / "nmm_spikes"
+    n_regions = anatomy.fwd.shape[1]
+    for r in CLIP_REGIONS:
+        (root / f"a{r}").mkdir(parents=True)
+        for k in range(1, N_CLIPS + 1):
+            save_mat_file(root / f"a{r}" / f"nmm_{k}.mat", {"data": spike_clip(r, k, n_regions)})
+    (root / "a5").mkdir()  # an empty folder: not a centre
+    (root / "notes.txt").write_text("not a clip folder")
+    return root
+
+
+def contract_snr_db(clip, fwd, patch, weights, scale):
+    """The SNR of a source synthesized by the sample contract, computed independently.
+
+    The patch takes the centre waveform divided by its peak, times ``scale`` and the
+    weights; signal = patch regions' EEG, background = every other region's EEG, both
+    with the temporal mean removed, powers over [peak - 50, end) (DeepSIF's window).
+    """
+    x = np.array(clip, dtype=float)
+    a = x[:, patch[0]] / x[:, patch[0]].max()
+    peak = int(np.argmax(a))
+    x[:, patch] = (a * scale)[:, None] * np.asarray(weights)[None, :]
+    rest = np.setdiff1d(np.arange(x.shape[1]), patch)
+    sig = x[:, patch] @ fwd[:, patch].T
+    noise = x[:, rest] @ fwd[:, rest].T
+    sig -= sig.mean(0)
+    noise -= noise.mean(0)
+    win = slice(max(peak - 50, 0), None)
+    return 10 * np.log10(np.sum(sig[win] ** 2) / np.sum(noise[win] ** 2))
+
+
+def test_index_clips(clip_dir):
+    idx = index_clips(clip_dir)
+    assert sorted(idx) == CLIP_REGIONS
+    assert all(v.tolist() == [1, 2, 3] for v in idx.values())
+    with pytest.raises(FileNotFoundError, match="not found"):
+        index_clips(clip_dir / "nope")
+    with pytest.raises(FileNotFoundError, match="a\\*/nmm_\\*.mat"):
+        index_clips(clip_dir / "a5")
+
+
+def test_gaussian_magnitude():
+    centres = np.array([[0, 0, 0], [50, 0, 0], [0, 20, 0], [0, 0, 100.0]])
+    w = gaussian_magnitude(centres, np.array([0, 1, 2, 3]), 50.0)
+    assert w[0] == 1.0
+    assert w[1] == pytest.approx(0.5, abs=1e-3)  # halves at the half-max distance
+    assert w[2] > w[1] > w[3] > 0
+
+
+@pytest.fixture(scope="module")
+def meta(anatomy, clip_dir):
+    return generate_metadata(anatomy, clip_dir, n_variations=6, seed=3, progress=False)
+
+
+def test_fields_shapes_dtypes(meta, anatomy):
+    n = len(CLIP_REGIONS) * 6 * 4
+    assert set(meta) == {"selected_region", "nmm_idx", "random_samples", "scale_ratio", "mag_change", "current_snr"}
+    assert meta["selected_region"].shape == (n, 2, 70) and meta["selected_region"].dtype.kind == "i"
+    assert meta["mag_change"].shape == (n, 2, 70) and meta["mag_change"].dtype == np.float64
+    assert meta["nmm_idx"].shape == (n, 2) and meta["nmm_idx"].dtype.kind == "i"
+    assert meta["random_samples"].shape == (n, 2) and meta["random_samples"].dtype.kind == "i"
+    assert meta["scale_ratio"].shape == (n, 2, len(TRAIN_SOURCE_SNR_DB))
+    assert meta["current_snr"].shape == (n, 1)
+    # DeepSIF's order: centre, variation, then the 4 SNR levels
+    np.testing.assert_array_equal(meta["current_snr"][:8, 0], [5, 10, 15, 20, 5, 10, 15, 20])
+    sel = meta["selected_region"]
+    centres = sel[:, 0, 0].reshape(len(CLIP_REGIONS), -1)
+    np.testing.assert_array_equal(centres[:, 0], CLIP_REGIONS)
+    assert (centres == centres[:, :1]).all()
+    # each configuration is repeated for the 4 SNR levels
+    assert (sel.reshape(-1, 4, 2, 70) == sel.reshape(-1, 4, 2, 70)[:, :1]).all()
+
+
+def test_padding_and_patches(meta, anatomy):
+    sel, mag = meta["selected_region"], meta["mag_change"]
+    n_regions = anatomy.fwd.shape[1]
+    valid = (sel >= 0) & (sel < n_regions)
+    assert ((sel == NAN_NUMBER) | valid).all()
+    # padding only after the patch, same places in mag_change
+    lengths = valid.sum(axis=2)
+    for i in range(0, sel.shape[0], 7):
+        for s in range(2):
+            L = lengths[i, s]
+            assert valid[i, s, :L].all() and not valid[i, s, L:].any()
+            assert (mag[i, s, L:] == NAN_NUMBER).all()
+            p = sel[i, s, :L]
+            assert len(np.unique(p)) == L
+            assert is_connected(anatomy.adjacency, p)
+    # two sources, disjoint and not touching, second centre has clips
+    adj = anatomy.adjacency
+    for i in range(0, sel.shape[0], 4):
+        p1 = sel[i, 0][valid[i, 0]]
+        p2 = sel[i, 1][valid[i, 1]]
+        assert p2.size and p2[0] in CLIP_REGIONS
+        assert not np.intersect1d(p1, p2).size
+        assert adj[p1][:, p2].nnz == 0
+
+
+def test_clip_fields(meta):
+    sel, rs, nidx = meta["selected_region"], meta["random_samples"], meta["nmm_idx"]
+    nper = N_CLIPS
+    assert rs.min() >= 1 and rs.max() <= nper
+    np.testing.assert_array_equal(nidx, (sel[:, :, 0].astype(np.int64) + 1) * nper + rs + 1)
+    # drawn per sample: the 4 SNR repeats of a configuration do not all share k
+    assert (rs.reshape(-1, 4, 2) != rs.reshape(-1, 4, 2)[:, :1]).any()
+
+
+def test_mag_change_decays_with_distance(meta, anatomy):
+    sel, mag = meta["selected_region"], meta["mag_change"]
+    c = anatomy.centres
+    sigmas = []
+    for i in range(0, sel.shape[0], 5):
+        for s in range(2):
+            valid = sel[i, s] != NAN_NUMBER
+            p, w = sel[i, s][valid], mag[i, s][valid]
+            assert w[0] == 1.0
+            d = np.linalg.norm(c[p] - c[p[0]], axis=1)
+            order = np.argsort(d)
+            assert np.all(np.diff(w[order]) <= 1e-12)
+            far = d > 0
+            sigmas.extend(np.sqrt(-d[far] ** 2 / (2 * np.log(w[far]))))
+    # one width per file, half maximum at an integer distance in DeepSIF's [40, 60] mm
+    sigmas = np.asarray(sigmas)
+    assert np.ptp(sigmas) < 1e-6
+    half = sigmas[0] / 0.8493
+    assert 40 - 1e-6 <= half <= 60 + 1e-6 and abs(half - round(half)) < 1e-3
+
+
+def test_scale_ratio_gives_target_snr(meta, anatomy, clip_dir):
+    from esikit.io import load_mat_file
+
+    sel, mag, rs, scale = meta["selected_region"], meta["mag_change"], meta["random_samples"], meta["scale_ratio"]
+    assert (scale > 0).all()
+    for i in (0, 13, 57, 101, 230):
+        for s in range(2):
+            valid = sel[i, s] != NAN_NUMBER
+            p, w = sel[i, s][valid], mag[i, s][valid]
+            clip = load_mat_file(clip_dir / f"a{p[0]}" / f"nmm_{rs[i, s]}.mat")["data"]
+            for j, target in enumerate(TRAIN_SOURCE_SNR_DB):
+                assert contract_snr_db(clip, anatomy.fwd, p, w, scale[i, s, j]) == pytest.approx(target, abs=1e-6)
+
+
+def test_deepsif_weight_one_alpha(anatomy, clip_dir):
+    from esikit.io import load_mat_file
+
+    m = generate_metadata(anatomy, clip_dir, n_samples=20, alpha_uses_weights=False, seed=1, progress=False)
+    sel, rs, scale = m["selected_region"], m["random_samples"], m["scale_ratio"]
+    for i in range(0, 20, 3):
+        p = sel[i, 0][sel[i, 0] != NAN_NUMBER]
+        clip = load_mat_file(clip_dir / f"a{p[0]}" / f"nmm_{rs[i, 0]}.mat")["data"]
+        snr = contract_snr_db(clip, anatomy.fwd, p, np.ones(p.size), scale[i, 0, 2])
+        assert snr == pytest.approx(TRAIN_SOURCE_SNR_DB[2], abs=1e-6)
+
+
+def test_scale_ratios_for_clip_matches_find_alpha(anatomy):
+    from esikit.simulate.snr import find_alpha
+
+    clip = spike_clip(20, 1, 64)
+    patches = [np.array([20, 21, 12]), np.array([20]), np.array([20, 28, 19, 29])]
+    weights = [np.array([1, 0.8, 0.6]), np.array([1.0]), np.array([1, 0.9, 0.9, 0.5])]
+    got = scale_ratios_for_clip(clip, anatomy.fwd, patches, weights, [10, 20])
+    for p, w, row in zip(patches, weights, got):
+        np.testing.assert_allclose(row, find_alpha(clip, anatomy.fwd, p, [10, 20], weights=w), rtol=1e-10)
+    with pytest.raises(ValueError, match="centre"):
+        scale_ratios_for_clip(clip, anatomy.fwd, [np.array([20]), np.array([21])], None, [10])
+    flat = np.zeros_like(clip)
+    assert not scale_ratios_for_clip(flat, anatomy.fwd, patches, None, [10]).any()
+
+
+def test_n_samples_sources_and_determinism(anatomy, clip_dir):
+    a = generate_metadata(anatomy, clip_dir, n_samples=50, n_sources=(1, 2), seed=7, progress=False)
+    b = generate_metadata(anatomy, clip_dir, n_samples=50, n_sources=(1, 2), seed=7, progress=False)
+    c = generate_metadata(anatomy, clip_dir, n_samples=50, n_sources=(1, 2), seed=8, progress=False)
+    assert a["selected_region"].shape == (50, 2, 70)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["selected_region"], c["selected_region"])
+    one = a["selected_region"][:, 1, 0] == NAN_NUMBER
+    assert one.any() and (~one).any()
+    assert (a["selected_region"][one, 1] == NAN_NUMBER).all()
+    assert (a["mag_change"][one, 1] == NAN_NUMBER).all()
+    assert (a["scale_ratio"][one, 1] == 0).all() and (a["random_samples"][one, 1] == 0).all()
+    single = generate_metadata(anatomy, clip_dir, n_samples=12, n_sources=1, seed=7, progress=False)
+    assert single["selected_region"].shape == (12, 1, 70)
+    assert single["scale_ratio"].shape == (12, 1, 6)
+
+
+def test_grow_mode_sizes(anatomy, clip_dir):
+    m = generate_metadata(
+        anatomy, clip_dir, n_samples=40, patch_mode="grow", patch_size_range=(3, 9), n_sources=1, seed=2, progress=False
+    )
+    sizes = (m["selected_region"][:, 0] != NAN_NUMBER).sum(axis=1)
+    assert sizes.min() >= 3 and sizes.max() <= 9
+    assert len(np.unique(sizes)) > 2
+
+
+def test_option_errors(anatomy, clip_dir):
+    with pytest.raises(ValueError, match="'patch_mode'"):
+        generate_metadata(anatomy, clip_dir, patch_mode="ring", progress=False)
+    with pytest.raises(ValueError, match="'n_sources'"):
+        generate_metadata(anatomy, clip_dir, n_sources=3, progress=False)
+    with pytest.raises(ValueError, match="'patch_size_range'"):
+        generate_metadata(anatomy, clip_dir, patch_mode="grow", patch_size_range=(0, 80), progress=False)
+    with pytest.raises(ValueError, match="clip_loader"):
+        generate_metadata(anatomy, {3: [1]}, progress=False)
+    with pytest.raises(ValueError, match="fwd has shape"):
+        generate_metadata(anatomy, clip_dir, fwd=np.ones((4, 5)), progress=False)
+
+
+def test_write_and_make_files(anatomy, clip_dir, tmp_path, meta):
+    from esikit.io import load_mat_file
+
+    path = write_metadata(tmp_path / "m.mat", meta)
+    back = load_mat_file(path)
+    for key, value in meta.items():
+        np.testing.assert_array_equal(np.asarray(back[key]).reshape(value.shape), value)
+    with pytest.raises(ValueError, match="'format'"):
+        write_metadata(tmp_path / "x.mat", meta, format="v4")
+    train, test = make_metadata_files(anatomy, clip_dir, tmp_path / "out", n_train=80, n_test=40, progress=False)
+    assert train.name == "train_sample_source1.mat" and test.name == "test_sample_source1.mat"
+    tr, te = load_mat_file(train), load_mat_file(test)
+    assert tr["selected_region"].shape == (80, 2, 70) and te["selected_region"].shape == (40, 2, 70)
+    assert tr["scale_ratio"].shape[-1] == len(TRAIN_SOURCE_SNR_DB)
+    assert te["scale_ratio"].shape[-1] == len(TEST_SOURCE_SNR_DB)
+
+
+def test_round_trip_through_dataset(anatomy, clip_dir, tmp_path):
+    data = pytest.importorskip("esikit.data", reason="esikit.data (the metadata dataset) is not available yet")
+    meta = generate_metadata(anatomy, clip_dir, n_samples=24, n_sources=(1, 2), seed=5, progress=False)
+    path = write_metadata(tmp_path / "train_sample_source1.mat", meta)
+    ds = data.SpikeEEGMetadataDataset(path, anatomy.fwd, nmm_spikes_dir=clip_dir)
+    assert len(ds) == 24
+    for i in (0, 5, 11, 23):
+        info = ds.sample_info(i)
+        valid = meta["selected_region"][i] != NAN_NUMBER
+        ours = [meta["selected_region"][i, s][valid[s]] for s in range(2) if valid[s, 0]]
+        assert info["n_sources"] == len(ours)
+        for got, want in zip(info["patches"], ours):
+            np.testing.assert_array_equal(np.asarray(got), want)
+        assert info["snr_db"] == pytest.approx(meta["current_snr"][i, 0])
+        eeg, source = ds[i]
+        assert tuple(eeg.shape) == (N_TIMES, anatomy.fwd.shape[0])
+        assert tuple(source.shape) == (N_TIMES, anatomy.fwd.shape[1])
+        labelled = np.zeros(anatomy.fwd.shape[1], bool)
+        for p in ours:
+            labelled[p] = True
+        src = np.asarray(source)
+        assert not src[:, ~labelled].any()
+        assert np.abs(src[:, labelled]).max() > 0
+
+
+def _deepsif_clip_loader(n_regions, n_times=500):
+    """In-memory spike clips for any (region, k): a shared background plus a spike."""
+    rng = np.random.default_rng(0)
+    background = (0.2 * rng.normal(size=(n_times, n_regions))).astype(np.float64)
+    t = np.arange(n_times)
+    spike = 5.0 * np.exp(-0.5 * ((t - 250) / 5.0) ** 2) - 1.5 * np.exp(-0.5 * ((t - 285) / 15.0) ** 2)
+
+    def load(region, k):
+        x = background.copy() * (1.0 + 0.1 * k)
+        x[:, region] += spike
+        return x
+
+    return load
+
+
+def test_deepsif_template(deepsif_anatomy_dir):
+    from esikit.simulate.anatomy import load_deepsif_anatomy
+
+    anat = load_deepsif_anatomy(deepsif_anatomy_dir)
+    regions = np.random.default_rng(0).choice(994, 60, replace=False)
+    clips = {int(r): [1, 2] for r in regions}
+    t0 = time.perf_counter()
+    m = generate_metadata(
+        anat, clips, n_samples=2000, clip_loader=_deepsif_clip_loader(994), seed=0, progress=False
+    )
+    elapsed = time.perf_counter() - t0
+    assert m["selected_region"].shape == (2000, 2, 70)
+    sizes = (m["selected_region"] != NAN_NUMBER).sum(axis=2)
+    assert sizes.min() >= 4 and sizes.max() <= 70
+    assert set(np.unique(m["selected_region"][:, :, 0])) <= set(clips)
+    assert (m["scale_ratio"] > 0).all()
+    assert elapsed < 60, f"2000 samples took {elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_full_deepsif_size_benchmark(deepsif_anatomy_dir):
+    """DeepSIF's full training design: 993 centres x 48 variations x 4 SNR levels."""
+    from esikit.simulate.anatomy import load_deepsif_anatomy
+
+    anat = load_deepsif_anatomy(deepsif_anatomy_dir)
+    clips = {r: [1, 2] for r in range(994) if r != 7}
+    t0 = time.perf_counter()
+    m = generate_metadata(anat, clips, clip_loader=_deepsif_clip_loader(994), seed=0, progress=False)
+    elapsed = time.perf_counter() - t0
+    assert m["selected_region"].shape == (190_656, 2, 70)
+    assert (m["scale_ratio"] > 0).all()
+    print(f"190,656 samples in {elapsed:.1f} s")

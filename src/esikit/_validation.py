@@ -1,0 +1,46 @@
+"""One place for argument checks, so every message has the same shape (MNE style)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def check_option(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise a ValueError.
+
+    The message reads ``Invalid value for 'name': expected one of 'a', 'b', got 'c'.``
+    """
+    allowed = tuple(allowed)
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"Invalid value for {name!r}: expected one of {options}, got {value!r}.")
+    return value
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> int | None:
+    """Check that ``value`` is an integer >= ``minimum`` (bools are rejected)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not _is_integer_like(value):
+        raise ValueError(f"Invalid value for {name!r}: expected an integer >= {minimum}, got {value!r}.")
+    if int(value) < minimum:
+        raise ValueError(f"Invalid value for {name!r}: expected an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _is_integer_like(value: Any) -> bool:
+    try:
+        import numpy as np
+
+        return isinstance(value, np.integer)
+    except ImportError:  # pragma: no cover - numpy is a hard dependency
+        return False
+
+
+def format_indices(indices: Iterable[int], limit: int = 5) -> str:
+    """``'3, 17, 40 and 12 more'``: a short list of sample indices for messages."""
+    indices = [int(i) for i in indices]
+    head = ", ".join(str(i) for i in indices[:limit])
+    rest = len(indices) - limit
+    return f"{head} and {rest} more" if rest > 0 else head

@@ -1,0 +1,370 @@
+"""The metadata dataset: DeepSIF training samples synthesized on the fly."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .._validation import check_option, format_indices
+from .clips import (
+    MISSING_CLIP_POLICIES,
+    ClipMapping,
+    ClipReadError,
+    ClipStore,
+    FolderClipStore,
+    H5ClipStore,
+    open_clip_store,
+    resolve_clip_ids,
+)
+from .metadata import SampleMetadata, read_metadata
+from .synthesis import draw_sample_randomness, synthesize_sample
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_forward(fwd: np.ndarray | str | PathLike) -> tuple[np.ndarray, str]:
+    """A ``(C, R)`` float32 forward matrix from an array (either orientation) or a file."""
+    from ..io import load_forward_matrix, orient_forward_matrix
+
+    if isinstance(fwd, (str, PathLike)):
+        return np.asarray(load_forward_matrix(fwd), dtype=np.float32), str(fwd)
+    if isinstance(fwd, torch.Tensor):
+        fwd = fwd.detach().cpu().numpy()
+    return np.asarray(orient_forward_matrix(np.asarray(fwd)), dtype=np.float32), "<array>"
+
+
+def find_clip_location(metadata_path: Path) -> Path:
+    """Where clips for ``metadata_path`` are when nothing says: ``nmm_spikes`` beside it,
+    else a ``*_nmm.h5`` file beside it (DeepSIF's consolidated store)."""
+    folder = metadata_path.parent / "nmm_spikes"
+    if folder.is_dir():
+        return folder
+    h5 = metadata_path.with_name(metadata_path.stem + "_nmm.h5")
+    if h5.is_file():
+        return h5
+    candidates = sorted(metadata_path.parent.glob("*_nmm.h5"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise FileNotFoundError(
+        f"No clips found for {metadata_path}: looked for {folder}/a*/nmm_*.mat and {h5}. "
+        "Run 'esikit simulate' or set NMM_SPIKES_DIR."
+    )
+
+
+class SpikeEEGMetadataDataset(Dataset):
+    """EEG/source pairs synthesized on the fly from DeepSIF metadata.
+
+    Sample ``i`` is made by :func:`esikit.data.synthesis.synthesize_sample` from the
+    metadata row, its clips and the forward matrix, with every random draw seeded by
+    ``(seed, epoch, i)``: the same in any worker, process or order.
+
+    Parameters
+    ----------
+    metadata_path : path-like
+        ``*_sample_source*.mat`` file (MAT v5/v7, v7.3 or Octave text).
+    fwd : array of shape (C, R) or (R, C), or path-like
+        Forward matrix, or a file holding it (keys ``fwd``, ``forward``, ``leadfield``, ``L``).
+    nmm_spikes_dir : path-like, optional
+        Folder of clips (``a{region}/nmm_{k}.mat``) or a DeepSIF ``*_nmm.h5`` file.
+        Default: ``nmm_spikes`` beside the metadata file.
+    dataset_len : int, optional
+        Use only the first ``dataset_len`` samples (default: all).
+    normalize : bool
+        Normalize EEG (re-reference, max |.| = 1) and source (max = 1).
+    seed : int
+        Seed of every random draw.
+    clip_resolution : {'auto', 'random_samples', 'formula', 'h5', 'mapping'}
+        How a source finds its clip (see ``SAMPLE_CONTRACT.md``).
+    nper : int, optional
+        Clips per region used when the metadata was made (``formula`` only); inferred
+        when None.
+    clip_mapping : callable, optional
+        ``clip_mapping(i, s, centre) -> (region, k)`` (or an index for an HDF5 store):
+        overrides the other resolutions.
+    missing_clips : {'zeros', 'error', 'drop'}
+        A referenced clip that is missing or unreadable: the source contributes nothing
+        (one warning at start-up), raise, or drop the samples that use it.
+    cache_mb : float
+        Size of the per-process clip cache, in MiB.
+    verify_clips : bool
+        Read every referenced clip at start-up (finds unreadable files and centre
+        waveforms that never rise above zero before training starts).
+
+    Examples
+    --------
+    >>> ds = SpikeEEGMetadataDataset("source/train_sample_source1.mat",
+    ...                              "anatomy/leadfield_75_20k.mat")  # doctest: +SKIP
+    >>> eeg, source = ds[0]  # (500, 75), (500, 994) float32 tensors  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        metadata_path: str | PathLike,
+        fwd: np.ndarray | str | PathLike,
+        nmm_spikes_dir: str | PathLike | None = None,
+        dataset_len: int | None = None,
+        normalize: bool = True,
+        seed: int = 0,
+        *,
+        clip_resolution: str = "auto",
+        nper: int | None = None,
+        clip_mapping: ClipMapping | None = None,
+        missing_clips: str = "zeros",
+        cache_mb: float = 512,
+        verify_clips: bool = False,
+        clip_store: ClipStore | None = None,
+    ):
+        check_option("missing_clips", missing_clips, MISSING_CLIP_POLICIES)
+        self.metadata_path = Path(metadata_path)
+        self.fwd, self.fwd_source = resolve_forward(fwd)
+        self.normalize = bool(normalize)
+        self.seed = int(seed)
+        self.missing_clips = missing_clips
+        n_channels, n_regions = self.fwd.shape
+
+        self.metadata: SampleMetadata = read_metadata(
+            self.metadata_path, n_regions, require_clip_field=clip_mapping is None
+        )
+        if clip_store is None:
+            location = Path(nmm_spikes_dir) if nmm_spikes_dir is not None else find_clip_location(self.metadata_path)
+            clip_store = open_clip_store(location, cache_bytes=int(cache_mb * 2**20))
+        self.store: ClipStore = clip_store
+        self._check_clip_shape()
+        ids, missing_where, self.clip_resolution = resolve_clip_ids(
+            self.metadata, self.store, clip_resolution, nper=nper, mapping=clip_mapping
+        )
+        if verify_clips:
+            missing_where += self._verify_clips(ids)
+        self.clip_ids = ids
+        keep = self._apply_missing_policy(ids, missing_where)
+
+        if dataset_len is not None:
+            dataset_len = int(dataset_len)
+            if dataset_len < 1 or dataset_len > keep.size:
+                raise ValueError(
+                    f"Invalid value for 'dataset_len': expected 1 to {keep.size} (samples available in "
+                    f"{self.metadata_path}), got {dataset_len}"
+                )
+            keep = keep[:dataset_len]
+        self.indices = keep
+        self.metadata.share_memory()
+        self._clip_ids_shared = torch.from_numpy(np.ascontiguousarray(self.clip_ids)).share_memory_()
+        self.clip_ids = self._clip_ids_shared.numpy()
+        # The epoch lives in shared memory so persistent workers see set_epoch.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._frozen = False
+        logger.info("%r", self)
+
+    # -- start-up checks --------------------------------------------------------------------
+    def _check_clip_shape(self) -> None:
+        try:
+            n_times, n_regions = self.store.shape
+        except ClipReadError as exc:
+            raise ClipReadError(f"cannot read the first clip to learn T and R: {exc}") from exc
+        if n_regions != self.fwd.shape[1]:
+            where = self.store.describe(0)
+            raise ValueError(
+                f"{where}: clip has {n_regions} regions (shape {(n_times, n_regions)}), but the forward matrix "
+                f"{self.fwd_source} has {self.fwd.shape[1]} (shape {self.fwd.shape}); they must match"
+            )
+
+    def _verify_clips(self, ids: np.ndarray) -> list[str]:
+        """Read each referenced clip once; unreadable ones become missing (-1 in ``ids``)."""
+        from tqdm.auto import tqdm
+
+        meta = self.metadata
+        unreadable: list[str] = []
+        bad_peak: list[int] = []
+        present = ids >= 0
+        uniq = np.unique(ids[present])
+        failed = set()
+        for cid in tqdm(uniq, desc="verifying clips", unit="clip", disable=uniq.size < 200):
+            try:
+                self.store.get(int(cid))
+            except ClipReadError as exc:
+                failed.add(int(cid))
+                unreadable.append(str(exc))
+        for i, s in zip(*np.nonzero(present)):
+            cid = int(ids[i, s])
+            if cid in failed:
+                ids[i, s] = -1
+                continue
+            if self.store.get(cid)[:, meta.centres[i, s]].max() <= 0:
+                bad_peak.append(int(i))
+        if bad_peak:
+            from .metadata import MetadataError
+
+            raise MetadataError(
+                str(self.metadata_path),
+                [
+                    f"{len(bad_peak)} source(s) have a centre waveform whose maximum is <= 0 (cannot be scaled "
+                    f"to a peak) in samples {format_indices(sorted(set(bad_peak)))}"
+                ],
+            )
+        return [u.split(": cannot read")[0] for u in unreadable]
+
+    def _apply_missing_policy(self, ids: np.ndarray, missing_where: list[str]) -> np.ndarray:
+        present = self.metadata.present
+        missing = present & (ids < 0)
+        affected = np.nonzero(missing.any(axis=1))[0]
+        n_all = self.metadata.n_samples
+        if affected.size == 0:
+            return np.arange(n_all, dtype=np.int64)
+        paths = list(dict.fromkeys(missing_where))
+        head = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        text = (
+            f"{self.metadata_path}: {missing.sum()} source(s) in {affected.size} of {n_all} samples reference "
+            f"{len(paths)} missing or unreadable clip(s): {head}"
+        )
+        if self.missing_clips == "error":
+            raise FileNotFoundError(text + " (missing_clips='error')")
+        if self.missing_clips == "drop":
+            logger.warning("%s; dropping those samples (missing_clips='drop')", text)
+            keep = np.setdiff1d(np.arange(n_all), affected)
+            if keep.size == 0:
+                raise FileNotFoundError(text + ": no sample is left after dropping them")
+            return keep.astype(np.int64)
+        logger.warning("%s; those sources contribute nothing (missing_clips='zeros')", text)
+        return np.arange(n_all, dtype=np.int64)
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def n_channels(self) -> int:
+        return int(self.fwd.shape[0])
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.fwd.shape[1])
+
+    @property
+    def n_times(self) -> int:
+        return int(self.store.n_times)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __repr__(self) -> str:
+        meta = self.metadata
+        n_missing = int((meta.present & (self.clip_ids < 0)).sum())
+        return (
+            f"{type(self).__name__}(metadata='{self.metadata_path}', samples={len(self)} of {meta.n_samples}, "
+            f"source_slots={meta.n_sources}, regions={self.n_regions}, channels={self.n_channels}, "
+            f"times={self.n_times}, clips={self.store!r}, clip_resolution='{self.clip_resolution}', "
+            f"missing_clip_sources={n_missing}, seed={self.seed}, epoch={self.epoch})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["clip_ids"] = None  # rebuilt from the shared tensor
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["clip_ids"] = state["_clip_ids_shared"].numpy()
+        self.__dict__.update(state)
+
+    # -- epochs ----------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fresh draws for a new epoch (no effect on validation/test views)."""
+        if not self._frozen:
+            self._epoch.fill_(int(epoch))
+
+    def subset(self, indices: Sequence[int] | np.ndarray, *, freeze_epoch: bool = False) -> SpikeEEGMetadataDataset:
+        """A view of some of this dataset's samples sharing its metadata, clips and seed.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Positions in this dataset.
+        freeze_epoch : bool
+            Keep epoch 0 for ever (validation and test sets).
+        """
+        view = copy.copy(self)
+        view.indices = self.indices[np.asarray(indices, dtype=np.int64)]
+        if freeze_epoch:
+            view._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+            view._frozen = True
+        return view
+
+    # -- samples -------------------------------------------------------------------------------
+    def sample_index(self, i: int) -> int:
+        """Row of the metadata file behind position ``i``."""
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
+        return int(self.indices[i])
+
+    def sample_info(self, i: int) -> dict[str, Any]:
+        """Labels and SNR of sample ``i`` without synthesizing it (for evaluation)."""
+        g = self.sample_index(i)
+        meta = self.metadata
+        patches = meta.patches(g)
+        return {
+            "index": g,
+            "patches": patches,
+            "centres": [int(p[0]) for p in patches],
+            "weights": meta.patch_weights(g),
+            "snr_db": float(meta.snr_db[g]),
+            "n_sources": len(patches),
+        }
+
+    def _load_clip(self, clip_id: int) -> np.ndarray | None:
+        try:
+            return self.store.get(clip_id)
+        except ClipReadError as exc:
+            if self.missing_clips == "zeros":
+                _warn_once(str(exc))
+                return None
+            raise
+
+    def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
+        g = self.sample_index(i)
+        epoch = self.epoch if epoch is None else int(epoch)
+        meta = self.metadata
+        choice, noise = draw_sample_randomness(
+            self.seed, epoch, g, meta.n_sources, meta.n_scale_options, self.n_times, self.n_channels
+        )
+        clips, patches, weights, scales = [], [], [], []
+        rows, w = meta.regions[g], meta.weights[g]
+        for s in range(meta.n_sources):
+            cid = int(self.clip_ids[g, s])
+            if rows[s, 0] < 0 or cid < 0:
+                continue
+            clip = self._load_clip(cid)
+            if clip is None:
+                continue
+            mask = rows[s] >= 0
+            clips.append(clip)
+            patches.append(rows[s][mask])
+            weights.append(w[s][mask])
+            scales.append(meta.scale_ratio[g, s, choice[s]])
+        return synthesize_sample(clips, patches, weights, scales, self.fwd, meta.snr_db[g], noise, self.normalize)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        eeg, source = self.synthesize(int(i))
+        return torch.from_numpy(eeg), torch.from_numpy(source)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s; the source contributes nothing (missing_clips='zeros')", message)
+
+
+__all__ = ["SpikeEEGMetadataDataset", "resolve_forward", "find_clip_location", "FolderClipStore", "H5ClipStore"]

@@ -1,0 +1,173 @@
+"""DataLoaders over the metadata datasets: seeded split, epoch-aware shuffling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .dataset import SpikeEEGMetadataDataset, resolve_forward
+
+logger = logging.getLogger(__name__)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``.
+
+    Unlike ``shuffle=True`` with a global generator, the order of epoch ``e`` is known
+    without replaying epochs ``0..e-1``, so a resumed run sees the same batches as an
+    uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n = int(n)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch, 0x5EED])
+        return iter(rng.permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def set_loader_epoch(loader: DataLoader | None, epoch: int) -> None:
+    """Propagate ``epoch`` to a loader's sampler and dataset (whichever support it)."""
+    if loader is None:
+        return
+    for obj in (loader.sampler, getattr(loader.batch_sampler, "sampler", None), loader.dataset):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of ``range(n)``: ``(train_idx, val_idx)``, sorted."""
+    if not 0.0 <= float(val_split) < 1.0:
+        raise ValueError(f"Invalid value for 'VAL_SPLIT': expected a fraction in [0, 1), got {val_split!r}")
+    n_val = int(round(n * float(val_split)))
+    if n - n_val < 1:
+        raise ValueError(f"Invalid value for 'VAL_SPLIT': {val_split} leaves no training sample out of {n}")
+    perm = np.random.default_rng([int(seed), 0xDA7A]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _loader(dataset: Any, batch_size: int, *, shuffle_seed: int | None, num_workers: int, pin_memory: bool,
+            **kwargs: Any) -> DataLoader:
+    sampler = EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        **kwargs,
+    )
+
+
+def create_dataloaders_from_metadata(
+    train_metadata_path: str | PathLike,
+    test_metadata_path: str | PathLike | None,
+    fwd_matrix_path: str | PathLike | np.ndarray,
+    batch_size: int = 8,
+    val_split: float = 0.1,
+    num_workers: int = 4,
+    nmm_spikes_dir: str | PathLike | None = None,
+    train_dataset_len: int | None = None,
+    test_dataset_len: int | None = None,
+    *,
+    seed: int = 0,
+    pin_memory: bool = False,
+    normalize: bool = True,
+    test_nmm_spikes_dir: str | PathLike | None = None,
+    **dataset_kwargs: Any,
+) -> tuple[DataLoader, DataLoader | None, DataLoader | None, dict[str, Any]]:
+    """Train, validation and test loaders over DeepSIF metadata.
+
+    Parameters
+    ----------
+    train_metadata_path, test_metadata_path : path-like
+        Metadata files; ``test_metadata_path`` may be None (no test loader).
+    fwd_matrix_path : path-like or array
+        Forward matrix file (or array), shared by all three datasets.
+    batch_size : int
+    val_split : float
+        Fraction of the training metadata held out for validation (seeded split;
+        validation draws stay those of epoch 0).
+    num_workers : int
+        DataLoader worker processes (persistent). Workers share the metadata arrays
+        through shared memory instead of each holding a copy.
+    nmm_spikes_dir : path-like, optional
+        Clip folder (default: ``nmm_spikes`` beside each metadata file).
+    train_dataset_len, test_dataset_len : int, optional
+        Use only the first samples of each file.
+    seed : int
+        Seed of the split, the shuffling and every sample's draws.
+    test_nmm_spikes_dir : path-like, optional
+        Clip folder of the test metadata when it differs from ``nmm_spikes_dir``.
+    **dataset_kwargs
+        Passed to :class:`SpikeEEGMetadataDataset` (``clip_resolution``, ``nper``,
+        ``missing_clips``, ...).
+
+    Returns
+    -------
+    train_loader, val_loader, test_loader : DataLoader
+        ``val_loader`` is None when ``val_split`` is 0, ``test_loader`` when no test file.
+    info : dict
+        ``fwd`` (C, R), ``n_channels``, ``n_regions``, ``n_times``, sample counts and
+        the datasets themselves.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"Invalid value for 'BATCH_SIZE': expected an integer >= 1, got {batch_size!r}")
+    if int(num_workers) < 0:
+        raise ValueError(f"Invalid value for 'NUM_WORKERS': expected an integer >= 0, got {num_workers!r}")
+    fwd, fwd_source = resolve_forward(fwd_matrix_path)
+    full = SpikeEEGMetadataDataset(
+        train_metadata_path, fwd, nmm_spikes_dir, dataset_len=train_dataset_len, normalize=normalize,
+        seed=seed, **dataset_kwargs,
+    )
+    train_idx, val_idx = split_indices(len(full), val_split, seed)
+    train_ds = full.subset(train_idx)
+    val_ds = full.subset(val_idx, freeze_epoch=True) if val_idx.size else None
+    test_ds = None
+    if test_metadata_path is not None:
+        test_ds = SpikeEEGMetadataDataset(
+            test_metadata_path, fwd, test_nmm_spikes_dir or nmm_spikes_dir, dataset_len=test_dataset_len,
+            normalize=normalize, seed=seed, **dataset_kwargs,
+        )
+        test_ds = test_ds.subset(np.arange(len(test_ds)), freeze_epoch=True)
+
+    common = dict(num_workers=int(num_workers), pin_memory=bool(pin_memory) and torch.cuda.is_available())
+    train_loader = _loader(train_ds, int(batch_size), shuffle_seed=seed, **common)
+    val_loader = _loader(val_ds, int(batch_size), shuffle_seed=None, **common) if val_ds is not None else None
+    test_loader = _loader(test_ds, int(batch_size), shuffle_seed=None, **common) if test_ds is not None else None
+    info = {
+        "fwd": fwd,
+        "fwd_source": fwd_source,
+        "n_channels": int(fwd.shape[0]),
+        "n_regions": int(fwd.shape[1]),
+        "n_times": full.n_times,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds) if val_ds is not None else 0,
+        "n_test": len(test_ds) if test_ds is not None else 0,
+        "train_dataset": train_ds,
+        "val_dataset": val_ds,
+        "test_dataset": test_ds,
+        "train_metadata": full.metadata.summary(),
+        "test_metadata": test_ds.metadata.summary() if test_ds is not None else None,
+    }
+    logger.info(
+        "Loaders: %d train, %d validation, %d test samples; %d channels, %d regions, %d time points",
+        info["n_train"], info["n_val"], info["n_test"], info["n_channels"], info["n_regions"], info["n_times"],
+    )
+    return train_loader, val_loader, test_loader, info

@@ -1,0 +1,114 @@
+"""Metadata reading: layouts, padding, and every validation error, reported at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from esikit.data import MetadataError, metadata_from_arrays, read_metadata
+from esikit.data.toy import make_toy_metadata
+
+
+def _meta(n=6, r=20, seed=0, **kw):
+    return make_toy_metadata(np.random.default_rng(seed), n, r, 2, **kw)
+
+
+def test_normalized_layout_and_padding():
+    raw = _meta(padding=999)
+    m = metadata_from_arrays(raw, 20)
+    assert m.regions.shape == (6, 2, 8) and m.regions.dtype == np.int32
+    assert m.weights.shape == (6, 2, 8)
+    assert m.scale_ratio.shape == (6, 2, 3)
+    assert m.snr_db.shape == (6,)
+    pad = ~np.isfinite(raw["selected_region"]) | (raw["selected_region"] >= 20)
+    assert np.all(m.regions[pad] == -1) and np.all(m.weights[pad] == 0)
+    assert np.array_equal(m.present, raw["selected_region"][:, :, 0] < 20)
+    assert m.patches(0)[0][0] == raw["selected_region"][0, 0, 0]
+
+
+def test_label_out_of_range_is_padding():
+    raw = _meta(r=20)
+    raw["selected_region"][0, 0, 1] = 20  # == R: not a region
+    raw["selected_region"][0, 0, 2] = 3.5  # fractional: not a region
+    m = metadata_from_arrays(raw, 20)
+    assert m.regions[0, 0, 1] == -1 and m.regions[0, 0, 2] == -1
+
+
+def test_singleton_dimension_variants_are_accepted():
+    raw = _meta(n=5, max_sources=1)
+    variants = {
+        "selected_region": raw["selected_region"][:, 0, :],  # N x P
+        "mag_change": raw["mag_change"],  # N x 1 x P
+        "scale_ratio": raw["scale_ratio"][:, 0, :],  # N x K for S = 1
+        "random_samples": raw["random_samples"].T,  # 1 x N row vector
+        "nmm_idx": raw["nmm_idx"][:, 0],  # N
+        "current_snr": raw["current_snr"].T[..., None],  # 1 x N x 1
+    }
+    m = metadata_from_arrays(variants, 20)
+    ref = metadata_from_arrays(raw, 20)
+    for name in ("regions", "weights", "scale_ratio", "snr_db", "random_samples", "nmm_idx"):
+        np.testing.assert_array_equal(getattr(m, name), getattr(ref, name))
+
+
+def test_sensor_snr_alias():
+    raw = _meta()
+    raw["sensor_snr"] = raw.pop("current_snr")
+    assert metadata_from_arrays(raw, 20).snr_db.shape == (6,)
+
+
+def test_every_problem_reported_at_once():
+    raw = _meta(n=8)
+    raw["scale_ratio"][1, 0, 0] = np.nan
+    raw["scale_ratio"][2, 0, 1] = -1.0
+    raw["mag_change"][3, 0, 0] = np.inf
+    raw["current_snr"][4] = np.nan
+    raw["selected_region"][5] = 15213  # a sample with no source
+    raw["random_samples"][6, 0] = np.nan  # centre but no clip
+    raw["nmm_idx"][6, 0] = np.nan
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 20, path="x.mat")
+    text = str(err.value)
+    assert "x.mat" in text and len(err.value.problems) == 5
+    for needle in ("'scale_ratio'", "samples 1, 2", "'mag_change'", "'current_snr'", "no source at all",
+                   "centre but no clip"):
+        assert needle in text, needle
+
+
+def test_padded_centre_with_regions_is_an_error():
+    raw = _meta()
+    raw["selected_region"][0, 0, 0] = 15213
+    raw["selected_region"][0, 0, 1] = 4
+    with pytest.raises(MetadataError, match="centre must come first"):
+        metadata_from_arrays(raw, 20)
+
+
+def test_bad_shapes_and_missing_fields():
+    raw = _meta(n=6)
+    raw["nmm_idx"] = np.zeros((3, 2))
+    raw["mag_change"] = raw["mag_change"][:, :, :5]
+    del raw["current_snr"]
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 20, path="m.mat")
+    text = str(err.value)
+    assert "field 'nmm_idx' has shape (3, 2), expected (N, S) with N=6, S=2" in text
+    assert "field 'mag_change' has shape (6, 2, 5)" in text
+    assert "current_snr" in text
+    raw = _meta()
+    del raw["random_samples"], raw["nmm_idx"]
+    with pytest.raises(MetadataError, match="random_samples or nmm_idx"):
+        metadata_from_arrays(raw, 20)
+    metadata_from_arrays(raw, 20, require_clip_field=False)  # a mapping function will choose
+
+
+def test_read_metadata_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.mat"):
+        read_metadata(tmp_path / "nope.mat", 20)
+
+
+def test_summary_counts():
+    raw = _meta(n=40, one_source_fraction=0.5)
+    s = metadata_from_arrays(raw, 20).summary()
+    assert s["n_samples"] == 40
+    assert sum(s["sources_per_sample"].values()) == 40
+    assert set(s["snr_levels_db"]) <= {5.0, 10.0, 15.0, 20.0}
+    assert 1 <= s["patch_size_min"] <= s["patch_size_max"] <= 8

@@ -1,0 +1,143 @@
+"""``esikit simulate``: make a DeepSIF-style training dataset from an anatomy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .pipeline import DEMO_DURATION_S, DEMO_N_TEST, DEMO_N_TRAIN, DEMO_SETTINGS
+
+logger = logging.getLogger(__name__)
+
+
+def parse_index_list(text: str | None, name: str = "regions") -> list[int] | None:
+    """Parse ``"all"``, ``"3"``, ``"0-9,12,20-22"`` into sorted indices (None for all).
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        On anything else, naming the option.
+    """
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError(part)
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"Invalid value for '{name}': expected 'all' or indices like '0-9,12', got {text!r}."
+        ) from None
+    return sorted(out)
+
+
+def _settings(text: str) -> list[int]:
+    values = parse_index_list(text, "settings")
+    return list(DEMO_SETTINGS) if values is None else values
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``simulate`` on the ``esikit`` command's sub-parsers."""
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate NMM spike clips and write a training dataset (anatomy, clips, metadata)",
+        description=(
+            "Simulate the Jansen-Rit network as DeepSIF did in TVB (one excited region at a "
+            "time), cut spike clips, and write a complete dataset folder: anatomy/, "
+            "source/nmm_spikes/, source/train_sample_source1.mat, source/test_sample_source1.mat "
+            "and dataset.json. Resumable: rerunning continues an interrupted run and reuses a "
+            "finished one."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("out_dir", nargs="?", default="data/simulated", help="dataset folder to write")
+    p.add_argument("--anatomy", default="default",
+                   help="'default' (tvb-data, 76 regions, 63 channels), a DeepSIF anatomy folder "
+                        "or an anatomy .npz")
+    p.add_argument("--regions", type=parse_index_list, default=None,
+                   help="regions to simulate, e.g. '0-9,12' (default: all)")
+    p.add_argument("--duration", type=float, default=DEMO_DURATION_S,
+                   help="simulated seconds per region and noise setting")
+    p.add_argument("--settings", type=_settings, default=list(DEMO_SETTINGS),
+                   help="DeepSIF noise settings to run, e.g. '0,1,2' (0: mu 0.087, 1: 0.08 x1.7 "
+                        "noise, 2: 0.083 x1.5 noise)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: all available CPUs)")
+    p.add_argument("--n-train", type=int, default=DEMO_N_TRAIN,
+                   help="samples in train_sample_source1.mat (0: DeepSIF's full design)")
+    p.add_argument("--n-test", type=int, default=DEMO_N_TEST,
+                   help="samples in test_sample_source1.mat (0: DeepSIF's full design)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulations and metadata")
+    p.add_argument("--coupling-scale", type=float, default=1.0,
+                   help="global connectome weight scale (1.0 reproduces DeepSIF's data)")
+    p.add_argument("--r", type=float, default=1.0,
+                   help="steepness of the SigmoidalJansenRit coupling (1.0 = TVB of DeepSIF's "
+                        "time; 0.56 = tvb-library >= 2.7.3 default)")
+    p.add_argument("--force", action="store_true", help="remake an existing dataset")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run_simulate)
+
+
+def config_lines(summary: dict) -> list[str]:
+    """The lines to paste into ``configs/config.py`` for a made dataset."""
+    paths = summary["paths"]
+    return [
+        f"TRAIN_METADATA_PATH = {str(Path(paths['train_metadata']).resolve())!r}",
+        f"TEST_METADATA_PATH = {str(Path(paths['test_metadata']).resolve())!r}",
+        f"NMM_SPIKES_DIR = {str(Path(paths['nmm_spikes']).resolve())!r}",
+        f"FWD_MATRIX_PATH = {str(Path(paths['fwd']).resolve())!r}",
+    ]
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Run ``esikit simulate`` with parsed arguments; returns the exit code."""
+    from .pipeline import make_dataset
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = make_dataset(
+            args.out_dir, anatomy=args.anatomy, regions=args.regions, duration_s=args.duration,
+            settings=args.settings, n_workers=args.workers, seed=args.seed,
+            n_train=args.n_train or None, n_test=args.n_test or None,
+            coupling_scale=args.coupling_scale, r=args.r, force=args.force,
+            progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"esikit simulate: error: {err}")
+        return 2
+    n_regions = len(summary["config"]["regions"])
+    without = summary["regions_without_clips"]
+    print(f"Dataset in {args.out_dir}: {summary['n_clips']} clips from "
+          f"{n_regions - len(without)} of {n_regions} regions "
+          f"({summary['n_channels']} channels, {summary['n_regions']} regions)")
+    print(f"  simulated {summary['simulated_s']:.0f} s, "
+          f"{summary['spikes']['peaks_per_simulated_s'] or 0:.3f} spikes per simulated second, "
+          f"wall time {summary['wall_s']:.1f} s")
+    if without:
+        print(f"  regions without clips (not in the metadata): {without}")
+    print("Paste into configs/config.py:")
+    for line in config_lines(summary):
+        print(f"  {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m esikit.simulate._cli``)."""
+    parser = argparse.ArgumentParser(prog="esikit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

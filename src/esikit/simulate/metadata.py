@@ -158,6 +158,7 @@ def scale_ratios_for_clip(
     patches: Sequence[np.ndarray],
     weights: Sequence[np.ndarray] | None,
     target_snr_db: Sequence[float] | np.ndarray,
+    gram_fwd: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`~esikit.simulate.snr.find_alpha` for many patches sharing one clip.
 
@@ -173,6 +174,8 @@ def scale_ratios_for_clip(
     weights : list of arrays of float | None
         Weight of each patch region (None: all 1, DeepSIF).
     target_snr_db : array, shape (K,)
+    gram_fwd : array, shape (n_regions, n_regions) | None
+        ``fwd.T @ fwd``, to reuse across clips (computed when None).
 
     Returns
     -------
@@ -196,11 +199,14 @@ def scale_ratios_for_clip(
     n_win = win.size
     wc = wave - wave.mean()
     sig_energy = float(np.dot(wc[win], wc[win]))
-    # background = all regions minus the patch: project the whole clip once
-    xc = x - x.mean(axis=0, keepdims=True)
-    xw = xc[win]
-    ew = xw @ f.T  # (n_win, C), temporal mean already removed
+    # Background power = ||(E - M_p)[win]||^2 with E the whole clip's centred EEG and
+    # M_p the patch's part: expand it so that the clip-sized products happen once per
+    # clip and each patch only costs |p| x |p| work.
+    xw_t = np.ascontiguousarray((x[win] - x.mean(axis=0)).T)  # (R, n_win), temporal mean removed
+    ew = xw_t.T @ f.T  # (n_win, C): EEG of the whole clip in the window
     e_energy = float(np.sum(ew * ew))
+    cross = np.sum((xw_t @ ew) * f.T, axis=1)  # (R,): <E, EEG of region r alone>
+    gram_f = f.T @ f if gram_fwd is None else gram_fwd  # (R, R)
     gain = 10.0 ** (targets / 10.0)
     for i, p in enumerate(patches):
         p = np.asarray(p, dtype=np.int64)
@@ -209,9 +215,9 @@ def scale_ratios_for_clip(
         w = np.ones(p.size) if weights is None else np.asarray(weights[i], dtype=np.float64)
         topo = f[:, p] @ w
         ps = sig_energy * float(np.dot(topo, topo)) / n_win
-        m = xw[:, p] @ f[:, p].T
-        pn = (e_energy - 2.0 * float(np.sum(ew * m)) + float(np.sum(m * m))) / n_win
-        pn = max(pn, 0.0)
+        xp = xw_t[p]
+        patch_energy = float(np.sum((xp @ xp.T) * gram_f[np.ix_(p, p)]))
+        pn = max(e_energy - 2.0 * float(cross[p].sum()) + patch_energy, 0.0) / n_win
         out[i] = np.sqrt(gain * pn / ps) if ps > 0 else 0.0
     return out
 
@@ -457,6 +463,7 @@ def generate_metadata(
     bounds = np.flatnonzero(np.diff(keys)) + 1
     groups = np.split(np.arange(keys.size), bounds)
     n_flat = 0
+    gram_fwd = fwd.T @ fwd
     for g in tqdm(groups, desc="scale_ratio", disable=not progress, leave=False):
         gi, gs = pairs_i[g], pairs_s[g]
         region, k = int(centre_of[gi[0], gs[0]]), int(random_samples[gi[0], gs[0]])
@@ -467,7 +474,7 @@ def generate_metadata(
             )
         pts = [cfg_patches[int(cfg_of_row[i])][s] for i, s in zip(gi, gs)]
         wts = [cfg_weights[int(cfg_of_row[i])][s] for i, s in zip(gi, gs)] if alpha_uses_weights else None
-        alpha = scale_ratios_for_clip(clip, fwd, pts, wts, targets)
+        alpha = scale_ratios_for_clip(clip, fwd, pts, wts, targets, gram_fwd)
         if not alpha.any():
             n_flat += len(g)
         scale[gi, gs] = alpha

@@ -190,3 +190,28 @@ def test_deepsif_template(deepsif_anatomy_dir):
     # DeepSIF's two/three-ring patches: a few to a few dozen regions
     assert 4 <= sizes.min() and sizes.max() <= 70
     assert 10 <= np.median(sizes) <= 40
+
+
+@pytest.mark.parametrize("use_candidates", [False, True])
+def test_pick_second_patch(use_candidates):
+    from esikit.simulate.patches import pick_second_patch
+
+    adj, centres = grid_anatomy(12, 12)
+    sym, _ = as_adjacency(adj, centres)
+    cands = CandidatePatches(adj, centres, seed=0) if use_candidates else None
+    rng = np.random.default_rng(0)
+    allowed = np.zeros(144, bool)
+    allowed[::5] = True
+    for _ in range(20):
+        first = grow_patch(adj, centres, int(rng.integers(144)), 15, rng)
+        second = pick_second_patch(adj, centres, first, allowed, rng, candidates=cands, size_range=(3, 20),
+                                   min_centre_distance_mm=30.0)
+        assert second is not None
+        assert allowed[second[0]]
+        assert np.linalg.norm(centres[second[0]] - centres[first[0]]) >= 30.0
+        assert not np.intersect1d(first, second).size
+        assert sym[first][:, second].nnz == 0  # not touching
+        assert is_connected(sym, second)
+    # nowhere to go: every allowed centre is in or next to the first patch
+    first = np.array([0, 1, 12])
+    assert pick_second_patch(adj, centres, first, np.array([0, 1, 2, 13, 24]), rng) is None

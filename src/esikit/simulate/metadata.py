@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .patches import CandidatePatches, as_adjacency, grow_patch
+from .patches import CandidatePatches, as_adjacency, grow_patch, pick_second_patch
 from .snr import deepsif_spike_window
 
 logger = logging.getLogger(__name__)
@@ -419,8 +419,11 @@ def generate_metadata(
         patches = [p1]
         k_src = source_options[int(rng.integers(len(source_options)))] if len(source_options) > 1 else source_options[0]
         if k_src == 2:
-            p2 = _second_patch(adj, centres, cands, p1, clip_regions_mask, rng, patch_mode, (lo_size, hi_size),
-                               min_centre_distance_mm, max_size)
+            p2 = pick_second_patch(
+                adj, centres, p1, clip_regions_mask, rng,
+                candidates=cands if patch_mode == "deepsif" else None,
+                size_range=(lo_size, hi_size), min_centre_distance_mm=min_centre_distance_mm, max_size=max_size,
+            )
             if p2 is None:
                 n_fallback += 1
             else:
@@ -489,45 +492,6 @@ def generate_metadata(
         "mag_change": mag,
         "current_snr": levels[level_of_row].reshape(n, 1),
     }
-
-
-def _second_patch(
-    adj,
-    centres: np.ndarray,
-    cands: CandidatePatches,
-    p1: np.ndarray,
-    clip_regions_mask: np.ndarray,
-    rng: np.random.Generator,
-    patch_mode: str,
-    size_range: tuple[int, int],
-    min_dist: float,
-    max_size: int,
-    n_tries: int = 20,
-) -> np.ndarray | None:
-    """A second patch that neither overlaps nor touches ``p1``, or None."""
-    from .patches import _connected_prefix
-
-    n = adj.shape[0]
-    blocked = np.zeros(n, dtype=bool)
-    blocked[p1] = True
-    blocked[adj[p1].indices] = True  # regions touching the first patch
-    ok = clip_regions_mask & ~blocked
-    if min_dist > 0:
-        ok &= np.linalg.norm(centres - centres[p1[0]], axis=1) >= min_dist
-    choices = np.flatnonzero(ok)
-    if choices.size == 0:
-        return None
-    for _ in range(n_tries):
-        c2 = int(choices[rng.integers(choices.size)])
-        if patch_mode == "deepsif":
-            p2 = cands.get(c2, int(rng.integers(cands.count(c2))))
-        else:
-            p2 = grow_patch(adj, centres, c2, int(rng.integers(size_range[0], size_range[1] + 1)), rng)
-        if not blocked[p2].any():
-            return p2
-    # last resort: the last candidate cut to its regions away from the first patch
-    keep = [r for r in p2.tolist() if not blocked[r]]
-    return _connected_prefix(adj, keep, max_size)
 
 
 def write_metadata(path: str | os.PathLike, meta: Mapping[str, np.ndarray], format: str = "auto") -> Path:

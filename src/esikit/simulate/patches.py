@@ -43,6 +43,7 @@ __all__ = [
     "CandidatePatches",
     "candidate_patches",
     "grow_patch",
+    "pick_second_patch",
     "is_connected",
 ]
 
@@ -441,6 +442,81 @@ def grow_patch(
         if _neighbours(adj, frontier, inside).size == 0:
             break
     return _connected_prefix(adj, order, size)
+
+
+def pick_second_patch(
+    anatomy_or_adjacency: Any,
+    centres: np.ndarray | None,
+    first: np.ndarray,
+    allowed_centres: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    candidates: CandidatePatches | None = None,
+    size_range: tuple[int, int] = (1, 70),
+    min_centre_distance_mm: float = 0.0,
+    max_size: int = 70,
+    n_tries: int = 20,
+) -> np.ndarray | None:
+    """A second source patch that neither overlaps nor touches ``first``.
+
+    Its centre is drawn among ``allowed_centres`` outside ``first`` and its neighbours
+    (and at least ``min_centre_distance_mm`` from the first centre); its patch is a
+    random DeepSIF candidate (``candidates`` given) or grown to a size drawn from
+    ``size_range``. After ``n_tries`` patches that touch the first one, the last is cut
+    to its regions away from ``first`` (kept connected).
+
+    Parameters
+    ----------
+    anatomy_or_adjacency : Anatomy | sparse matrix, shape (n_regions, n_regions)
+    centres : array, shape (n_regions, 3) | None
+        Region centres in mm (None: from the Anatomy).
+    first : array of int
+        The first patch.
+    allowed_centres : array of bool, shape (n_regions,) | array of int
+        Regions that may be the second centre (e.g. those with clips).
+    rng : numpy.random.Generator
+    candidates : CandidatePatches | None
+        Draw among DeepSIF candidates instead of growing.
+    size_range : (int, int)
+        Inclusive size range when growing.
+    min_centre_distance_mm : float
+    max_size : int
+    n_tries : int
+
+    Returns
+    -------
+    patch : array of int64 | None
+        Centre first; None when no allowed centre lies away from ``first``.
+    """
+    if candidates is not None:
+        adj, centres = candidates.adjacency, candidates.centres
+    else:
+        adj, centres = as_adjacency(anatomy_or_adjacency, centres)
+    n = adj.shape[0]
+    first = np.asarray(first, dtype=np.int64)
+    allowed = np.asarray(allowed_centres)
+    if allowed.dtype != bool:
+        allowed = _mask(n, allowed)
+    blocked = _mask(n, first)
+    blocked[_neighbours(adj, first)] = True  # regions touching the first patch
+    ok = allowed & ~blocked
+    if min_centre_distance_mm > 0:
+        ok &= np.linalg.norm(centres - centres[first[0]], axis=1) >= min_centre_distance_mm
+    choices = np.flatnonzero(ok)
+    if choices.size == 0:
+        return None
+    lo, hi = (int(v) for v in size_range)
+    patch = None
+    for _ in range(n_tries):
+        c2 = int(choices[rng.integers(choices.size)])
+        if candidates is not None:
+            patch = candidates.get(c2, int(rng.integers(candidates.count(c2))))
+        else:
+            patch = grow_patch(adj, centres, c2, int(rng.integers(lo, hi + 1)), rng)
+        if not blocked[patch].any():
+            return patch
+    keep = [r for r in patch.tolist() if not blocked[r]]  # type: ignore[union-attr]
+    return _connected_prefix(adj, keep, max_size)
 
 
 def is_connected(adjacency: Any, patch: np.ndarray) -> bool:

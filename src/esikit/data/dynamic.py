@@ -1,0 +1,400 @@
+"""The dynamic dataset: sample configurations drawn on the fly, no metadata file.
+
+Where :class:`~esikit.data.SpikeEEGMetadataDataset` reads each sample's sources from a
+DeepSIF metadata file, :class:`DynamicSpikeEEGDataset` draws them for every
+``(seed, epoch, index)``: centres among the regions that have clips, a clip of each
+centre, patches grown over the region adjacency
+(:func:`esikit.simulate.patches.grow_patch` or DeepSIF's candidates), the
+``mag_change``-style Gaussian weights, the sensor SNR and each source's peak amplitude
+(set, by default, for a source-to-background SNR drawn from ``scale_range`` with
+:func:`esikit.simulate.snr.find_alpha`). The sample itself is then made by
+:func:`esikit.data.synthesis.synthesize_sample`, the one contract function, with the
+noise of :func:`esikit.data.synthesis.draw_sample_randomness`: the same in any worker,
+process or order; a new epoch gives new configurations.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .._validation import check_option
+from .clips import ClipReadError, ClipStore, FolderClipStore, open_clip_store
+from .synthesis import draw_sample_randomness, synthesize_sample
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DynamicSpikeEEGDataset", "SCALE_MODES", "PATCH_MODES"]
+
+#: How ``scale_range`` is read: source-to-background SNR in dB, or peak amplitude.
+SCALE_MODES = ("snr_db", "peak")
+#: How patches are made: grown to a drawn size, or a random DeepSIF candidate.
+PATCH_MODES = ("grow", "deepsif")
+
+# Tag mixed into the configuration generator so its stream never coincides with the
+# one of draw_sample_randomness, which is seeded by (seed, epoch, index) alone.
+_CONFIG_STREAM = 0x5EED
+
+
+def _pair(name: str, value: Sequence[float], kind: type = float) -> tuple[Any, Any]:
+    try:
+        lo, hi = (kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid value for {name!r}: expected a (low, high) pair, got {value!r}.") from None
+    if lo > hi:
+        raise ValueError(f"Invalid value for {name!r}: expected low <= high, got {value!r}.")
+    return lo, hi
+
+
+class DynamicSpikeEEGDataset(Dataset):
+    """EEG/source pairs from sample configurations drawn on the fly.
+
+    Parameters
+    ----------
+    nmm_spikes_dir : path-like
+        Clip folder ``a{region}/nmm_{k}.mat`` (a consolidated ``*_nmm.h5`` store does
+        not say which region each clip belongs to, so it cannot be used here).
+    fwd : array, shape (C, R) or (R, C) | path-like | None
+        Forward matrix or a file with it; None uses ``anatomy.fwd``.
+    anatomy : Anatomy | str | Path
+        Region adjacency and centres (mm) for growing patches, or a spec for
+        :func:`esikit.simulate.anatomy.load_anatomy`.
+    dataset_len : int
+        Samples per epoch.
+    n_sources : int | sequence of int
+        Number of sources, drawn uniformly from the given values (1 and/or 2).
+    snr_range_db : (float, float)
+        Sensor SNR, uniform in dB.
+    patch_size_range : (int, int)
+        Patch size in regions, uniform integer, inclusive (``patch_mode='grow'``).
+    scale_range : (float, float)
+        ``scale_mode='snr_db'``: source-to-background SNR in dB, uniform; the peak
+        amplitude is the :func:`~esikit.simulate.snr.find_alpha` value for it
+        (DeepSIF's ``scale_ratio`` options span 10-20 dB). ``'peak'``: the peak
+        amplitude itself, uniform.
+    seed : int
+        Seed of every draw.
+    normalize : bool
+        Normalize EEG (re-reference, max |.| = 1) and source (max = 1).
+    scale_mode : {'snr_db', 'peak'}
+    patch_mode : {'grow', 'deepsif'}
+        Grow to a drawn size, or draw one of DeepSIF's candidate patches.
+    half_max_mm : (float, float)
+        Distance at which a patch region's weight halves (Gaussian in the distance from
+        the centre, like ``mag_change``), uniform per source.
+    min_centre_distance_mm : float
+        Smallest distance between the centres of a two-source sample; the patches are
+        also disjoint and not touching.
+    cache_mb : float
+        Per-process clip cache.
+    clip_store : FolderClipStore | None
+        An already opened store (then ``nmm_spikes_dir`` is only used for messages).
+
+    Examples
+    --------
+    >>> ds = DynamicSpikeEEGDataset("source/nmm_spikes", None, "anatomy/anatomy.npz",
+    ...                             dataset_len=10000)  # doctest: +SKIP
+    >>> eeg, source = ds[0]  # (T, C), (T, R) float32 tensors  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        nmm_spikes_dir: str | PathLike,
+        fwd: np.ndarray | str | PathLike | None,
+        anatomy: Any,
+        dataset_len: int,
+        n_sources: int | Sequence[int] = (1, 2),
+        snr_range_db: tuple[float, float] = (5.0, 20.0),
+        patch_size_range: tuple[int, int] = (5, 70),
+        scale_range: tuple[float, float] = (10.0, 20.0),
+        seed: int = 0,
+        normalize: bool = True,
+        *,
+        scale_mode: str = "snr_db",
+        patch_mode: str = "grow",
+        half_max_mm: tuple[float, float] = (40.0, 60.0),
+        min_centre_distance_mm: float = 0.0,
+        cache_mb: float = 512,
+        clip_store: ClipStore | None = None,
+    ):
+        from ..simulate.patches import as_adjacency
+        from .dataset import resolve_forward
+
+        check_option("scale_mode", scale_mode, SCALE_MODES)
+        check_option("patch_mode", patch_mode, PATCH_MODES)
+        if isinstance(anatomy, (str, PathLike)):
+            from ..simulate.anatomy import load_anatomy
+
+            anatomy = load_anatomy(anatomy)
+        self.adjacency, self.centres = as_adjacency(anatomy)
+        if fwd is None:
+            fwd = getattr(anatomy, "fwd", None)
+            if fwd is None:
+                raise ValueError("fwd is None and the anatomy has no 'fwd'; give a forward matrix")
+        self.fwd, self.fwd_source = resolve_forward(fwd)
+        self._fwd64 = self.fwd.astype(np.float64)
+        n_regions = self.fwd.shape[1]
+        if self.adjacency.shape[0] != n_regions:
+            raise ValueError(
+                f"anatomy has {self.adjacency.shape[0]} regions but the forward matrix {self.fwd_source} has "
+                f"{n_regions} (shape {self.fwd.shape}); they must match"
+            )
+        dataset_len = int(dataset_len)
+        if dataset_len < 1:
+            raise ValueError(f"Invalid value for 'dataset_len': expected an integer >= 1, got {dataset_len}.")
+        self.dataset_len = dataset_len
+        options = (int(n_sources),) if np.isscalar(n_sources) else tuple(int(v) for v in n_sources)  # type: ignore[arg-type]
+        if not options or any(v not in (1, 2) for v in options):
+            raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or a sequence of them, got {n_sources!r}.")
+        self.n_sources_options = options
+        self.snr_range_db = _pair("snr_range_db", snr_range_db)
+        self.patch_size_range = _pair("patch_size_range", patch_size_range, int)
+        if self.patch_size_range[0] < 1:
+            raise ValueError(f"Invalid value for 'patch_size_range': expected sizes >= 1, got {patch_size_range!r}.")
+        self.scale_range = _pair("scale_range", scale_range)
+        self.half_max_mm = _pair("half_max_mm", half_max_mm)
+        self.scale_mode = scale_mode
+        self.patch_mode = patch_mode
+        self.min_centre_distance_mm = float(min_centre_distance_mm)
+        self.seed = int(seed)
+        self.normalize = bool(normalize)
+        self.max_size = max(70, self.patch_size_range[1])
+
+        if clip_store is None:
+            clip_store = open_clip_store(Path(nmm_spikes_dir), cache_bytes=int(cache_mb * 2**20))
+        if not isinstance(clip_store, FolderClipStore):
+            raise ValueError(
+                f"the dynamic dataset needs an nmm_spikes folder (a{{region}}/nmm_{{k}}.mat), got {clip_store!r}"
+            )
+        self.store: FolderClipStore = clip_store
+        n_times, clip_regions = self.store.shape
+        if clip_regions != n_regions:
+            raise ValueError(
+                f"{self.store.describe(0)}: clip has {clip_regions} regions (shape {(n_times, clip_regions)}), "
+                f"but the forward matrix {self.fwd_source} has {n_regions}; they must match"
+            )
+        regions = self.store.regions_with_clips()
+        outside = regions[(regions < 0) | (regions >= n_regions)]
+        if outside.size:
+            logger.warning("Ignoring clips of %d region(s) outside [0, %d)", outside.size, n_regions)
+        self.clip_centres = regions[(regions >= 0) & (regions < n_regions)]
+        if self.clip_centres.size == 0:
+            raise FileNotFoundError(f"{self.store.root}: no clip of a region in [0, {n_regions})")
+        if 2 in options and self.clip_centres.size < 2:
+            raise ValueError(f"{self.store.root}: two-source samples need clips of at least two regions")
+        self._allowed = np.zeros(n_regions, dtype=bool)
+        self._allowed[self.clip_centres] = True
+        # clip ids of region r are the contiguous range [first[r], first[r] + count[r])
+        self._first = np.searchsorted(self.store.clip_regions, self.clip_centres, side="left")
+        self._count = np.searchsorted(self.store.clip_regions, self.clip_centres, side="right") - self._first
+        self._candidates = None
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._frozen = False
+        self.indices = np.arange(self.dataset_len, dtype=np.int64)
+        logger.info("%r", self)
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def n_channels(self) -> int:
+        return int(self.fwd.shape[0])
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.fwd.shape[1])
+
+    @property
+    def n_times(self) -> int:
+        return int(self.store.n_times)
+
+    @property
+    def n_source_slots(self) -> int:
+        """S: the most sources a sample can have."""
+        return max(self.n_sources_options)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(clips={self.store!r}, samples={len(self)}, centres={self.clip_centres.size}, "
+            f"n_sources={self.n_sources_options}, regions={self.n_regions}, channels={self.n_channels}, "
+            f"times={self.n_times}, snr_range_db={self.snr_range_db}, patch_mode='{self.patch_mode}', "
+            f"patch_size_range={self.patch_size_range}, scale_mode='{self.scale_mode}', "
+            f"scale_range={self.scale_range}, seed={self.seed}, epoch={self.epoch})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_candidates"] = None  # rebuilt lazily in each worker
+        return state
+
+    # -- epochs --------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """New configurations and noise for a new epoch (no effect on frozen views)."""
+        if not self._frozen:
+            self._epoch.fill_(int(epoch))
+
+    def subset(self, indices: Sequence[int] | np.ndarray, *, freeze_epoch: bool = False) -> DynamicSpikeEEGDataset:
+        """A view of some samples (same draws for the same underlying index).
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Positions in this dataset.
+        freeze_epoch : bool
+            Keep epoch 0 for ever (validation and test sets).
+        """
+        view = copy.copy(self)
+        view.indices = self.indices[np.asarray(indices, dtype=np.int64)]
+        if freeze_epoch:
+            view._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+            view._frozen = True
+        return view
+
+    def sample_index(self, i: int) -> int:
+        """Underlying sample index (the one that seeds the draws) of position ``i``."""
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
+        return int(self.indices[i])
+
+    # -- configuration -------------------------------------------------------------------------
+    def _candidate_patches(self):
+        if self._candidates is None:
+            from ..simulate.patches import CandidatePatches
+
+            self._candidates = CandidatePatches(self.adjacency, self.centres, seed=self.seed, max_size=self.max_size)
+        return self._candidates
+
+    def _draw_patch(self, centre: int, rng: np.random.Generator) -> np.ndarray:
+        from ..simulate.patches import grow_patch
+
+        if self.patch_mode == "deepsif":
+            cands = self._candidate_patches()
+            return cands.get(centre, int(rng.integers(cands.count(centre))))
+        lo, hi = self.patch_size_range
+        return grow_patch(self.adjacency, self.centres, centre, int(rng.integers(lo, hi + 1)), rng)
+
+    def _draw_clip(self, centre: int, rng: np.random.Generator) -> int:
+        j = int(np.searchsorted(self.clip_centres, centre))
+        return int(self._first[j] + rng.integers(self._count[j]))
+
+    def _peak(self, clip_id: int, patch: np.ndarray, weights: np.ndarray, value: float) -> float:
+        """Peak amplitude for a drawn ``scale_range`` value."""
+        if self.scale_mode == "peak":
+            return value
+        from ..simulate.snr import find_alpha
+
+        clip = self._load_clip(clip_id)
+        if clip is None or not clip[:, patch[0]].max() > 0:
+            return 0.0  # nothing to scale: the source contributes its clip's background only
+        return float(find_alpha(clip, self._fwd64, patch, value, weights=weights))
+
+    def _load_clip(self, clip_id: int) -> np.ndarray | None:
+        try:
+            return self.store.get(clip_id)
+        except ClipReadError as exc:
+            _warn_once(str(exc))
+            return None
+
+    def sample_config(self, i: int, epoch: int | None = None) -> dict[str, Any]:
+        """The drawn configuration of sample ``i``: everything but the noise.
+
+        Returns
+        -------
+        config : dict
+            ``index``, ``epoch``, ``patches`` (list of int arrays, centre first),
+            ``centres``, ``weights`` (list of float arrays), ``clip_ids``, ``clips``
+            (list of ``(region, k)``), ``scales`` (peak amplitudes), ``snr_db``,
+            ``n_sources``, and ``source_snr_db`` (the drawn source SNRs, ``scale_mode
+            ='snr_db'``) or None.
+        """
+        from ..simulate.metadata import gaussian_magnitude
+        from ..simulate.patches import pick_second_patch
+
+        g = self.sample_index(i)
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = np.random.default_rng([self.seed, epoch, g, _CONFIG_STREAM])
+        n_src = self.n_sources_options[int(rng.integers(len(self.n_sources_options)))]
+        snr_db = float(rng.uniform(*self.snr_range_db))
+        c1 = int(self.clip_centres[rng.integers(self.clip_centres.size)])
+        patches = [self._draw_patch(c1, rng)]
+        if n_src == 2:
+            p2 = pick_second_patch(
+                self.adjacency, self.centres, patches[0], self._allowed, rng,
+                candidates=self._candidate_patches() if self.patch_mode == "deepsif" else None,
+                size_range=self.patch_size_range, min_centre_distance_mm=self.min_centre_distance_mm,
+                max_size=self.max_size,
+            )
+            if p2 is not None:
+                patches.append(p2)
+        weights, clip_ids, scales, source_snr = [], [], [], []
+        for p in patches:
+            w = gaussian_magnitude(self.centres, p, float(rng.uniform(*self.half_max_mm)))
+            cid = self._draw_clip(int(p[0]), rng)
+            value = float(rng.uniform(*self.scale_range))
+            source_snr.append(value)
+            scales.append(self._peak(cid, p, w, value))
+            weights.append(w)
+            clip_ids.append(cid)
+        return {
+            "index": g,
+            "epoch": epoch,
+            "patches": patches,
+            "centres": [int(p[0]) for p in patches],
+            "weights": weights,
+            "clip_ids": clip_ids,
+            "clips": [(int(self.store.clip_regions[c]), int(self.store.clip_ks[c])) for c in clip_ids],
+            "scales": scales,
+            "snr_db": snr_db,
+            "n_sources": len(patches),
+            "source_snr_db": source_snr if self.scale_mode == "snr_db" else None,
+        }
+
+    def sample_info(self, i: int, epoch: int | None = None) -> dict[str, Any]:
+        """Labels and SNR of sample ``i`` (same keys as the metadata dataset's, and more)."""
+        return self.sample_config(i, epoch)
+
+    # -- samples -------------------------------------------------------------------------------
+    def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
+        cfg = self.sample_config(i, epoch)
+        _, noise = draw_sample_randomness(
+            self.seed, cfg["epoch"], cfg["index"], self.n_source_slots, 1, self.n_times, self.n_channels
+        )
+        clips, patches, weights, scales = [], [], [], []
+        for cid, p, w, a in zip(cfg["clip_ids"], cfg["patches"], cfg["weights"], cfg["scales"]):
+            clip = self._load_clip(cid)
+            if clip is None:
+                continue
+            clips.append(clip)
+            patches.append(p)
+            weights.append(w)
+            scales.append(a)
+        return synthesize_sample(clips, patches, weights, scales, self.fwd, cfg["snr_db"], noise, self.normalize)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        eeg, source = self.synthesize(int(i))
+        return torch.from_numpy(eeg), torch.from_numpy(source)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s; the source contributes nothing", message)

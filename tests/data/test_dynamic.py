@@ -1,0 +1,182 @@
+"""Tests for esikit.data.dynamic (sample configurations drawn on the fly)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from esikit.data.dynamic import DynamicSpikeEEGDataset
+from esikit.data.synthesis import draw_sample_randomness, synthesize_sample
+from esikit.simulate.patches import is_connected
+
+N_TIMES = 120
+N_REGIONS = 49
+CLIP_REGIONS = [2, 10, 17, 24, 31, 38, 46]
+
+
+def grid_anatomy(nx=7, ny=7, n_channels=12):
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    rows, cols = [], []
+    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
+        rows += a.ravel().tolist()
+        cols += b.ravel().tolist()
+    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
+    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    centres = np.stack([xx.ravel() * 9.0, yy.ravel() * 9.0, np.zeros(nx * ny)], axis=1)
+    fwd = np.random.default_rng(0).normal(size=(n_channels, nx * ny))
+    return SimpleNamespace(adjacency=(adj + adj.T).tocsr(), centres=centres, fwd=fwd)
+
+
+def clip(region, k):
+    rng = np.random.default_rng([region, k])
+    x = 0.3 * rng.normal(size=(N_TIMES, N_REGIONS))
+    t = np.arange(N_TIMES)
+    x[:, region] += 3.0 * np.exp(-0.5 * ((t - 50 - 3 * k) / 4.0) ** 2)
+    return x
+
+
+@pytest.fixture(scope="module")
+def anatomy():
+    return grid_anatomy()
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    from esikit.io import save_mat_file
+
+    root = tmp_path_factory.mktemp("dyn") / "nmm_spikes"
+    for r in CLIP_REGIONS:
+        (root / f"a{r}").mkdir(parents=True)
+        for k in (1, 2):
+            save_mat_file(root / f"a{r}" / f"nmm_{k}.mat", {"data": clip(r, k)})
+    return root
+
+
+def make(clip_dir, anatomy, **kw):
+    args = dict(dataset_len=12, patch_size_range=(2, 12), seed=4)
+    args.update(kw)
+    return DynamicSpikeEEGDataset(clip_dir, None, anatomy, **args)
+
+
+def test_shapes_and_configurations(clip_dir, anatomy):
+    ds = make(clip_dir, anatomy)
+    assert len(ds) == 12
+    assert "DynamicSpikeEEGDataset(" in repr(ds)
+    n_two = 0
+    for i in range(len(ds)):
+        eeg, source = ds[i]
+        assert eeg.dtype == torch.float32 and tuple(eeg.shape) == (N_TIMES, 12)
+        assert tuple(source.shape) == (N_TIMES, N_REGIONS)
+        info = ds.sample_info(i)
+        assert {"patches", "snr_db", "n_sources", "centres", "weights", "index"} <= set(info)
+        assert 5 <= info["snr_db"] <= 20
+        assert info["n_sources"] in (1, 2)
+        n_two += info["n_sources"] == 2
+        for p, w, (region, k) in zip(info["patches"], info["weights"], info["clips"]):
+            assert p[0] in CLIP_REGIONS and region == p[0] and k in (1, 2)
+            assert 2 <= len(p) <= 12 and is_connected(anatomy.adjacency, p)
+            assert w[0] == 1.0 and (w <= 1).all() and (w > 0).all()
+        if info["n_sources"] == 2:
+            p1, p2 = info["patches"]
+            assert not np.intersect1d(p1, p2).size
+        labelled = np.zeros(N_REGIONS, bool)
+        labelled[np.concatenate(info["patches"])] = True
+        src = source.numpy()
+        assert not src[:, ~labelled].any() and src.max() == pytest.approx(1.0)
+    assert 0 < n_two < len(ds)
+
+
+def test_matches_synthesize_sample(clip_dir, anatomy):
+    ds = make(clip_dir, anatomy)
+    for i in (0, 5, 11):
+        cfg = ds.sample_config(i)
+        _, noise = draw_sample_randomness(4, 0, i, 2, 1, N_TIMES, 12)
+        clips = [clip(r, k) for r, k in cfg["clips"]]
+        eeg, source = synthesize_sample(
+            clips, cfg["patches"], cfg["weights"], cfg["scales"], anatomy.fwd, cfg["snr_db"], noise
+        )
+        got_eeg, got_source = ds[i]
+        np.testing.assert_allclose(got_eeg.numpy(), eeg, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_source.numpy(), source, rtol=1e-5, atol=1e-6)
+
+
+def test_scale_reaches_drawn_source_snr(clip_dir, anatomy):
+    from esikit.simulate.snr import sensor_snr_db
+
+    ds = make(clip_dir, anatomy, n_sources=1)
+    for i in range(4):
+        cfg = ds.sample_config(i)
+        (r, k), p, w, a = cfg["clips"][0], cfg["patches"][0], cfg["weights"][0], cfg["scales"][0]
+        x = clip(r, k)
+        wave = x[:, p[0]] / x[:, p[0]].max()
+        x[:, p] = a * wave[:, None] * w[None, :]
+        index = np.arange(max(int(np.argmax(wave)) - 50, 0), N_TIMES)
+        snr = sensor_snr_db(x, anatomy.fwd, p, index, weights=w, normalize_peak=False)
+        assert snr == pytest.approx(cfg["source_snr_db"][0], abs=1e-6)
+        assert 10 <= cfg["source_snr_db"][0] <= 20
+    peak = make(clip_dir, anatomy, scale_mode="peak", scale_range=(2.0, 3.0))
+    assert all(2 <= s <= 3 for i in range(4) for s in peak.sample_config(i)["scales"])
+
+
+def test_determinism_and_epochs(clip_dir, anatomy):
+    a = make(clip_dir, anatomy)
+    b = make(clip_dir, anatomy)
+    for i in (0, 7):
+        np.testing.assert_array_equal(a[i][0].numpy(), b[i][0].numpy())
+    first = a[3][0].numpy()
+    cfg0 = a.sample_config(3)
+    a.set_epoch(1)
+    assert a.epoch == 1
+    assert not np.array_equal(a[3][0].numpy(), first)
+    cfg1 = a.sample_config(3)
+    assert cfg1["epoch"] == 1 and (
+        cfg1["snr_db"] != cfg0["snr_db"] or not np.array_equal(cfg1["patches"][0], cfg0["patches"][0])
+    )
+    np.testing.assert_array_equal(a.synthesize(3, epoch=0)[0], first)
+    other_seed = make(clip_dir, anatomy, seed=5)
+    assert not np.array_equal(other_seed[3][0].numpy(), first)
+    # a frozen view keeps epoch 0; an unfrozen view follows its parent
+    frozen = a.subset([3, 4], freeze_epoch=True)
+    a.set_epoch(2)
+    np.testing.assert_array_equal(frozen[0][0].numpy(), first)
+    assert frozen.sample_info(0)["index"] == 3
+
+
+def test_worker_processes_match(clip_dir, anatomy):
+    ds = make(clip_dir, anatomy, dataset_len=8)
+    ds.set_epoch(3)
+    direct = torch.stack([ds[i][0] for i in range(8)])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, shuffle=False)
+    via_workers = torch.cat([eeg for eeg, _ in loader])
+    torch.testing.assert_close(via_workers, direct)
+
+
+def test_deepsif_patch_mode(clip_dir, anatomy):
+    ds = make(clip_dir, anatomy, patch_mode="deepsif", n_sources=2)
+    for i in range(3):
+        info = ds.sample_info(i)
+        assert all(is_connected(anatomy.adjacency, p) for p in info["patches"])
+
+
+def test_errors(clip_dir, anatomy, tmp_path):
+    with pytest.raises(ValueError, match="'scale_mode'"):
+        make(clip_dir, anatomy, scale_mode="db")
+    with pytest.raises(ValueError, match="'patch_mode'"):
+        make(clip_dir, anatomy, patch_mode="rings")
+    with pytest.raises(ValueError, match="'n_sources'"):
+        make(clip_dir, anatomy, n_sources=(1, 3))
+    with pytest.raises(ValueError, match="'snr_range_db'"):
+        make(clip_dir, anatomy, snr_range_db=(20, 5))
+    with pytest.raises(ValueError, match="'dataset_len'"):
+        make(clip_dir, anatomy, dataset_len=0)
+    with pytest.raises(ValueError, match="must match"):
+        DynamicSpikeEEGDataset(clip_dir, np.ones((12, 30)), anatomy, 4)
+    with pytest.raises(FileNotFoundError):
+        DynamicSpikeEEGDataset(tmp_path / "none", None, anatomy, 4)
+    ds = make(clip_dir, anatomy)
+    with pytest.raises(IndexError):
+        ds.sample_info(12)

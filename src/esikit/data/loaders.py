@@ -21,23 +21,36 @@ class EpochShuffleSampler(Sampler[int]):
 
     Unlike ``shuffle=True`` with a global generator, the order of epoch ``e`` is known
     without replaying epochs ``0..e-1``, so a resumed run sees the same batches as an
-    uninterrupted one.
+    uninterrupted one. With ``num_replicas > 1`` (``torchrun``), each rank takes every
+    ``num_replicas``-th position of the permutation, padded so all ranks have as many
+    (as ``DistributedSampler`` does).
     """
 
-    def __init__(self, n: int, seed: int = 0):
+    def __init__(self, n: int, seed: int = 0, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"Invalid value for 'rank': expected 0 to {num_replicas - 1}, got {rank}")
         self.n = int(n)
         self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.shuffle = bool(shuffle)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch, 0x5EED])
-        return iter(rng.permutation(self.n).tolist())
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, 0x5EED]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        if self.num_replicas > 1:
+            total = len(self) * self.num_replicas
+            order = np.resize(order, total)[self.rank::self.num_replicas]
+        return iter(order.tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.num_replicas)
 
 
 def set_loader_epoch(loader: DataLoader | None, epoch: int) -> None:
@@ -61,8 +74,13 @@ def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _loader(dataset: Any, batch_size: int, *, shuffle_seed: int | None, num_workers: int, pin_memory: bool,
-            **kwargs: Any) -> DataLoader:
-    sampler = EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+            num_replicas: int = 1, rank: int = 0, **kwargs: Any) -> DataLoader:
+    if shuffle_seed is not None:
+        sampler = EpochShuffleSampler(len(dataset), shuffle_seed, num_replicas=num_replicas, rank=rank)
+    elif num_replicas > 1:
+        sampler = EpochShuffleSampler(len(dataset), 0, num_replicas=num_replicas, rank=rank, shuffle=False)
+    else:
+        sampler = None
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -90,6 +108,8 @@ def create_dataloaders_from_metadata(
     pin_memory: bool = False,
     normalize: bool = True,
     test_nmm_spikes_dir: str | PathLike | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
     **dataset_kwargs: Any,
 ) -> tuple[DataLoader, DataLoader | None, DataLoader | None, dict[str, Any]]:
     """Train, validation and test loaders over DeepSIF metadata.
@@ -115,6 +135,9 @@ def create_dataloaders_from_metadata(
         Seed of the split, the shuffling and every sample's draws.
     test_nmm_spikes_dir : path-like, optional
         Clip folder of the test metadata when it differs from ``nmm_spikes_dir``.
+    num_replicas, rank : int
+        Distributed training (``torchrun``): each rank loads its share of the training
+        and validation sets; the test loader stays whole (evaluation runs on rank 0).
     **dataset_kwargs
         Passed to :class:`SpikeEEGMetadataDataset` (``clip_resolution``, ``nper``,
         ``missing_clips``, ...).
@@ -148,8 +171,9 @@ def create_dataloaders_from_metadata(
         test_ds = test_ds.subset(np.arange(len(test_ds)), freeze_epoch=True)
 
     common = dict(num_workers=int(num_workers), pin_memory=bool(pin_memory) and torch.cuda.is_available())
-    train_loader = _loader(train_ds, int(batch_size), shuffle_seed=seed, **common)
-    val_loader = _loader(val_ds, int(batch_size), shuffle_seed=None, **common) if val_ds is not None else None
+    dist = dict(num_replicas=int(num_replicas), rank=int(rank))
+    train_loader = _loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
+    val_loader = _loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
     test_loader = _loader(test_ds, int(batch_size), shuffle_seed=None, **common) if test_ds is not None else None
     info = {
         "fwd": fwd,

@@ -1,0 +1,84 @@
+"""The ``esikit`` command (also ``python -m esikit``).
+
+Sub-commands:
+
+- ``esikit check [KEY=VALUE ...]``: the data diagnostic (``test_metadata_loader.py``).
+- ``esikit train [KEY=VALUE ...] [--resume]``: training then evaluation (``train.py``).
+- ``esikit evaluate CHECKPOINT``: metrics and baselines for a trained model.
+- ``esikit simulate OUT_DIR ...``: make a DeepSIF-style dataset without MATLAB.
+- ``esikit demo``: make the built-in dataset when missing, check it, train, evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .diagnose import main
+
+    return main(args.overrides)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train.cli import main
+
+    return main(args.overrides)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .train.cli import evaluate_main
+
+    return evaluate_main(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .train.cli import demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esikit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="check the configured data (same as test_metadata_loader.py)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY=VALUE config overrides, --config PATH")
+    p.set_defaults(func=_run_check)
+
+    p = sub.add_parser("train", help="train the configured model, then evaluate it (same as train.py)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY=VALUE config overrides, --config PATH, --resume")
+    p.set_defaults(func=_run_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on its test set against classical baselines")
+    p.add_argument("checkpoint", help="checkpoint file (best.pt or last.pt)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate on at most N test samples")
+    p.add_argument("--out", default=None, help="results folder (default: beside the checkpoint)")
+    p.add_argument("--test-metadata", default=None, help="another test metadata file (same anatomy)")
+    p.set_defaults(func=_run_evaluate)
+
+    from .simulate._cli import add_parsers as add_simulate
+
+    add_simulate(sub)
+
+    p = sub.add_parser("demo", help="make the built-in dataset if missing, then check, train and evaluate")
+    p.add_argument("--data", default="data/default", help="dataset folder")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.set_defaults(func=_run_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

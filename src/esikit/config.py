@@ -1,0 +1,253 @@
+"""Configuration: the keys of ``configs/config.py``, their checks and command-line overrides.
+
+A configuration is a plain ``dict`` of upper-case keys. It is read from a Python file
+holding a ``Config`` class (the user-facing ``configs/config.py``), then overridden from
+the command line (``KEY=VALUE``, ``--KEY VALUE`` or ``--KEY=VALUE``), then validated in
+one pass, before any data is touched, reporting every bad key at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default, accepted types or values, and meaning."""
+
+    default: Any
+    doc: str
+    types: tuple[type, ...] = ()
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+_PATH = (str, PathLike)
+KEYS: dict[str, Key] = {
+    # -- data ---------------------------------------------------------------------------
+    "USE_METADATA_LOADER": Key(True, "train from metadata files (False: draw samples on the fly)", (bool,)),
+    "TRAIN_METADATA_PATH": Key("data/default/source/train_sample_source1.mat", "training metadata file", _PATH),
+    "TEST_METADATA_PATH": Key("data/default/source/test_sample_source1.mat", "test metadata file", _PATH,
+                              optional=True),
+    "NMM_SPIKES_DIR": Key(None, "clip folder (a{region}/nmm_{k}.mat) or *_nmm.h5; None: beside the metadata",
+                          _PATH, optional=True),
+    "FWD_MATRIX_PATH": Key("data/default/anatomy/leadfield_63_76.mat", "forward matrix file (C x R)", _PATH),
+    "ANATOMY": Key(None, "anatomy for metrics and plots: a saved anatomy .npz, a DeepSIF anatomy folder, "
+                   "'default'; None: anatomy/anatomy.npz beside the forward matrix when present", _PATH,
+                   optional=True),
+    "TRAIN_DATASET_LEN": Key(None, "use only the first N training samples", (int,), optional=True, minimum=1),
+    "TEST_DATASET_LEN": Key(None, "use only the first N test samples", (int,), optional=True, minimum=1),
+    "VAL_SPLIT": Key(0.1, "fraction of the training metadata held out for validation", (float, int),
+                     minimum=0.0, maximum=0.99),
+    "NMM_PER_REGION": Key(None, "clips per region used to make nmm_idx (None: inferred)", (int,), optional=True,
+                          minimum=1),
+    "MISSING_CLIPS": Key("zeros", "a referenced clip is missing or unreadable", (str,),
+                         choices=("zeros", "error", "drop")),
+    "CLIP_RESOLUTION": Key("auto", "how a source finds its clip", (str,),
+                           choices=("auto", "random_samples", "formula", "h5")),
+    "NORMALIZE": Key(True, "normalize EEG and source as DeepSIF does", (bool,)),
+    # -- dynamic mode ----------------------------------------------------------------------
+    "DYNAMIC_SNR_RANGE": Key((5.0, 20.0), "dynamic mode: sensor SNR range in dB", (tuple, list)),
+    "DYNAMIC_PATCH_SIZE_RANGE": Key((1, 20), "dynamic mode: patch size range", (tuple, list)),
+    "DYNAMIC_N_SOURCES": Key((1, 2), "dynamic mode: possible numbers of sources", (tuple, list)),
+    # -- training ----------------------------------------------------------------------------
+    "MODEL": Key("deepsif", "network (see esikit.models.MODELS)", (str,)),
+    "MODEL_KWARGS": Key({}, "extra model arguments, e.g. {'num_lstm_layers': 3}", (dict,)),
+    "BATCH_SIZE": Key(8, "samples per batch", (int,), minimum=1),
+    "NUM_EPOCHS": Key(100, "training epochs", (int,), minimum=1),
+    "LEARNING_RATE": Key(1e-4, "Adam learning rate", (float, int), minimum=0.0),
+    "WEIGHT_DECAY": Key(0.0, "Adam weight decay", (float, int), minimum=0.0),
+    "LOSS_REDUCTION": Key("sum", "MSE reduction: 'sum' (DeepSIF) or 'mean'", (str,), choices=("sum", "mean")),
+    "GRAD_CLIP": Key(None, "clip the gradient norm to this value (None: off)", (float, int), optional=True,
+                     minimum=0.0),
+    "LR_SCHEDULE": Key(None, "None, 'cosine' or 'plateau'", (str,), choices=("cosine", "plateau"),
+                       optional=True),
+    "EARLY_STOPPING_PATIENCE": Key(None, "stop after N epochs without validation improvement", (int,),
+                                   optional=True, minimum=1),
+    "NUM_WORKERS": Key(4, "DataLoader worker processes", (int,), minimum=0),
+    "PIN_MEMORY": Key(True, "pin host memory for faster GPU copies (ignored on CPU)", (bool,)),
+    "USE_AMP": Key(True, "mixed precision on GPU (fp16/bf16); bf16 on CPU only if faster", (bool,)),
+    "DEVICE": Key("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'", (str,)),
+    "SEED": Key(0, "seed of the split, shuffling, sample draws and initialization", (int,), minimum=0),
+    "LOG_DIR": Key("logs", "TensorBoard logs", _PATH),
+    "CHECKPOINT_DIR": Key("checkpoints", "checkpoints (last.pt, best.pt) and results", _PATH),
+    "RUN_NAME": Key(None, "sub-folder of LOG_DIR and CHECKPOINT_DIR (None: 'MODEL')", (str,), optional=True),
+    # -- evaluation ----------------------------------------------------------------------------
+    "EVALUATE": Key(True, "evaluate on the test set after training", (bool,)),
+    "BASELINES": Key(("mne", "dspm", "sloreta", "eloreta"), "classical methods to compare with", (tuple, list)),
+    "EVAL_MAX_SAMPLES": Key(None, "evaluate on at most N test samples", (int,), optional=True, minimum=1),
+}
+
+
+class ConfigError(ValueError):
+    """Bad configuration values; ``problems`` lists each one."""
+
+    def __init__(self, problems: list[str], source: str = "configuration"):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} invalid value(s):\n{lines}")
+
+
+def default_config() -> dict[str, Any]:
+    """Every key with its default."""
+    return {name: key.default for name, key in KEYS.items()}
+
+
+def load_config(path: str | PathLike | None = None) -> dict[str, Any]:
+    """Read the ``Config`` class of a config file over the defaults.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A Python file defining ``class Config`` with upper-case attributes. Default:
+        ``configs/config.py`` in the current folder when it exists.
+    """
+    cfg = default_config()
+    if path is None:
+        candidate = Path("configs") / "config.py"
+        if not candidate.exists():
+            return cfg
+        path = candidate
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    spec = importlib.util.spec_from_file_location("_esikit_user_config", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "Config"):
+        raise ValueError(f"{path}: defines no class 'Config'")
+    for name in dir(module.Config):
+        if name.isupper():
+            cfg[name] = getattr(module.Config, name)
+    cfg["_CONFIG_FILE"] = str(path)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    """``'16' -> 16``, ``'None' -> None``, ``'true' -> True``, other text stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``argv`` into config overrides and the remaining arguments.
+
+    Accepts ``KEY=VALUE``, ``--KEY=VALUE`` and ``--KEY VALUE`` for upper-case keys.
+
+    Returns
+    -------
+    overrides : dict
+    rest : list of str
+        Arguments that are not overrides (e.g. ``--resume``).
+    """
+    overrides: dict[str, Any] = {}
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        body = arg[2:] if arg.startswith("--") else arg
+        name, eq, value = body.partition("=")
+        if name.isupper() and name.replace("_", "").isalnum() and (eq or arg.startswith("--")):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ConfigError([f"{arg} needs a value"], "command line")
+                value = args[i + 1]
+                i += 1
+            overrides[name] = _parse_value(value)
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, rest
+
+
+def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> dict[str, Any]:
+    """Check every key in one pass; raise :class:`ConfigError` listing all bad values.
+
+    Unknown upper-case keys are reported too (a typo must not be silently ignored).
+    """
+    problems: list[str] = []
+    for name, value in cfg.items():
+        if name.startswith("_"):
+            continue
+        key = KEYS.get(name)
+        if key is None:
+            close = [k for k in KEYS if k.replace("_", "") == name.replace("_", "") or k.startswith(name[:6])]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"unknown key {name!r}{hint}")
+            continue
+        if value is None:
+            if not key.optional:
+                problems.append(f"Invalid value for {name!r}: expected a value ({key.doc}), got None.")
+            continue
+        if key.choices:
+            if value not in key.choices:
+                options = ", ".join(repr(c) for c in key.choices)
+                problems.append(f"Invalid value for {name!r}: expected one of {options}, got {value!r}.")
+            continue
+        if key.types:
+            ok = isinstance(value, key.types)
+            if bool not in key.types and isinstance(value, bool):
+                ok = False
+            if not ok:
+                names = " or ".join(t.__name__ for t in key.types)
+                problems.append(f"Invalid value for {name!r}: expected {names} ({key.doc}), got {value!r}.")
+                continue
+        if key.minimum is not None and value < key.minimum:
+            problems.append(f"Invalid value for {name!r}: expected a value >= {key.minimum}, got {value!r}.")
+        if key.maximum is not None and value > key.maximum:
+            problems.append(f"Invalid value for {name!r}: expected a value <= {key.maximum}, got {value!r}.")
+    if cfg.get("MODEL") is not None and isinstance(cfg.get("MODEL"), str):
+        from .models import MODELS
+
+        if cfg["MODEL"] not in MODELS:
+            options = ", ".join(repr(m) for m in MODELS)
+            problems.append(f"Invalid value for 'MODEL': expected one of {options}, got {cfg['MODEL']!r}.")
+    for name in ("BASELINES",):
+        allowed = ("mne", "dspm", "sloreta", "eloreta")
+        bad = [b for b in cfg.get(name) or () if b not in allowed]
+        if bad:
+            problems.append(f"Invalid value for {name!r}: expected names among {allowed}, got {bad}.")
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def get_config(argv: Sequence[str] = (), config_path: str | PathLike | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Load, override and validate: what ``train.py`` and the diagnostic do first.
+
+    ``--config PATH`` in ``argv`` selects another config file.
+    """
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError(["--config needs a path"], "command line")
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+    overrides, rest = parse_overrides(argv)
+    cfg = load_config(config_path)
+    cfg.update(overrides)
+    source = cfg.get("_CONFIG_FILE", "configuration")
+    if overrides:
+        source += " (with command-line overrides)"
+    return validate_config(cfg, source=source), rest

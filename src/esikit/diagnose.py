@@ -1,0 +1,181 @@
+"""``test_metadata_loader.py``: check that the configured data can be trained from.
+
+Every check runs even when an earlier one fails where it can, so one run lists every
+problem; each failure says what to fix. Output is for people (``print``); the exit code
+is for scripts (0: all good).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, str]] = []
+
+    def ok(self, text: str) -> None:
+        print(f"[ ok ] {text}")
+
+    def info(self, text: str) -> None:
+        print(f"       {text}")
+
+    def fail(self, text: str, fix: str) -> None:
+        print(f"[FAIL] {text}")
+        print(f"       fix: {fix}")
+        self.failures.append((text, fix))
+
+
+def _check_paths(cfg: dict[str, Any], report: _Report) -> bool:
+    ok = True
+    checks = [
+        ("TRAIN_METADATA_PATH", cfg.get("TRAIN_METADATA_PATH"), "file"),
+        ("TEST_METADATA_PATH", cfg.get("TEST_METADATA_PATH"), "file"),
+        ("FWD_MATRIX_PATH", cfg.get("FWD_MATRIX_PATH"), "file"),
+    ]
+    if cfg.get("NMM_SPIKES_DIR") is not None:
+        checks.append(("NMM_SPIKES_DIR", cfg["NMM_SPIKES_DIR"], "dir-or-file"))
+    for key, value, kind in checks:
+        if value is None:
+            continue
+        p = Path(value)
+        exists = p.is_file() if kind == "file" else p.exists()
+        if exists:
+            report.ok(f"{key}: {p} exists")
+        else:
+            ok = False
+            report.fail(
+                f"{key}: {p} not found (looked in {p.resolve().parent})",
+                f"set {key} in configs/config.py (or pass {key}=PATH); to make a dataset run 'esikit simulate' "
+                "or 'make demo'",
+            )
+    return ok
+
+
+def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = False) -> int:
+    """Run every check on a validated configuration; return the number of failures."""
+    from .data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
+
+    report = _Report()
+    if not cfg.get("USE_METADATA_LOADER", True):
+        report.info("USE_METADATA_LOADER is False: checking the dynamic mode is the data-generation issue's")
+        from .data import dynamic  # noqa: F401  (raises ImportError with a clear message when absent)
+
+    paths_ok = _check_paths(cfg, report)
+    fwd = None
+    try:
+        fwd, _ = resolve_forward(cfg["FWD_MATRIX_PATH"])
+        report.ok(f"forward matrix: {fwd.shape[0]} channels x {fwd.shape[1]} regions")
+        if not np.isfinite(fwd).all():
+            report.fail("forward matrix has non-finite values", "recompute the leadfield")
+    except FileNotFoundError:
+        pass  # already reported with its fix
+    except (ValueError, KeyError) as exc:
+        report.fail(str(exc), "point FWD_MATRIX_PATH at a file with a C x R matrix under fwd, forward, leadfield or L")
+
+    datasets: dict[str, Any] = {}
+    if fwd is not None:
+        kwargs = dict(
+            missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
+            clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"),
+            nper=cfg.get("NMM_PER_REGION"),
+            normalize=cfg.get("NORMALIZE", True),
+            verify_clips=verify_clips,
+        )
+        for name, key, len_key in (("train", "TRAIN_METADATA_PATH", "TRAIN_DATASET_LEN"),
+                                   ("test", "TEST_METADATA_PATH", "TEST_DATASET_LEN")):
+            path = cfg.get(key)
+            if path is None or not Path(path).is_file():
+                continue
+            try:
+                t0 = time.perf_counter()
+                ds = SpikeEEGMetadataDataset(path, fwd, cfg.get("NMM_SPIKES_DIR"), dataset_len=cfg.get(len_key),
+                                             seed=cfg.get("SEED", 0), **kwargs)
+                datasets[name] = ds
+                report.ok(f"{name} dataset built in {time.perf_counter() - t0:.2f} s: {ds!r}")
+                s = ds.metadata.summary()
+                report.info(
+                    f"{s['n_samples']} samples; sources per sample {s['sources_per_sample']}; patch size "
+                    f"{s['patch_size_min']}-{s['patch_size_max']} (median {s['patch_size_median']:g}); "
+                    f"{s['scale_options']} scale options; SNR levels (dB: count) {s['snr_levels_db']}; "
+                    f"{s['distinct_centres']} distinct centres"
+                )
+            except MetadataError as exc:
+                report.fail(str(exc), f"regenerate or repair {path}; each line above names the field and samples")
+            except FileNotFoundError as exc:
+                report.fail(str(exc), "set NMM_SPIKES_DIR to the folder holding a{region}/nmm_{k}.mat, or "
+                            "MISSING_CLIPS='zeros'/'drop' to train without the missing clips")
+            except (ValueError, OSError) as exc:
+                report.fail(str(exc), f"check {key}, NMM_SPIKES_DIR and FWD_MATRIX_PATH belong to the same dataset")
+
+    for name, ds in datasets.items():
+        t0 = time.perf_counter()
+        bad = []
+        count = min(n_samples, len(ds))
+        for i in np.linspace(0, len(ds) - 1, count).astype(int):
+            eeg, src = ds[int(i)]
+            if not (np.isfinite(eeg.numpy()).all() and np.isfinite(src.numpy()).all()):
+                bad.append(int(i))
+        dt = (time.perf_counter() - t0) / max(count, 1)
+        if bad:
+            report.fail(f"{name}: non-finite values in samples {bad}", "check the clips and scale_ratio of those samples")
+        else:
+            report.ok(f"{name}: {count} samples synthesized, eeg {tuple(eeg.shape)}, source {tuple(src.shape)}, "
+                      f"{dt * 1e3:.1f} ms per sample")
+
+    if "train" in datasets:
+        try:
+            t0 = time.perf_counter()
+            train, _, _, info = create_dataloaders_from_metadata(
+                cfg["TRAIN_METADATA_PATH"], None, fwd, batch_size=cfg["BATCH_SIZE"], val_split=cfg["VAL_SPLIT"],
+                num_workers=0, nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
+                seed=cfg.get("SEED", 0), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
+                clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"),
+            )
+            eeg, src = next(iter(train))
+            report.ok(f"one training batch: eeg {tuple(eeg.shape)}, source {tuple(src.shape)} in "
+                      f"{time.perf_counter() - t0:.2f} s ({info['n_train']} train / {info['n_val']} validation)")
+        except Exception as exc:  # noqa: BLE001 - report, don't crash the diagnostic
+            report.fail(f"building a training batch failed: {exc}", "see the message; check BATCH_SIZE and VAL_SPLIT")
+
+    if not paths_ok and not datasets:
+        report.info("(dataset checks skipped where files are missing)")
+    print()
+    if report.failures:
+        print(f"{len(report.failures)} problem(s) found; fix them and run again:")
+        for text, fix in report.failures:
+            print(f"  - {text.splitlines()[0]}\n    fix: {fix}")
+    else:
+        print("All checks passed: ready to train (python train.py).")
+    return len(report.failures)
+
+
+def main(argv: Sequence[str] = (), default_config: str | PathLike | None = None) -> int:
+    """Entry point of ``test_metadata_loader.py`` and ``esikit check``."""
+    from .config import ConfigError, get_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(argv)
+    verify = "--verify-clips" in argv
+    if verify:
+        argv.remove("--verify-clips")
+    try:
+        cfg, rest = get_config(argv, default_config)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"[FAIL] {exc}")
+        print("       fix: correct configs/config.py or the command-line value")
+        return 2
+    if rest:
+        print(f"[FAIL] unknown arguments: {rest} (expected KEY=VALUE, --config PATH or --verify-clips)")
+        return 2
+    print(f"esikit data check ({cfg.get('_CONFIG_FILE', 'defaults')})")
+    return 1 if run_checks(cfg, verify_clips=verify) else 0

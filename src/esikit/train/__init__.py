@@ -1,0 +1,14 @@
+"""Training: the loop, atomic checkpoints, resume, and the train/evaluate/demo commands."""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .trainer import NonFiniteLossError, Trainer, TrainState, load_model
+
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "TrainState",
+    "Trainer",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+]

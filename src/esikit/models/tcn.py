@@ -52,7 +52,8 @@ class TCNNet(ESIModel):
     The receptive field is ``1 + 2 * (kernel_size - 1) * (2**n_blocks - 1)`` samples
     (253 with the defaults), i.e. about half of a 500-sample window. The convolutions are
     non-causal because the whole window is available at inference, unlike an LSTM that
-    only sees the past. Fast on CPU: about 0.66 M parameters at C=63, R=76.
+    only sees the past. Small enough to train on CPU: about 0.18 M parameters at
+    C=63, R=76 with the defaults.
 
     Parameters
     ----------
@@ -78,7 +79,7 @@ class TCNNet(ESIModel):
         self,
         n_channels: int,
         n_regions: int,
-        n_hidden: int = 128,
+        n_hidden: int = 64,
         n_blocks: int = 6,
         kernel_size: int = 3,
         activation: str = "ELU",

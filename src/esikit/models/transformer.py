@@ -73,10 +73,10 @@ class TransformerNet(ESIModel):
         self,
         n_channels: int,
         n_regions: int,
-        d_model: int = 128,
+        d_model: int = 64,
         n_heads: int = 4,
-        n_layers: int = 3,
-        dim_feedforward: int = 256,
+        n_layers: int = 2,
+        dim_feedforward: int = 128,
         dropout: float = 0.1,
         activation: str = "ELU",
     ) -> None:

@@ -44,11 +44,14 @@ from typing import Any
 import numpy as np
 
 from .patches import CandidatePatches, as_adjacency, grow_patch, pick_second_patch
-from .snr import deepsif_spike_window
+from .snr import deepsif_spike_window, find_alpha
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    # re-exported here as the agreed interface names them under esikit.simulate.metadata
+    "grow_patch",
+    "find_alpha",
     "NAN_NUMBER",
     "SNR_LEVELS_DB",
     "TRAIN_SOURCE_SNR_DB",
@@ -206,19 +209,30 @@ def scale_ratios_for_clip(
     ew = xw_t.T @ f.T  # (n_win, C): EEG of the whole clip in the window
     e_energy = float(np.sum(ew * ew))
     cross = np.sum((xw_t @ ew) * f.T, axis=1)  # (R,): <E, EEG of region r alone>
-    gram_f = f.T @ f if gram_fwd is None else gram_fwd  # (R, R)
+    # The patches of one clip share its centre, so they live in a small set of regions
+    # U: one |U| x |U| block of the window Gram matrix serves them all, and patch i's
+    # own energy is ind_i^T (G_U * F_U^T F_U) ind_i with ind_i its indicator over U.
+    flat = [np.asarray(p, dtype=np.int64) for p in patches]
+    starts = np.array([int(p[0]) for p in flat])
+    if (starts != centre).any():
+        bad = int(np.flatnonzero(starts != centre)[0])
+        raise ValueError(f"all patches must share the clip's centre {centre}, patch {bad} starts at {starts[bad]}")
+    union, inverse = np.unique(np.concatenate(flat), return_inverse=True)
+    rows = np.repeat(np.arange(len(flat)), [p.size for p in flat])
+    ind = np.zeros((len(flat), union.size))
+    ind[rows, inverse] = 1.0
+    wts = np.zeros((len(flat), union.size))
+    wts[rows, inverse] = 1.0 if weights is None else np.concatenate([np.asarray(w, np.float64) for w in weights])
+    xu = xw_t[union]
+    gram_u = (f[:, union].T @ f[:, union]) if gram_fwd is None else gram_fwd[np.ix_(union, union)]
+    q = (xu @ xu.T) * gram_u
+    patch_energy = np.einsum("iu,iu->i", ind @ q, ind)
+    pn = np.maximum(e_energy - 2.0 * (ind @ cross[union]) + patch_energy, 0.0) / n_win
+    topo = wts @ f[:, union].T  # (n_patches, C): weighted topography of each patch
+    ps = sig_energy * np.einsum("ic,ic->i", topo, topo) / n_win
     gain = 10.0 ** (targets / 10.0)
-    for i, p in enumerate(patches):
-        p = np.asarray(p, dtype=np.int64)
-        if int(p[0]) != centre:
-            raise ValueError(f"all patches must share the clip's centre {centre}, patch {i} starts at {p[0]}")
-        w = np.ones(p.size) if weights is None else np.asarray(weights[i], dtype=np.float64)
-        topo = f[:, p] @ w
-        ps = sig_energy * float(np.dot(topo, topo)) / n_win
-        xp = xw_t[p]
-        patch_energy = float(np.sum((xp @ xp.T) * gram_f[np.ix_(p, p)]))
-        pn = max(e_energy - 2.0 * float(cross[p].sum()) + patch_energy, 0.0) / n_win
-        out[i] = np.sqrt(gain * pn / ps) if ps > 0 else 0.0
+    ok = ps > 0
+    out[ok] = np.sqrt(gain[None, :] * (pn[ok] / ps[ok])[:, None])
     return out
 
 

@@ -101,17 +101,18 @@ def test_one_heun_step_by_hand(kernel):
     pvec = p.scalar_vector(dt)
     y = np.array([[0.1, 0.05], [12.0, 9.0], [10.0, 2.0], [0.3, -0.2], [1.0, 0.5], [-2.0, 1.0]])
     horizon, step0 = 3, 7
-    sbuf = np.array([[0.001, 0.002], [0.003, 0.004], [0.0005, 0.0045]])
-    # CSR: row 0 <- node 1 (w=2.5, delay 2); row 1 <- node 0 (w=1.5, delay 0)
-    indptr = np.array([0, 1, 2])
-    indices = np.array([1, 0])
-    wdata = np.array([2.5, 1.5])
-    delays = np.array([2, 0])
+    hist = np.array([[0.001, 0.002], [0.003, 0.004], [0.0005, 0.0045]])  # (slot, node)
+    sbuf = np.concatenate([hist.T, hist.T], axis=1)  # kernels hold (node, slot), ring twice
+    # CSC: source 0 -> node 1 (w=1.5, delay 0); source 1 -> node 0 (w=2.5, delay 2)
+    colptr = np.array([0, 1, 2])
+    targets = np.array([1, 0])
+    wdata = np.array([1.5, 2.5])
+    delays = np.array([0, 2])
     z = np.array([[0.7, -1.3]])
     A = np.array([3.25, 3.5])
     out = np.zeros((step0 + 1, 2))  # global sample index n - 1 = step0
     y_before = y.copy()
-    kernel(y, sbuf, step0, z, A, pvec, indptr, indices, wdata, delays, out, 1)
+    kernel(y, sbuf, step0, z, A, pvec, colptr, targets, wdata, delays, out, 1)
 
     n = step0 + 1
     # coupling of node 0: history slot of step n-1-2, node 1; node 1: slot of step n-1, node 0
@@ -129,7 +130,8 @@ def test_one_heun_step_by_hand(kernel):
         np.testing.assert_allclose(y[:, k], expected, rtol=1e-12, atol=1e-14)
         assert out[step0, k] == pytest.approx(expected[1] - expected[2], rel=1e-12)
         diff = expected[1] - expected[2]
-        assert sbuf[n % 3, k] == pytest.approx(0.005 / (1 + math.exp(1.0 * (6.0 - diff))), rel=1e-12)
+        assert sbuf[k, n % 3] == pytest.approx(0.005 / (1 + math.exp(1.0 * (6.0 - diff))), rel=1e-12)
+        assert sbuf[k, n % 3 + 3] == sbuf[k, n % 3]
 
 
 def test_bad_arguments():

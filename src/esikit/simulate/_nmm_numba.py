@@ -43,11 +43,11 @@ def _dfun(y0, y1, y2, y3, y4, y5, A, c, p, out):
 
 
 @numba.njit(cache=True)
-def integrate_chunk_numba(y, sbuf, step0, z, A, p, indptr, indices, wdata, delays, out,
+def integrate_chunk_numba(y, sbuf, step0, z, A, p, colptr, targets, wdata, delays, out,
                           record_every):
     """Advance the network ``z.shape[0]`` Heun steps in place (see nmm._integrate_chunk_numpy)."""
     n_steps, n_nodes = z.shape
-    horizon = sbuf.shape[0]
+    horizon = sbuf.shape[1] // 2  # the ring is stored twice: no wrap-around test per edge
     dt = p[P_DT]
     c = np.empty(n_nodes)
     k1 = np.empty(6)
@@ -55,32 +55,34 @@ def integrate_chunk_numba(y, sbuf, step0, z, A, p, indptr, indices, wdata, delay
     yi = np.empty(6)
     for s in range(n_steps):
         n = step0 + s + 1  # absolute step being computed: state n from state n - 1
-        base = (n - 1) % horizon
-        # 1) delayed coupling of every node from the history (before any write)
+        base = (n - 1) % horizon + horizon
+        # 1) delayed coupling of every node from the history (before any write).
+        # Edges are grouped by source, so each source's history row stays in cache;
+        # every target still sums its sources in ascending order, like the reference.
         for k in range(n_nodes):
-            acc = 0.0
-            for e in range(indptr[k], indptr[k + 1]):
-                t = base - delays[e]
-                if t < 0:
-                    t += horizon
-                acc += wdata[e] * sbuf[t, indices[e]]
-            c[k] = p[P_C_A] * acc
+            c[k] = 0.0
+        for j in range(n_nodes):
+            for e in range(colptr[j], colptr[j + 1]):
+                c[targets[e]] += wdata[e] * sbuf[j, base - delays[e]]
         # 2) stochastic Heun step of every node, noise on y4 only
         slot = n % horizon
         i = n - 1  # 0-based output sample index of state n
         rec = (i % record_every) == 0
         for k in range(n_nodes):
+            ck = p[P_C_A] * c[k]
             eta = p[P_NOISE] * z[s, k]
-            _dfun(y[0, k], y[1, k], y[2, k], y[3, k], y[4, k], y[5, k], A[k], c[k], p, k1)
+            _dfun(y[0, k], y[1, k], y[2, k], y[3, k], y[4, k], y[5, k], A[k], ck, p, k1)
             for v in range(6):
                 yi[v] = y[v, k] + dt * k1[v]
             yi[4] += eta
-            _dfun(yi[0], yi[1], yi[2], yi[3], yi[4], yi[5], A[k], c[k], p, k2)
+            _dfun(yi[0], yi[1], yi[2], yi[3], yi[4], yi[5], A[k], ck, p, k2)
             for v in range(6):
                 y[v, k] = y[v, k] + (k1[v] + k2[v]) * dt / 2.0
             y[4, k] += eta
             diff = y[1, k] - y[2, k]
-            sbuf[slot, k] = p[P_C_MIN] + (p[P_C_MAX] - p[P_C_MIN]) / (
+            sk = p[P_C_MIN] + (p[P_C_MAX] - p[P_C_MIN]) / (
                 1.0 + math.exp(p[P_C_R] * (p[P_C_MID] - diff)))
+            sbuf[k, slot] = sk
+            sbuf[k, slot + horizon] = sk
             if rec:
                 out[i // record_every, k] = diff

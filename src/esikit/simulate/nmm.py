@@ -226,7 +226,7 @@ def _params_from_vector(pvec: np.ndarray) -> JansenRitParams:
                            a_4=pvec[10], mu=pvec[11])
 
 
-def _integrate_chunk_numpy(y, sbuf, step0, z, A, p, indptr, indices, wdata, delays, out,
+def _integrate_chunk_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, delays, out,
                            record_every):
     """Reference integrator: advance ``z.shape[0]`` Heun steps in place.
 
@@ -234,9 +234,10 @@ def _integrate_chunk_numpy(y, sbuf, step0, z, A, p, indptr, indices, wdata, dela
     ----------
     y : ndarray, shape (6, n_nodes)
         State at step ``step0``; overwritten with the state at ``step0 + n_steps``.
-    sbuf : ndarray, shape (horizon, n_nodes)
-        Circular history of the coupling sigmoid of each node's ``y1 - y2``; slot
-        ``n % horizon`` holds step ``n``. Updated in place.
+    sbuf : ndarray, shape (n_nodes, 2 * horizon)
+        Circular history of the coupling sigmoid of each node's ``y1 - y2``; columns
+        ``n % horizon`` and ``n % horizon + horizon`` both hold step ``n`` (the copy
+        spares the numba kernel a wrap-around test per edge). Updated in place.
     step0 : int
         Absolute index of the current step.
     z : ndarray, shape (n_steps, n_nodes)
@@ -245,9 +246,10 @@ def _integrate_chunk_numpy(y, sbuf, step0, z, A, p, indptr, indices, wdata, dela
         EPSP amplitude per node.
     p : ndarray, shape (N_PARAMS,)
         Scalars from :meth:`JansenRitParams.scalar_vector`.
-    indptr, indices, wdata, delays : ndarray
-        CSR structure of the (scaled) weights: row ``k`` (target) lists sources
-        ``indices``, weights ``wdata`` and delays in steps ``delays``.
+    colptr, targets, wdata, delays : ndarray
+        CSC structure of the (scaled) weights: the edges of source ``j`` are
+        ``colptr[j]:colptr[j + 1]``, with target nodes ``targets`` (ascending), weights
+        ``wdata`` and delays in steps ``delays``.
     out : ndarray, shape (n_records, n_nodes)
         Receives ``y1 - y2`` of state ``n`` at row ``(n - 1) // record_every`` when
         ``(n - 1) % record_every == 0``.
@@ -258,23 +260,23 @@ def _integrate_chunk_numpy(y, sbuf, step0, z, A, p, indptr, indices, wdata, dela
 
     params = _params_from_vector(p)
     dt, noise_amp = p[K.P_DT], p[K.P_NOISE]
-    horizon, n_nodes = sbuf.shape
-    rows = np.repeat(np.arange(n_nodes), np.diff(indptr))
+    n_nodes, horizon = sbuf.shape[0], sbuf.shape[1] // 2
+    sources = np.repeat(np.arange(n_nodes), np.diff(colptr))
     # The random initial history can push exp() past float range: inf gives the right limit.
     with np.errstate(over="ignore"):
-        _numpy_steps(y, sbuf, step0, z, A, p, indices, wdata, delays, out, record_every,
-                     params, dt, noise_amp, horizon, n_nodes, rows)
+        _numpy_steps(y, sbuf, step0, z, A, p, sources, targets, wdata, delays, out,
+                     record_every, params, dt, noise_amp, horizon, n_nodes)
 
 
-def _numpy_steps(y, sbuf, step0, z, A, p, indices, wdata, delays, out, record_every,
-                 params, dt, noise_amp, horizon, n_nodes, rows):
+def _numpy_steps(y, sbuf, step0, z, A, p, sources, targets, wdata, delays, out, record_every,
+                 params, dt, noise_amp, horizon, n_nodes):
     from . import _nmm_numba as K
 
     for s in range(z.shape[0]):
         n = step0 + s + 1
         # Delayed afferent activity: state n - 1 - delay of each source.
         t = ((n - 1) - delays) % horizon
-        c = p[K.P_C_A] * np.bincount(rows, weights=wdata * sbuf[t, indices], minlength=n_nodes)
+        c = p[K.P_C_A] * np.bincount(targets, weights=wdata * sbuf[sources, t], minlength=n_nodes)
         eta = noise_amp * z[s]
         k1 = jansen_rit_dfun(y, c, A, params)
         inter = y + dt * k1
@@ -283,8 +285,8 @@ def _numpy_steps(y, sbuf, step0, z, A, p, indices, wdata, delays, out, record_ev
         y += (k1 + k2) * dt / 2.0
         y[4] += eta
         diff = y[1] - y[2]
-        sbuf[n % horizon] = p[K.P_C_MIN] + (p[K.P_C_MAX] - p[K.P_C_MIN]) / (
-            1.0 + np.exp(p[K.P_C_R] * (p[K.P_C_MID] - diff)))
+        sbuf[:, [n % horizon, n % horizon + horizon]] = (p[K.P_C_MIN] + (p[K.P_C_MAX] - p[K.P_C_MIN]) / (
+            1.0 + np.exp(p[K.P_C_R] * (p[K.P_C_MID] - diff))))[:, None]
         i = n - 1
         if i % record_every == 0:
             out[i // record_every] = diff
@@ -382,14 +384,15 @@ def simulate_network(
     if n_steps < 1:
         raise ValueError(f"duration_s={duration_s} gives {n_steps} steps of {dt_ms} ms")
 
-    # Sparse weights (TVB only evaluates non-zero weights) and delays in steps.
+    # Sparse weights (TVB only evaluates non-zero weights) and delays in steps, grouped
+    # by source node (CSC), targets ascending within a source.
     w = weights * params.coupling_scale
     mask = w != 0.0
-    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
-    rows, cols = np.nonzero(mask)  # row-major: grouped by target row
-    indices = cols.astype(np.int64)
+    colptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))]).astype(np.int64)
+    cols, rows = np.nonzero(mask.T)  # grouped by source column, then target row
+    targets = rows.astype(np.int32)  # 32-bit: less memory traffic per edge
     wdata = w[rows, cols].astype(np.float64)
-    delays = np.rint(tract_lengths[rows, cols] / params.speed / dt_ms).astype(np.int64)
+    delays = np.rint(tract_lengths[rows, cols] / params.speed / dt_ms).astype(np.int32)
     horizon = int(delays.max()) + 1 if delays.size else 1
 
     A = np.full(n_nodes, params.A, dtype=np.float64)
@@ -402,22 +405,23 @@ def simulate_network(
     hi = np.array([r[1] for r in TVB_STATE_RANGES])[None, :, None]
     history = lo + (hi - lo) * rng.random((horizon, 6, n_nodes))
     y = history[-1].copy()
-    sbuf = np.empty((horizon, n_nodes))
+    sbuf = np.empty((n_nodes, 2 * horizon))
     # slot (n % horizon) holds step n; the history covers steps -(horizon-1) .. 0.
     with np.errstate(over="ignore"):
         for h in range(horizon):
             step = h - (horizon - 1)
             diff = history[h, 1] - history[h, 2]
-            sbuf[step % horizon] = params.coupling_cmin + (
+            sbuf[:, step % horizon] = params.coupling_cmin + (
                 params.coupling_cmax - params.coupling_cmin) / (
                 1.0 + np.exp(params.coupling_r * (params.coupling_midpoint - diff)))
+    sbuf[:, horizon:] = sbuf[:, :horizon]
 
     n_records = (n_steps + record_every - 1) // record_every
     out = np.empty((n_records, n_nodes), dtype=np.float64)
     for step0 in range(0, n_steps, _CHUNK_STEPS):
         m = min(_CHUNK_STEPS, n_steps - step0)
         z = rng.standard_normal((m, n_nodes))
-        kernel(y, sbuf, step0, z, A, pvec, indptr, indices, wdata, delays, out, record_every)
+        kernel(y, sbuf, step0, z, A, pvec, colptr, targets, wdata, delays, out, record_every)
     if not np.isfinite(out[-1]).all():
         logger.warning("simulation diverged (non-finite output); check dt_ms=%s and params", dt_ms)
     return out.astype(dtype, copy=False)

@@ -38,11 +38,54 @@ def build_loaders(cfg: dict[str, Any]):
             test_dataset_len=cfg.get("TEST_DATASET_LEN"), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
             clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"), **common,
         )
-    try:
-        from ..data.dynamic import create_dynamic_dataloaders
-    except ImportError as exc:
-        raise ConfigError([f"USE_METADATA_LOADER = False needs the dynamic mode, which is not available ({exc})"])
-    return create_dynamic_dataloaders(cfg, **common)
+    return dynamic_loaders(cfg, **common)
+
+
+def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, num_workers: int, seed: int,
+                    pin_memory: bool, normalize: bool, num_replicas: int = 1, rank: int = 0):
+    """The dynamic mode (``USE_METADATA_LOADER = False``): configurations drawn on the fly.
+
+    Training draws new configurations every epoch; validation (``VAL_SPLIT`` times the
+    training length) uses another seed and stays at epoch 0; the test set is the test
+    metadata file when configured, else another frozen dynamic set.
+    """
+    from ..data import SpikeEEGMetadataDataset
+    from ..data.dynamic import DynamicSpikeEEGDataset
+    from ..data.loaders import _loader
+    from ..evaluate.runner import find_anatomy
+
+    if cfg.get("NMM_SPIKES_DIR") is None:
+        raise ConfigError(["USE_METADATA_LOADER = False needs NMM_SPIKES_DIR (the clip folder)"])
+    anatomy = find_anatomy(cfg.get("ANATOMY"), cfg["FWD_MATRIX_PATH"])
+    if anatomy is None:
+        raise ConfigError(["USE_METADATA_LOADER = False needs the region adjacency: set ANATOMY (an anatomy .npz, "
+                           "a DeepSIF anatomy folder or 'default')"])
+    n_train = int(cfg.get("TRAIN_DATASET_LEN") or 10000)
+    kw = dict(snr_range_db=tuple(cfg["DYNAMIC_SNR_RANGE"]), patch_size_range=tuple(cfg["DYNAMIC_PATCH_SIZE_RANGE"]),
+              n_sources=tuple(cfg["DYNAMIC_N_SOURCES"]), normalize=normalize)
+    train_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], cfg["FWD_MATRIX_PATH"], anatomy, n_train, seed=seed, **kw)
+    n_val = int(round(n_train * float(val_split)))
+    val_ds = None
+    if n_val:
+        val_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], train_ds.fwd, anatomy, n_val, seed=seed + 1,
+                                        clip_store=train_ds.store, **kw).subset(np.arange(n_val), freeze_epoch=True)
+    if cfg.get("TEST_METADATA_PATH"):
+        test_ds = SpikeEEGMetadataDataset(cfg["TEST_METADATA_PATH"], train_ds.fwd, cfg.get("NMM_SPIKES_DIR"),
+                                          dataset_len=cfg.get("TEST_DATASET_LEN"), seed=seed, normalize=normalize)
+    else:
+        n_test = int(cfg.get("TEST_DATASET_LEN") or max(n_val, 100))
+        test_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], train_ds.fwd, anatomy, n_test, seed=seed + 2,
+                                         clip_store=train_ds.store, **kw)
+    test_ds = test_ds.subset(np.arange(len(test_ds)), freeze_epoch=True)
+    common = dict(num_workers=int(num_workers), pin_memory=bool(pin_memory) and torch.cuda.is_available())
+    dist = dict(num_replicas=num_replicas, rank=rank)
+    train_loader = _loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
+    val_loader = _loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
+    test_loader = _loader(test_ds, int(batch_size), shuffle_seed=None, **common)
+    info = {"fwd": train_ds.fwd, "n_channels": train_ds.n_channels, "n_regions": train_ds.n_regions,
+            "n_times": train_ds.n_times, "n_train": len(train_ds), "n_val": len(val_ds) if val_ds is not None else 0,
+            "n_test": len(test_ds), "train_dataset": train_ds, "val_dataset": val_ds, "test_dataset": test_ds}
+    return train_loader, val_loader, test_loader, info
 
 
 def run_dirs(cfg: dict[str, Any]) -> tuple[Path, Path]:
@@ -203,11 +246,13 @@ def demo_main(args) -> int:
     paths = summary.get("paths", {})
     cfg, _ = get_config([])
     cfg.update(DEMO_OVERRIDES)
+    source = data / "source"
     cfg.update({
-        "TRAIN_METADATA_PATH": paths.get("train_metadata", str(data / "source" / "train_sample_source1.mat")),
-        "TEST_METADATA_PATH": paths.get("test_metadata", str(data / "source" / "test_sample_source1.mat")),
-        "NMM_SPIKES_DIR": paths.get("nmm_spikes_dir", str(data / "source" / "nmm_spikes")),
-        "FWD_MATRIX_PATH": paths.get("fwd_matrix", paths.get("leadfield")),
+        "TRAIN_METADATA_PATH": paths.get("train_metadata", str(source / "train_sample_source1.mat")),
+        "TEST_METADATA_PATH": paths.get("test_metadata", str(source / "test_sample_source1.mat")),
+        "NMM_SPIKES_DIR": paths.get("nmm_spikes", str(source / "nmm_spikes")),
+        "FWD_MATRIX_PATH": paths["fwd"],
+        "ANATOMY": paths.get("anatomy"),
     })
     if args.epochs is not None:
         cfg["NUM_EPOCHS"] = int(args.epochs)

@@ -275,7 +275,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 rows = self._batch_samples(self.train_loader, epoch, b)
                 raise NonFiniteLossError(
-                    f"non-finite training loss ({float(loss)}) at epoch {epoch + 1}, batch {b} (metadata samples "
+                    f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1}, batch {b} (metadata samples "
                     f"{rows}); nothing was saved over the last good checkpoint in {self.run_dir}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -358,3 +358,19 @@ def test_full_deepsif_size_benchmark(deepsif_anatomy_dir):
     assert m["selected_region"].shape == (190_656, 2, 70)
     assert (m["scale_ratio"] > 0).all()
     print(f"190,656 samples in {elapsed:.1f} s")
+
+
+def test_write_switches_to_v73_when_too_large(meta, tmp_path, monkeypatch):
+    import esikit.io
+    from esikit.io import detect_mat_format, load_mat_file
+
+    small = {k: v[:8] for k, v in meta.items()}
+    path = write_metadata(tmp_path / "small.mat", small)
+    assert detect_mat_format(path) == "v5"
+    # pretend the fields are over MAT v5's 2 GiB per-variable limit
+    monkeypatch.setattr(esikit.io, "fits_in_mat_v5", lambda data: False)
+    path = write_metadata(tmp_path / "big.mat", small)
+    assert detect_mat_format(path) == "v7.3"
+    back = load_mat_file(path)
+    for key, value in small.items():
+        np.testing.assert_array_equal(np.asarray(back[key]).reshape(value.shape), value)

@@ -75,6 +75,7 @@ TEST_SOURCE_SNR_DB = (10.0, 15.0)
 #: DeepSIF's range of the distance (mm) at which ``mag_change`` falls to one half.
 HALF_MAX_DISTANCE_MM = (40, 60)
 
+_CONFIG_TAG = 0xC0F
 _REGION_DIR = re.compile(r"^a(\d+)$")
 _CLIP_FILE = re.compile(r"^nmm_(\d+)\.mat$")
 
@@ -392,7 +393,7 @@ def generate_metadata(
     n_levels = levels.size
 
     ss = np.random.SeedSequence(int(seed))
-    rng_cfg, rng_k, rng_misc, rng_rows = (np.random.default_rng(s) for s in ss.spawn(4))
+    rng_k, rng_misc, rng_rows = (np.random.default_rng(s) for s in ss.spawn(3))
     half_max = _draw_half_max(half_max_mm, rng_misc)
     logger.info("mag_change halves at %.1f mm from the centre", half_max)
 
@@ -423,7 +424,8 @@ def generate_metadata(
     for cfg in tqdm(cfgs.tolist(), desc="patches", disable=not progress, leave=False):
         c = int(centre_list[cfg // n_variations])
         v = cfg % n_variations
-        rng = np.random.default_rng([int(seed), 1, cfg])
+        # one generator per configuration (4 entropy words: never the stream of a candidate patch)
+        rng = np.random.default_rng([int(seed), _CONFIG_TAG, cfg, 0])
         if patch_mode == "deepsif":
             count = cands.count(c)
             j = v if (enumerate_candidates and v < count) else int(rng.integers(count))

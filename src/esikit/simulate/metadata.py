@@ -16,8 +16,9 @@ from neural-mass clips (``shared/docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, p
 * two-source samples add a second centre, drawn among the other regions with clips,
   whose patch neither overlaps nor touches the first (DeepSIF drew it without
   constraint);
-* ``random_samples`` is the clip number ``k`` (from 1) in ``a{centre}/``, drawn per
-  sample and source; ``nmm_idx = (centre + 1) * nper + k + 1``;
+* ``random_samples`` is the clip number ``k`` (from 1, as the clip files are numbered;
+  DeepSIF's script draws 0 .. nper-1) in ``a{centre}/``, drawn per sample and source;
+  ``nmm_idx = (centre + 1) * nper + k + 1`` (the sample contract's formula);
 * ``mag_change`` is a Gaussian of the distance from the centre that halves at
   ``d_half`` mm (DeepSIF draws one integer ``d_half`` in [40, 60] per file, sigma =
   0.8493 d_half), 1 at the centre;

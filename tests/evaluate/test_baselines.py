@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-import scipy.io
+import scipy.linalg
 
 from esikit.evaluate.baselines import (
     BASELINES,
@@ -16,6 +16,7 @@ from esikit.evaluate.baselines import (
     lambda2_from_snr,
     make_inverse_kernel,
 )
+from esikit.io import load_forward_matrix
 
 
 def _avg_ref(a: np.ndarray) -> np.ndarray:
@@ -60,7 +61,7 @@ def test_single_noiseless_source_random_gain(method, random_gain):
 @pytest.mark.parametrize("method", ["sloreta", "eloreta"])
 @pytest.mark.parametrize("snr_db", [5.0, 20.0])
 def test_zero_localization_error_real_leadfield(method, snr_db, deepsif_anatomy_dir):
-    G = scipy.io.loadmat(deepsif_anatomy_dir / "leadfield_75_20k.mat")["fwd"]
+    G = load_forward_matrix(deepsif_anatomy_dir / "leadfield_75_20k.mat")
     assert G.shape == (75, 994)
     kernel = make_inverse_kernel(G, method, lambda2_from_snr(snr_db))
     # column r: estimate for a unit noiseless source at region r

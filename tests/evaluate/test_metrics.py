@@ -245,3 +245,14 @@ def test_evaluate_sample_info_fields_flow_into_summary():
     groups = summary["methods"]["x"]["groups"]
     assert [g["stats"]["le_mm"]["median"] for g in groups] == [0.0, 20.0]
     assert "snr_db" not in summary["metrics"]
+
+
+def test_region_centres_from_mesh():
+    from esikit.evaluate.metrics import region_centres_from_mesh
+
+    verts = np.array([[0, 0, 0], [2, 0, 0], [10, 10, 10], [5, 5, 5], [7, 7, 7.0]])
+    vreg = np.array([0, 0, 2, -1, 2])
+    c = region_centres_from_mesh(verts, vreg, 3)
+    np.testing.assert_allclose(c[0], [1, 0, 0])
+    np.testing.assert_allclose(c[2], [8.5, 8.5, 8.5])
+    assert np.isnan(c[1]).all()

@@ -63,6 +63,19 @@ def test_plot_cortex_activity_mesh(tmp_path):
     _check_png(path, 12, 7.5)
 
 
+def test_plot_cortex_activity_orientation(tmp_path):
+    from esikit.evaluate.plots import _to_ras
+
+    # TVB's frame: x anterior, y left, z superior
+    np.testing.assert_allclose(np.array([[1.0, 2.0, 3.0]]) @ _to_ras("ALS"), [[-2.0, 1.0, 3.0]])
+    np.testing.assert_allclose(_to_ras("RAS"), np.eye(3))
+    verts, tris, region = _icosphere_like()
+    path = plot_cortex_activity(verts, tris, region, np.ones(8), np.ones(8), tmp_path / "o.png", orientation="als")
+    _check_png(path, 12, 7.5)
+    with pytest.raises(ValueError, match="Invalid value for 'orientation'"):
+        _to_ras("RRS")
+
+
 def test_plot_cortex_activity_centres_only(tmp_path):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(30, 3)) * 40

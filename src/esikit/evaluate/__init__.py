@@ -15,6 +15,7 @@ from .metrics import (
     evaluate_sample,
     identify_regions,
     patches_from_activity,
+    region_centres_from_mesh,
     spatial_dispersion,
     summarize,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate_sample",
     "identify_regions",
     "patches_from_activity",
+    "region_centres_from_mesh",
     "spatial_dispersion",
     "summarize",
     "plot_cortex_activity",

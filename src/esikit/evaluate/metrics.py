@@ -108,6 +108,40 @@ def patches_from_activity(true: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([[centre], regions[regions != centre]])]
 
 
+def region_centres_from_mesh(vertices: np.ndarray, vertex_region: np.ndarray, n_regions: int) -> np.ndarray:
+    """Region centres as the mean position of each region's mesh vertices.
+
+    Use the folded (not inflated) cortex for anatomical distances in mm: DeepSIF's
+    ``fs_cortex_20k_inflated.mat`` ``centre`` field is the mean of the *inflated*
+    surface's vertices, whose distances are about 1.3 times the folded-cortex ones
+    (median ratio on the 994-region template) and only loosely related to them.
+
+    Parameters
+    ----------
+    vertices : array, shape (V, 3)
+        Mesh vertices in mm.
+    vertex_region : int array, shape (V,)
+        Region of each vertex, -1 for none.
+    n_regions : int
+        Number of regions ``R``.
+
+    Returns
+    -------
+    centres : array, shape (R, 3)
+        NaN rows for regions without vertices.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    vertex_region = np.asarray(vertex_region, dtype=np.int64)
+    if vertex_region.shape != (vertices.shape[0],):
+        raise ValueError(f"'vertex_region' has shape {vertex_region.shape}, expected (V,) with V={vertices.shape[0]}")
+    keep = (vertex_region >= 0) & (vertex_region < n_regions)
+    counts = np.bincount(vertex_region[keep], minlength=n_regions).astype(np.float64)
+    sums = np.stack([np.bincount(vertex_region[keep], weights=vertices[keep, k], minlength=n_regions)
+                     for k in range(3)], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None]
+
+
 def _distances(
     rows: np.ndarray, cols: np.ndarray, centres: np.ndarray | None, distances: np.ndarray | None
 ) -> np.ndarray:

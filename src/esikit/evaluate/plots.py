@@ -31,8 +31,8 @@ _ACTIVITY_CMAP = LinearSegmentedColormap.from_list(
     "esikit_activity", ["#dcdcdc", "#fdd49e", "#fc8d59", "#d7301f", "#7f0000"]
 )
 
-# Views of the cortex: (title, viewing direction, screen right, screen up), head
-# coordinates x = right, y = anterior, z = superior.
+# Views of the cortex: (title, viewing direction, screen right, screen up) in RAS
+# coordinates (x = right, y = anterior, z = superior).
 _VIEWS = (
     ("left", np.array([1.0, 0.0, 0.0]), np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0])),
     ("right", np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])),
@@ -93,6 +93,24 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Pat
     return _save(fig, path)
 
 
+_AXIS_LETTERS = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
+
+def _to_ras(orientation: str) -> np.ndarray:
+    """Matrix ``M`` with ``xyz @ M`` in RAS for an orientation code such as ``"ALS"``."""
+    code = str(orientation).upper()
+    m = np.zeros((3, 3))
+    if len(code) == 3 and all(c in _AXIS_LETTERS for c in code):
+        for i, c in enumerate(code):
+            m[i, _AXIS_LETTERS[c][0]] = _AXIS_LETTERS[c][1]
+    if len(code) != 3 or not np.allclose(np.abs(m).sum(axis=0), 1.0):
+        raise ValueError(
+            f"Invalid value for 'orientation': expected three letters naming where +x, +y, +z point, "
+            f"one of R/L, A/P, S/I each (e.g. 'RAS', 'ALS'), got {orientation!r}."
+        )
+    return m
+
+
 def _normalized(values: np.ndarray) -> np.ndarray:
     values = np.abs(np.asarray(values, dtype=np.float64))
     peak = np.nanmax(values) if values.size and np.any(np.isfinite(values)) else 0.0
@@ -143,6 +161,7 @@ def plot_cortex_activity(
     path: str | Path,
     centres: np.ndarray | None = None,
     titles: tuple[str, str] = ("true", "estimate"),
+    orientation: str = "RAS",
 ) -> Path:
     """True vs estimated region activity painted on the cortex, seen from left, right, top.
 
@@ -168,6 +187,10 @@ def plot_cortex_activity(
         Region centres in mm; required when no mesh is given.
     titles : tuple of str
         Row labels.
+    orientation : str
+        Where the +x, +y, +z axes of ``vertices``/``centres`` point: ``"RAS"``
+        (right, anterior, superior; FreeSurfer and DeepSIF's fsaverage5) by default,
+        ``"ALS"`` for TVB's default cortex and connectivity (x anterior, y left).
 
     Returns
     -------
@@ -180,9 +203,10 @@ def plot_cortex_activity(
             f"region values have shapes {true_v.shape} and {est_v.shape}, expected (R,) both"
         )
     n_regions = true_v.size
+    to_ras = _to_ras(orientation)
     have_mesh = vertices is not None and triangles is not None and vertex_region is not None
     if have_mesh:
-        vertices = np.asarray(vertices, dtype=np.float64)
+        vertices = np.asarray(vertices, dtype=np.float64) @ to_ras
         triangles = np.asarray(triangles, dtype=np.int64)
         vertex_region = np.asarray(vertex_region, dtype=np.int64)
         if vertex_region.shape != (vertices.shape[0],):
@@ -197,6 +221,7 @@ def plot_cortex_activity(
         centres = np.asarray(centres, dtype=np.float64)
         if centres.shape != (n_regions, 3):
             raise ValueError(f"'centres' has shape {centres.shape}, expected (R, 3) with R={n_regions}")
+        centres = centres @ to_ras
 
     cmap = _ACTIVITY_CMAP
     norm = Normalize(0.0, 1.0)

@@ -171,3 +171,12 @@ def test_tcn_receptive_field():
     changed = torch.nonzero(diff > 1e-7).flatten()
     half = (net.receptive_field - 1) // 2
     assert changed.min() >= 40 - half and changed.max() <= 40 + half
+
+
+def test_config_is_json_safe_with_numpy_sizes():
+    import numpy as np
+
+    net = build_model("tcn", np.int64(6), np.int32(4), n_hidden=np.int64(8), n_blocks=2)
+    config = net.get_config()
+    assert json.loads(json.dumps(config)) == config
+    assert type(config["n_channels"]) is int and type(config["n_hidden"]) is int

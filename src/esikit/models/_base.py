@@ -52,7 +52,12 @@ class ESIModel(nn.Module):
     def _record_config(self, local_vars: dict[str, Any]) -> None:
         # Keep exactly the constructor's parameters, so the config is the call signature.
         params = inspect.signature(type(self).__init__).parameters
-        self._config = {k: local_vars[k] for k in params if k != "self"}
+        # numpy scalars (e.g. a shape read from a file) become plain Python: JSON-safe
+        self._config = {
+            k: (local_vars[k].item() if hasattr(local_vars[k], "item") else local_vars[k])
+            for k in params
+            if k != "self"
+        }
 
     def get_config(self) -> dict[str, Any]:
         """Return the JSON-serializable configuration that rebuilds this model.

@@ -157,3 +157,59 @@ def test_spikes_on_default_anatomy():
     assert (others > 8).mean() < 1e-3
     # background around 1 mV as in DeepSIF's data
     assert 0.0 < np.median(others) < 3.0
+
+
+def _tvb_run(weights, lengths, excited, setting, n_steps, coupling_r=1.0):
+    """TVB with DeepSIF's generate_tvb_data.py settings (r passed explicitly)."""
+    from tvb.datatypes import connectivity
+    from tvb.simulator import coupling, integrators, models, monitors, noise, simulator
+
+    p = JansenRitParams().with_setting(setting)
+    n = weights.shape[0]
+    conn = connectivity.Connectivity(
+        weights=weights, tract_lengths=lengths, centres=np.zeros((n, 3)),
+        region_labels=np.array([f"r{i}" for i in range(n)]), speed=np.array([3.0]))
+    conn.configure()
+    A = np.full(n, 3.25)
+    A[excited] = 3.5
+    model = models.JansenRit(A=A, mu=np.array([p.mu]), v0=np.array([6.0]),
+                             p_max=np.array([0.15]), p_min=np.array([0.03]))
+    sigma = np.zeros(6)
+    sigma[4] = p.nsig
+    sim = simulator.Simulator(
+        model=model, connectivity=conn,
+        coupling=coupling.SigmoidalJansenRit(a=np.array([1.0]), r=np.array([coupling_r])),
+        integrator=integrators.HeunStochastic(dt=0.5, noise=noise.Additive(nsig=sigma)),
+        monitors=(monitors.Raw(),)).configure()
+    (t, data), = sim.run(simulation_length=n_steps * 0.5)
+    return data[:, 1, :, 0] - data[:, 2, :, 0], p
+
+
+@pytest.mark.tvb
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_same_trajectory_as_tvb(backend):
+    """Fed TVB's own random stream (RandomState(42)), the integrator retraces TVB's run."""
+    pytest.importorskip("tvb.simulator.simulator", reason="tvb-library is not installed")
+    from esikit.simulate.nmm import TVB_STATE_RANGES, _run_network
+
+    anat = load_default_anatomy()
+    w, lengths = anat.weights, anat.tract_lengths
+    n_steps, excited, setting = 600, 12, 1
+    ref, p = _tvb_run(w, lengths, excited, setting, n_steps)
+
+    rng = np.random.RandomState(42)  # TVB's default noise seed
+
+    def history(horizon):
+        h = np.empty((horizon, 6, w.shape[0]))
+        for i, (lo, hi) in enumerate(TVB_STATE_RANGES):  # Model.initial order
+            h[:, i] = rng.uniform(low=lo, high=hi, size=(horizon, w.shape[0], 1))[..., 0]
+        return h
+
+    def noise(m):  # TVB draws all six state variables each step; y4 gets noise
+        return np.stack([rng.normal(size=(6, w.shape[0], 1))[4, :, 0] for _ in range(m)])
+
+    A = np.full(w.shape[0], 3.25)
+    A[excited] = 3.5
+    ours = _run_network(w, lengths, A, p, 0.5, n_steps, backend, 1, history, noise)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-7, atol=1e-7)

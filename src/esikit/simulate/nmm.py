@@ -30,7 +30,7 @@ Integrator (TVB ``HeunStochastic``): with ``eta`` the noise increment and the co
 held fixed during the step, ``x~ = x + dt f(x) + eta``,
 ``x_next = x + dt (f(x) + f(x~)) / 2 + eta``. The initial history (as long as the
 longest delay) is drawn uniformly in TVB's ``state_variable_range`` of the model, the
-initial state being its last sample, so the first few hundred ms are a transient
+initial state being its first sample (as in TVB), so the first few hundred ms are a transient
 (DeepSIF drops the first 500 ms).
 
 The coupling-sigmoid steepness ``coupling_r`` defaults to 1.0: the value of TVB's
@@ -379,11 +379,33 @@ def simulate_network(
     params = params or JansenRitParams()
     if setting is not None:
         params = params.with_setting(setting)
-    kernel = _get_kernel(backend)
     n_steps = int(round(duration_s * 1000.0 / dt_ms))
     if n_steps < 1:
         raise ValueError(f"duration_s={duration_s} gives {n_steps} steps of {dt_ms} ms")
+    A = np.full(n_nodes, params.A, dtype=np.float64)
+    A[_as_excited_array(excited_node, n_nodes)] = params.A_excited
+    rng = np.random.default_rng(seed)
+    lo = np.array([r[0] for r in TVB_STATE_RANGES])[None, :, None]
+    hi = np.array([r[1] for r in TVB_STATE_RANGES])[None, :, None]
+    out = _run_network(
+        weights, tract_lengths, A, params, dt_ms, n_steps, backend, record_every,
+        draw_history=lambda horizon: lo + (hi - lo) * rng.random((horizon, 6, n_nodes)),
+        draw_noise=lambda m: rng.standard_normal((m, n_nodes)))
+    return out.astype(dtype, copy=False)
 
+
+def _run_network(weights, tract_lengths, A, params: JansenRitParams, dt_ms: float, n_steps: int,
+                 backend: str, record_every: int, draw_history, draw_noise) -> np.ndarray:
+    """Integrate with given random sources (the seam the TVB comparison test uses).
+
+    ``draw_history(horizon)`` returns the initial history, shape (horizon, 6, n_nodes):
+    as in TVB, entry ``h`` fills history slot ``h`` and entry 0 is the initial state
+    (step 0). ``draw_noise(m)`` returns ``m`` steps of standard normal draws for ``y4``,
+    shape (m, n_nodes). Returns ``y1 - y2``, shape (ceil(n_steps / record_every),
+    n_nodes), float64.
+    """
+    kernel = _get_kernel(backend)
+    n_nodes = weights.shape[0]
     # Sparse weights (TVB only evaluates non-zero weights) and delays in steps, grouped
     # by source node (CSC), targets ascending within a source.
     w = weights * params.coupling_scale
@@ -393,35 +415,27 @@ def simulate_network(
     targets = rows.astype(np.int32)  # 32-bit: less memory traffic per edge
     wdata = w[rows, cols].astype(np.float64)
     delays = np.rint(tract_lengths[rows, cols] / params.speed / dt_ms).astype(np.int32)
-    horizon = int(delays.max()) + 1 if delays.size else 1
-
-    A = np.full(n_nodes, params.A, dtype=np.float64)
-    A[_as_excited_array(excited_node, n_nodes)] = params.A_excited
+    # TVB's horizon: the longest delay over all pairs, plus one
+    horizon = int(np.rint(tract_lengths / params.speed / dt_ms).max()) + 1
     pvec = params.scalar_vector(dt_ms)
 
-    rng = np.random.default_rng(seed)
-    # Random initial history in TVB's state ranges; the initial state is its last sample.
-    lo = np.array([r[0] for r in TVB_STATE_RANGES])[None, :, None]
-    hi = np.array([r[1] for r in TVB_STATE_RANGES])[None, :, None]
-    history = lo + (hi - lo) * rng.random((horizon, 6, n_nodes))
-    y = history[-1].copy()
+    # Random initial history (TVB: uniform in the model's state ranges); slot n % horizon
+    # holds step n, slot 0 the initial state.
+    history = np.asarray(draw_history(horizon), dtype=np.float64)
+    y = history[0].copy()
+    diff = history[:, 1] - history[:, 2]  # (horizon, n_nodes)
     sbuf = np.empty((n_nodes, 2 * horizon))
-    # slot (n % horizon) holds step n; the history covers steps -(horizon-1) .. 0.
     with np.errstate(over="ignore"):
-        for h in range(horizon):
-            step = h - (horizon - 1)
-            diff = history[h, 1] - history[h, 2]
-            sbuf[:, step % horizon] = params.coupling_cmin + (
-                params.coupling_cmax - params.coupling_cmin) / (
-                1.0 + np.exp(params.coupling_r * (params.coupling_midpoint - diff)))
+        sbuf[:, :horizon] = (params.coupling_cmin + (params.coupling_cmax - params.coupling_cmin)
+                             / (1.0 + np.exp(params.coupling_r * (params.coupling_midpoint - diff)))).T
     sbuf[:, horizon:] = sbuf[:, :horizon]
 
     n_records = (n_steps + record_every - 1) // record_every
     out = np.empty((n_records, n_nodes), dtype=np.float64)
     for step0 in range(0, n_steps, _CHUNK_STEPS):
         m = min(_CHUNK_STEPS, n_steps - step0)
-        z = rng.standard_normal((m, n_nodes))
+        z = np.ascontiguousarray(draw_noise(m), dtype=np.float64)
         kernel(y, sbuf, step0, z, A, pvec, colptr, targets, wdata, delays, out, record_every)
     if not np.isfinite(out[-1]).all():
         logger.warning("simulation diverged (non-finite output); check dt_ms=%s and params", dt_ms)
-    return out.astype(dtype, copy=False)
+    return out

@@ -1,12 +1,28 @@
-"""Simulation of DeepSIF-style training data: anatomy, neural masses, spike clips."""
+"""Simulation of DeepSIF-style training data.
+
+Anatomy (:mod:`.anatomy`), the Jansen-Rit network simulation (:mod:`.nmm`), spike clips
+(:mod:`.spikes`), source patches (:mod:`.patches`), SNR scaling (:mod:`.snr`), DeepSIF
+metadata (:mod:`.metadata`) and the whole dataset in one call (:mod:`.pipeline`,
+``esikit simulate``).
+"""
 
 from .anatomy import (
     Anatomy,
     load_anatomy,
     load_deepsif_anatomy,
     load_default_anatomy,
+    region_adjacency_from_mesh,
+)
+from .metadata import (
+    generate_metadata,
+    index_clips,
+    make_metadata_files,
+    write_metadata,
 )
 from .nmm import NOISE_SETTINGS, JansenRitParams, jansen_rit_dfun, simulate_network
+from .patches import CandidatePatches, candidate_patches, grow_patch, is_connected, pick_second_patch
+from .pipeline import DEMO_DURATION_S, DEMO_SETTINGS, dataset_paths, make_dataset
+from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 from .spikes import (
     CLIP_LENGTH,
     RegionClipResult,
@@ -18,28 +34,41 @@ from .spikes import (
     select_clips,
     spike_alpha,
 )
-from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 
 __all__ = [
     "Anatomy",
     "CLIP_LENGTH",
-    "RegionClipResult",
-    "downsample_raw",
-    "find_spike_times",
-    "make_region_clips",
-    "make_spike_clips",
-    "rescale_spike_channel",
-    "select_clips",
-    "spike_alpha",
+    "CandidatePatches",
+    "DEMO_DURATION_S",
+    "DEMO_SETTINGS",
     "JansenRitParams",
     "NOISE_SETTINGS",
+    "RegionClipResult",
+    "candidate_patches",
+    "dataset_paths",
+    "downsample_raw",
     "find_alpha",
+    "find_spike_times",
+    "generate_metadata",
+    "grow_patch",
+    "index_clips",
+    "is_connected",
     "jansen_rit_dfun",
     "load_anatomy",
     "load_deepsif_anatomy",
     "load_default_anatomy",
+    "make_dataset",
+    "make_metadata_files",
+    "make_region_clips",
+    "make_spike_clips",
     "peak_windows",
+    "pick_second_patch",
+    "region_adjacency_from_mesh",
+    "rescale_spike_channel",
+    "select_clips",
     "sensor_snr_db",
     "simulate_network",
     "source_background_power",
+    "spike_alpha",
+    "write_metadata",
 ]

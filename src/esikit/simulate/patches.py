@@ -162,7 +162,17 @@ def _connected_prefix(adj: sp.csr_matrix, order: list[int] | np.ndarray, size: i
     Regions are taken in ``order`` when they touch a region already taken; passes repeat
     until nothing more can join, so order is kept as far as connectivity allows.
     """
-    order = [int(r) for r in order]
+    order_arr = np.asarray(order, dtype=np.int64)
+    if order_arr.size <= size:
+        # everything fits: keep the centre's connected component within the set, in order
+        inside = _mask(adj.shape[0], order_arr)
+        reached = _mask(adj.shape[0], order_arr[:1])
+        frontier = reached.copy()
+        while frontier.any():
+            frontier = (adj @ frontier) & inside & ~reached
+            reached |= frontier
+        return order_arr[reached[order_arr]]
+    order = order_arr.tolist()
     taken = [order[0]]
     inside = np.zeros(adj.shape[0], dtype=bool)
     inside[order[0]] = True

@@ -256,3 +256,25 @@ def test_region_centres_from_mesh():
     np.testing.assert_allclose(c[0], [1, 0, 0])
     np.testing.assert_allclose(c[2], [8.5, 8.5, 8.5])
     assert np.isnan(c[1]).all()
+
+
+def test_evaluate_batch_matches_per_sample():
+    from esikit.evaluate.metrics import evaluate_batch
+
+    rng = np.random.default_rng(4)
+    est = rng.random((3, 20, 6)) ** 3
+    true = np.zeros((3, 20, 6))
+    patches = [[np.array([1])], [np.array([2, 3])], [np.array([0]), np.array([5])]]
+    for b, ps in enumerate(patches):
+        for p in ps:
+            true[b, :, p] = 1.0
+    infos = [{"snr_db": 5, "index": b} for b in range(3)]
+    recs = evaluate_batch(est, true, CENTRES, patches, infos=infos)
+    assert [r["index"] for r in recs] == [0, 1, 2]
+    for b in range(3):
+        single = evaluate_sample(est[b], true[b], CENTRES, patches[b], info=infos[b])
+        assert recs[b].keys() == single.keys()
+        for k, v in single.items():
+            assert (v == recs[b][k]) or (isinstance(v, float) and math.isnan(v) and math.isnan(recs[b][k]))
+    with pytest.raises(ValueError, match="'patches' has 2 samples, expected 3"):
+        evaluate_batch(est, true, CENTRES, patches[:2])

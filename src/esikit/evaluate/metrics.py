@@ -435,6 +435,54 @@ def evaluate_sample(
     return rec
 
 
+def evaluate_batch(
+    est: np.ndarray,
+    true: np.ndarray | None,
+    centres: np.ndarray | None,
+    patches: Sequence[Sequence[Any]] | None = None,
+    *,
+    infos: Sequence[Mapping[str, Any]] | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_sample` over a batch.
+
+    Parameters
+    ----------
+    est : array, shape (B, T, R)
+        Estimates (a torch tensor on the CPU works too).
+    true : array, shape (B, T, R) or None
+    centres : array, shape (R, 3) or None
+    patches : list of B patch lists, optional
+        ``patches[b]`` is the patch list of sample ``b`` (centre first).
+    infos : list of B mappings, optional
+        Extra fields per sample (``snr_db``, ``n_sources``, ``method``, ``index``...).
+    **kwargs
+        Passed to :func:`evaluate_sample` (``distances``, ``min_active_samples``, ``nbins``).
+
+    Returns
+    -------
+    records : list of dict
+    """
+    est = np.asarray(est)
+    if est.ndim != 3:
+        raise ValueError(f"'est' has shape {est.shape}, expected (B, T, R)")
+    n = est.shape[0]
+    for name, seq in (("true", true), ("patches", patches), ("infos", infos)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"'{name}' has {len(seq)} samples, expected {n} like 'est'")
+    return [
+        evaluate_sample(
+            est[b],
+            None if true is None else np.asarray(true[b]),
+            centres,
+            None if patches is None else patches[b],
+            info=None if infos is None else infos[b],
+            **kwargs,
+        )
+        for b in range(n)
+    ]
+
+
 # --------------------------------------------------------------------------- summary
 def _stats(values: Iterable[float]) -> dict[str, float]:
     v = np.asarray([float(x) for x in values], dtype=np.float64)

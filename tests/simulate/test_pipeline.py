@@ -25,6 +25,7 @@ def small_dataset(tmp_path_factory):
 def test_layout_and_summary(small_dataset):
     out, summary = small_dataset
     assert summary["status"] == "complete"
+    assert not (out / ".simulate_config.json").exists()  # only while a run is in progress
     assert (out / "anatomy" / "anatomy.npz").exists()
     fwd = load_mat_file(out / "anatomy" / "leadfield_63_76.mat")["fwd"]
     assert fwd.shape == (63, 76)
@@ -90,3 +91,28 @@ def test_parse_index_list():
     import argparse
     with pytest.raises(argparse.ArgumentTypeError, match="Invalid value for 'regions'"):
         parse_index_list("3-x")
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    """A run that dies after its first region leaves no dataset.json; a rerun finishes it."""
+    import esikit.simulate.pipeline as pipeline
+
+    out = tmp_path / "ds"
+    kw = dict(regions=[48], duration_s=6.0, settings=(2,), n_workers=1, seed=3,
+              n_train=10, n_test=4, progress=False)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr("esikit.simulate.metadata.make_metadata_files", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        pipeline.make_dataset(out, **kw)
+    assert not (out / "dataset.json").exists()
+    assert (out / ".simulate_config.json").exists()
+    assert (out / "source" / "nmm_spikes" / "a48" / ".done").exists()
+    with pytest.raises(ValueError, match="another configuration"):
+        pipeline.make_dataset(out, **{**kw, "seed": 4})
+    monkeypatch.undo()
+    summary = pipeline.make_dataset(out, **kw)
+    assert summary["status"] == "complete" and (out / "dataset.json").exists()
+    assert summary["simulation_wall_s"] == 0.0  # the region was not simulated again

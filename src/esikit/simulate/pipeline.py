@@ -8,9 +8,11 @@
     OUT/source/train_sample_source1.mat, OUT/source/test_sample_source1.mat
     OUT/dataset.json                        settings, counts, timings
 
-It is resumable: ``dataset.json`` is written first with ``"status": "in_progress"`` and
-the configuration, every finished region leaves a marker, and a finished folder made
-with the same configuration is reused as it is (``force=True`` remakes it).
+``dataset.json`` is written last: it exists only for a complete dataset. The run is
+resumable: the configuration is recorded first in ``OUT/.simulate_config.json``, every
+finished region leaves a marker, so a rerun with the same configuration continues an
+interrupted run, and a complete folder made with the same configuration is reused as it
+is (``force=True`` remakes it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ DEMO_N_TRAIN = 2000
 DEMO_N_TEST = 200
 
 _STATUS_FILE = "dataset.json"
+_PROGRESS_FILE = ".simulate_config.json"
 
 
 def dataset_paths(out_dir: str | Path, anatomy: Anatomy) -> dict[str, Path]:
@@ -61,7 +64,8 @@ def dataset_paths(out_dir: str | Path, anatomy: Anatomy) -> dict[str, Path]:
     -------
     dict of str to Path
         Keys ``anatomy_dir``, ``fwd``, ``anatomy``, ``source_dir``, ``nmm_spikes``,
-        ``train_metadata``, ``test_metadata``, ``status``.
+        ``train_metadata``, ``test_metadata``, ``status`` (``dataset.json``),
+        ``progress`` (the configuration of a run in progress).
     """
     out = Path(out_dir)
     return {
@@ -73,6 +77,7 @@ def dataset_paths(out_dir: str | Path, anatomy: Anatomy) -> dict[str, Path]:
         "train_metadata": out / "source" / "train_sample_source1.mat",
         "test_metadata": out / "source" / "test_sample_source1.mat",
         "status": out / _STATUS_FILE,
+        "progress": out / _PROGRESS_FILE,
     }
 
 
@@ -214,25 +219,30 @@ def make_dataset(
     }
     paths = dataset_paths(out_dir, anat)
 
-    status_path = paths["status"]
-    if status_path.exists() and not force:
-        previous = json.loads(status_path.read_text())
-        if previous.get("config") != json.loads(json.dumps(config, default=_json_default)):
-            raise ValueError(
-                f"{status_path}: this folder holds a dataset made with another configuration "
-                f"({previous.get('config')}); use force=True (--force) or another folder")
-        if previous.get("status") == "complete":
-            logger.info("%s: dataset already complete, reusing it", out_dir)
-            return previous
-        logger.info("%s: resuming an interrupted dataset", out_dir)
-    if force:
-        for p in (paths["nmm_spikes"], paths["train_metadata"], paths["test_metadata"], status_path):
+    status_path, progress_path = paths["status"], paths["progress"]
+    wanted = json.loads(json.dumps(config, default=_json_default))
+    if not force:
+        for path, what in ((status_path, "a dataset"), (progress_path, "an unfinished dataset")):
+            if not path.exists():
+                continue
+            previous = json.loads(path.read_text())
+            if previous.get("config") != wanted:
+                raise ValueError(
+                    f"{path}: this folder holds {what} made with another configuration "
+                    f"({previous.get('config')}); use force=True (--force) or another folder")
+            if path == status_path and previous.get("status") == "complete":
+                logger.info("%s: dataset already complete, reusing it", out_dir)
+                return previous
+            logger.info("%s: resuming an interrupted dataset", out_dir)
+    else:
+        for p in (paths["nmm_spikes"], paths["train_metadata"], paths["test_metadata"],
+                  status_path, progress_path):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(status_path, {"status": "in_progress", "config": config})
+    _write_json(progress_path, {"status": "in_progress", "config": config})
 
     _write_anatomy(anat, paths)
     logger.info("Simulating %d regions x %d settings x %.1f s on %s", len(region_list),
@@ -284,6 +294,7 @@ def make_dataset(
         "test_metadata": str(test_path),
     }
     _write_json(status_path, summary)
+    progress_path.unlink(missing_ok=True)
     logger.info("Dataset complete in %s: %d clips from %d regions (%.0f s simulated, %.0f s wall)",
                 out_dir, summary["n_clips"], len(region_list) - len(without), simulated,
                 summary["wall_s"])

@@ -64,14 +64,14 @@ def add_parsers(subparsers) -> None:
                    help="'default' (tvb-data, 76 regions, 63 channels), a DeepSIF anatomy folder "
                         "or an anatomy .npz")
     p.add_argument("--regions", type=parse_index_list, default=None,
-                   help="regions to simulate, e.g. '0-9,12' (default: all)")
+                   help="regions to simulate, e.g. '0-9,12' (None: all)")
     p.add_argument("--duration", type=float, default=DEMO_DURATION_S,
                    help="simulated seconds per region and noise setting")
     p.add_argument("--settings", type=_settings, default=list(DEMO_SETTINGS),
                    help="DeepSIF noise settings to run, e.g. '0,1,2' (0: mu 0.087, 1: 0.08 x1.7 "
                         "noise, 2: 0.083 x1.5 noise)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: all available CPUs)")
+                   help="worker processes (None: all available CPUs)")
     p.add_argument("--n-train", type=int, default=DEMO_N_TRAIN,
                    help="samples in train_sample_source1.mat (0: DeepSIF's full design)")
     p.add_argument("--n-test", type=int, default=DEMO_N_TEST,

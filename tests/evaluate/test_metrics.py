@@ -187,6 +187,17 @@ def test_auc_rank_formula_against_pairwise_count():
     assert math.isnan(auc_score([1.0, 2.0], [True, True]))
 
 
+def test_average_ranks_match_scipy():
+    from scipy.stats import rankdata
+
+    from esikit.evaluate.metrics import _average_ranks
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 10, 101):
+        x = rng.integers(0, 4, n).astype(float)
+        np.testing.assert_array_equal(_average_ranks(x), rankdata(x))
+
+
 def test_spatial_dispersion_zero_energy():
     assert math.isnan(spatial_dispersion(np.zeros((4, 3)), np.array([1]), np.array([5.0])))
     assert math.isnan(spatial_dispersion(np.ones((4, 3)), np.array([], dtype=int), np.array([])))

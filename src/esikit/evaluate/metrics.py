@@ -31,7 +31,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 from skimage.filters import threshold_otsu
 
 logger = logging.getLogger(__name__)
@@ -242,6 +241,18 @@ def assign_to_patches(
     return owner[nearest].astype(np.int64), d[np.arange(identified.size), nearest]
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (scipy's ``rankdata``, numpy only)."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    new_group = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(new_group)
+    ends = np.r_[starts[1:], x.size]
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(new_group) - 1]
+    return ranks
+
+
 def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve by the rank (Mann-Whitney) formula.
 
@@ -268,7 +279,7 @@ def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks = rankdata(scores)  # average ranks for ties
+    ranks = _average_ranks(scores)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 

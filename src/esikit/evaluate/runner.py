@@ -147,4 +147,55 @@ def evaluate_model(
         paths[f"timecourse_{k}_png"] = plot_time_courses(
             ex["true"], ex["est"], ex["centres"], out / f"example_{k}_timecourses.png", sfreq=500.0)
     table = results_table_markdown(summary)
-    return {"summary": summary, "records": records, "paths": paths, "table": table, "n_samples": len(positions)}
+    comparison, verdict = comparison_table(summary, model_name)
+    (out / "comparison.md").write_text(comparison + "\n")
+    return {"summary": summary, "records": records, "paths": paths, "table": table, "comparison": comparison,
+            "beats_baselines": verdict, "n_samples": len(positions)}
+
+
+#: Lower is better for these; higher for the others in the comparison.
+_LOWER_IS_BETTER = {"le_mm", "spatial_dispersion_mm", "mse", "mse_normalized"}
+
+
+def comparison_table(summary: dict[str, Any], model_name: str,
+                     metrics: Sequence[str] = ("le_mm", "precision")) -> tuple[str, dict[str, bool]]:
+    """Median of each metric per SNR level, the network against every baseline.
+
+    Returns the Markdown table and, per SNR level, whether the network is better than
+    every baseline on every listed metric (the demo's success criterion).
+    """
+    methods = list(summary["methods"])
+    others = [m for m in methods if m != model_name]
+
+    def medians(method: str) -> dict[Any, dict[str, float]]:
+        rows = {"all": summary["methods"][method]["overall"]["stats"]}
+        for group in summary["methods"][method].get("marginals", {}).get("snr_db", []):
+            rows[group["key"]["snr_db"]] = group["stats"]
+        return {k: {m: (v.get(m) or {}).get("median") for m in metrics} for k, v in rows.items()}
+
+    table = {m: medians(m) for m in methods}
+    levels = [k for k in table[model_name] if k != "all"]
+    levels = sorted(levels, key=float) + ["all"]
+    names = {"le_mm": "LE (mm)", "precision": "precision"}
+    header = "| SNR (dB) | " + " | ".join(f"{names.get(x, x)} {m}" for x in metrics for m in methods) + " | network best |"
+    lines = [header, "|" + "---|" * (2 + len(metrics) * len(methods))]
+    verdict: dict[str, bool] = {}
+    for level in levels:
+        best = True
+        cells = []
+        for metric in metrics:
+            own = table[model_name][level][metric]
+            for m in methods:
+                value = table[m][level][metric]
+                cells.append("n/a" if value is None else f"{value:.3g}")
+            for m in others:
+                value = table[m][level][metric]
+                if own is None or value is None:
+                    best = False
+                elif metric in _LOWER_IS_BETTER:
+                    best &= own < value
+                else:
+                    best &= own > value
+        verdict[str(level)] = bool(best)
+        lines.append(f"| {level} | " + " | ".join(cells) + f" | {'yes' if best else 'no'} |")
+    return "\n".join(lines), verdict

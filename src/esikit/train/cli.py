@@ -136,9 +136,9 @@ def train(cfg: dict[str, Any], *, resume: bool = False, show_progress: bool = Tr
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(log_dir=str(writer_dir)) as w:
-            overall = evaluation["summary"]["methods"][cfg["MODEL"]]["overall"]
+            overall = evaluation["summary"]["methods"][cfg["MODEL"]]["overall"]["stats"]
             for metric, stats in overall.items():
-                if isinstance(stats, dict) and "median" in stats and stats["median"] is not None:
+                if isinstance(stats, dict) and stats.get("median") is not None:
                     w.add_scalar(f"test/{metric}_median", float(stats["median"]), state.epoch)
     return result
 
@@ -172,10 +172,16 @@ def main(argv: Sequence[str] = (), default_config: str | os.PathLike | None = No
         return 3
     ev = result.get("evaluation")
     if ev is not None:
-        print()
-        print(ev["table"])
-        print(f"results and figures: {result['run_dir']}")
+        _print_evaluation(ev, result["run_dir"])
     return 0
+
+
+def _print_evaluation(ev: dict[str, Any], run_dir: Path) -> None:
+    print()
+    print(f"Test results on {ev['n_samples']} samples (median over samples; full tables in {run_dir}/results.md):")
+    print()
+    print(ev["comparison"])
+    print(f"\nresults and figures: {run_dir}")
 
 
 def _init_distributed() -> None:
@@ -211,8 +217,7 @@ def evaluate_main(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")
     ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history)
-    print(ev["table"])
-    print(f"results and figures: {out}")
+    _print_evaluation(ev, out)
     return 0
 
 
@@ -267,6 +272,6 @@ def demo_main(args) -> int:
     print()
     ev = result.get("evaluation")
     if ev is not None:
-        print(ev["table"])
+        _print_evaluation(ev, result["run_dir"])
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; results and figures in {result['run_dir']}")
     return 0

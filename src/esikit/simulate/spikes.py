@@ -415,7 +415,12 @@ def make_region_clips(
             continue
         alpha = spike_alpha(nmm, fwd, region, spike_times, target_snr_db)
         result.alpha_per_setting.append(alpha)
-        scaled = rescale_spike_channel(nmm, region, spike_times, alpha)
+        if np.isfinite(alpha) and alpha > 0:
+            scaled = rescale_spike_channel(nmm, region, spike_times, alpha)
+        else:  # e.g. a region whose leadfield column is zero: nothing to scale against
+            logger.warning("region %d, setting %d: scaling factor %s; clips kept unscaled",
+                           region, setting, alpha)
+            scaled = nmm
         for s0 in starts:
             k += 1
             write_clip(folder, k, scaled[s0:s0 + CLIP_LENGTH])

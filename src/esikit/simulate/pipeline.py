@@ -100,7 +100,7 @@ def _json_default(obj):
 
 
 def _clean_nan(x):
-    if isinstance(x, float) and np.isnan(x):
+    if isinstance(x, float) and not np.isfinite(x):
         return None
     if isinstance(x, list):
         return [_clean_nan(v) for v in x]

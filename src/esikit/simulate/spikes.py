@@ -427,7 +427,7 @@ def make_region_clips(
     result.n_clips = k
     result.wall_s = time.perf_counter() - t_start
     info = asdict(result)
-    info["alpha_per_setting"] = [None if np.isnan(a) else a for a in result.alpha_per_setting]
+    info["alpha_per_setting"] = [a if np.isfinite(a) else None for a in result.alpha_per_setting]
     info.update(config)
     tmp = folder / f".tmp_{os.getpid()}_done"
     tmp.write_text(json.dumps(info, indent=1))

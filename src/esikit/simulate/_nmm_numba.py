@@ -21,12 +21,12 @@ P_DT, P_NOISE = 17, 18
 N_PARAMS = 19
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _sigm(v, nu_max, r, v0):
     return 2.0 * nu_max / (1.0 + math.exp(r * (v0 - v)))
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _dfun(y0, y1, y2, y3, y4, y5, A, c, p, out):
     a = p[P_A_RATE]
     b = p[P_B_RATE]
@@ -42,7 +42,8 @@ def _dfun(y0, y1, y2, y3, y4, y5, A, c, p, out):
     out[5] = p[P_B] * b * (p[P_A4] * J * s03) - 2.0 * b * y5 - b * b * y2
 
 
-@numba.njit(cache=True)
+# error_model="numpy": no zero-division checks in the hot loop (divisors never vanish)
+@numba.njit(cache=True, error_model="numpy")
 def integrate_chunk_numba(y, sbuf, step0, z, A, p, colptr, targets, wdata, delays, out,
                           record_every):
     """Advance the network ``z.shape[0]`` Heun steps in place (see nmm._integrate_chunk_numpy)."""

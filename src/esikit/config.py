@@ -59,7 +59,8 @@ KEYS: dict[str, Key] = {
     "NORMALIZE": Key(True, "normalize EEG and source as DeepSIF does", (bool,)),
     # -- dynamic mode ----------------------------------------------------------------------
     "DYNAMIC_SNR_RANGE": Key((5.0, 20.0), "dynamic mode: sensor SNR range in dB", (tuple, list)),
-    "DYNAMIC_PATCH_SIZE_RANGE": Key((1, 20), "dynamic mode: patch size range", (tuple, list)),
+    "DYNAMIC_PATCH_SIZE_RANGE": Key(None, "dynamic mode: patch size range (None: up to 70/994 of the regions)",
+                                    (tuple, list), optional=True),
     "DYNAMIC_N_SOURCES": Key((1, 2), "dynamic mode: possible numbers of sources", (tuple, list)),
     # -- training ----------------------------------------------------------------------------
     "MODEL": Key("deepsif", "network (see esikit.models.MODELS)", (str,)),

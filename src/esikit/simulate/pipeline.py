@@ -40,6 +40,7 @@ __all__ = [
     "DEMO_N_TRAIN",
     "DEMO_SETTINGS",
     "dataset_paths",
+    "default_metadata_kw",
     "make_dataset",
 ]
 
@@ -55,6 +56,20 @@ DEMO_N_TEST = 200
 
 _STATUS_FILE = "dataset.json"
 _PROGRESS_FILE = ".simulate_config.json"
+
+
+def default_metadata_kw(anatomy: Anatomy) -> dict:
+    """Metadata settings that suit the anatomy's parcellation.
+
+    DeepSIF's patches (1-3 rings, up to 70 regions) cover a few percent of its 994-region
+    cortex; on a coarse parcellation such as the 76-region default the same rings cover
+    half a hemisphere. There, patches are grown to at most the same fraction of the
+    cortex (70/994 of the regions, at least 1), and samples mix one and two sources.
+    """
+    if anatomy.n_regions >= 500:
+        return {}
+    largest = max(1, int(round(70 * anatomy.n_regions / 994)))
+    return {"patch_mode": "grow", "patch_size_range": (1, largest), "n_sources": (1, 2)}
 
 
 def dataset_paths(out_dir: str | Path, anatomy: Anatomy) -> dict[str, Path]:
@@ -264,7 +279,7 @@ def make_dataset(
     t_meta = time.perf_counter()
     train_path, test_path = make_metadata_files(
         anat, paths["nmm_spikes"], paths["source_dir"], n_train, n_test, seed=seed,
-        **{"progress": progress, **(metadata_kw or {})})
+        **{"progress": progress, **default_metadata_kw(anat), **(metadata_kw or {})})
     meta_s = time.perf_counter() - t_meta
 
     simulated = float(sum(res.simulated_s for res in results.values()))

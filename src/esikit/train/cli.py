@@ -61,7 +61,10 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
         raise ConfigError(["USE_METADATA_LOADER = False needs the region adjacency: set ANATOMY (an anatomy .npz, "
                            "a DeepSIF anatomy folder or 'default')"])
     n_train = int(cfg.get("TRAIN_DATASET_LEN") or 10000)
-    kw = dict(snr_range_db=tuple(cfg["DYNAMIC_SNR_RANGE"]), patch_size_range=tuple(cfg["DYNAMIC_PATCH_SIZE_RANGE"]),
+    sizes = cfg.get("DYNAMIC_PATCH_SIZE_RANGE")
+    if sizes is None:  # the same fraction of the cortex as DeepSIF's 70 of 994 regions
+        sizes = (1, max(1, int(round(70 * anatomy.n_regions / 994))))
+    kw = dict(snr_range_db=tuple(cfg["DYNAMIC_SNR_RANGE"]), patch_size_range=tuple(sizes),
               n_sources=tuple(cfg["DYNAMIC_N_SOURCES"]), normalize=normalize)
     train_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], cfg["FWD_MATRIX_PATH"], anatomy, n_train, seed=seed, **kw)
     n_val = int(round(n_train * float(val_split)))

@@ -97,6 +97,18 @@ class SpikeEEGMetadataDataset(Dataset):
     verify_clips : bool
         Read every referenced clip at start-up (finds unreadable files and centre
         waveforms that never rise above zero before training starts).
+    synthesis : {'fast', 'reference'}
+        ``fast`` (default): batches made in one compiled call from the packed clip cache
+        (:mod:`esikit.data.fast`; built on first use, it also finds unreadable clips at
+        start-up); ``reference``: one :func:`~esikit.data.synthesis.synthesize_sample`
+        call per sample from the clip files. Both give the same samples up to float32
+        rounding.
+    target : {'dense', 'compact'}
+        ``compact`` (fast path only): batches carry the source as ``(regions (B, L),
+        values (B, L, T))``, expanded on the device by
+        :func:`esikit.data.fast.expand_compact_target`; single samples stay dense.
+    cache_dir : path-like, optional
+        Folder of the packed clip cache (default: see :mod:`esikit.data.packed`).
 
     Examples
     --------
@@ -121,8 +133,19 @@ class SpikeEEGMetadataDataset(Dataset):
         cache_mb: float = 512,
         verify_clips: bool = False,
         clip_store: ClipStore | None = None,
+        synthesis: str = "fast",
+        target: str = "dense",
+        cache_dir: str | PathLike | None = None,
     ):
+        from .fast import SYNTHESIS_MODES, TARGET_MODES
+
         check_option("missing_clips", missing_clips, MISSING_CLIP_POLICIES)
+        check_option("synthesis", synthesis, SYNTHESIS_MODES)
+        check_option("target", target, TARGET_MODES)
+        if target == "compact" and synthesis != "fast":
+            raise ValueError("Invalid value for 'target': 'compact' needs synthesis='fast', got synthesis='reference'.")
+        self.synthesis_mode = synthesis
+        self.target = target
         self.metadata_path = Path(metadata_path)
         self.fwd, self.fwd_source = resolve_forward(fwd)
         self.normalize = bool(normalize)
@@ -143,6 +166,9 @@ class SpikeEEGMetadataDataset(Dataset):
         )
         if verify_clips:
             missing_where += self._verify_clips(ids)
+        self._fast = None
+        if synthesis == "fast":
+            missing_where += self._open_fast_path(ids, cache_dir)
         self.clip_ids = ids
         keep = self._apply_missing_policy(ids, missing_where)
 
@@ -161,6 +187,8 @@ class SpikeEEGMetadataDataset(Dataset):
         # The epoch lives in shared memory so persistent workers see set_epoch.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._frozen = False
+        if self._fast is not None:
+            self._fast.clip_ids = self.clip_ids
         logger.info("%r", self)
 
     # -- start-up checks --------------------------------------------------------------------
@@ -210,6 +238,18 @@ class SpikeEEGMetadataDataset(Dataset):
                 ],
             )
         return [u.split(": cannot read")[0] for u in unreadable]
+
+    def _open_fast_path(self, ids: np.ndarray, cache_dir: str | PathLike | None) -> list[str]:
+        """Open (or build) the packed clip cache; referenced unreadable clips become missing."""
+        from .fast import FastSynthesizer
+        from .packed import PackedClipCache
+
+        cache = PackedClipCache.open(self.store, cache_dir)
+        bad = (ids >= 0) & ~cache.valid[np.clip(ids, 0, None)]
+        where = [cache.errors[int(c)].split(": cannot read")[0] for c in ids[bad]]
+        ids[bad] = -1
+        self._fast = FastSynthesizer(self.metadata, ids, cache, self.fwd, self.seed, self.normalize)
+        return where
 
     def _apply_missing_policy(self, ids: np.ndarray, missing_where: list[str]) -> np.ndarray:
         present = self.metadata.present
@@ -269,6 +309,8 @@ class SpikeEEGMetadataDataset(Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["clip_ids"] = state["_clip_ids_shared"].numpy()
         self.__dict__.update(state)
+        if self._fast is not None:
+            self._fast.clip_ids = self.clip_ids
 
     # -- epochs ----------------------------------------------------------------------------------
     @property
@@ -333,6 +375,15 @@ class SpikeEEGMetadataDataset(Dataset):
         """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
         g = self.sample_index(i)
         epoch = self.epoch if epoch is None else int(epoch)
+        if self._fast is not None:
+            eeg, src = self._fast.synthesize_batch(np.array([g]), epoch, as_numpy=True)
+            return eeg[0], src[0]
+        return self.synthesize_reference(i, epoch)
+
+    def synthesize_reference(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` by :func:`~esikit.data.synthesis.synthesize_sample` from the clip files."""
+        g = self.sample_index(i)
+        epoch = self.epoch if epoch is None else int(epoch)
         meta = self.metadata
         choice, noise = draw_sample_randomness(
             self.seed, epoch, g, meta.n_sources, meta.n_scale_options, self.n_times, self.n_channels
@@ -356,6 +407,28 @@ class SpikeEEGMetadataDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         eeg, source = self.synthesize(int(i))
         return torch.from_numpy(eeg), torch.from_numpy(source)
+
+    def synthesize_batch(self, positions: Sequence[int] | np.ndarray, epoch: int | None = None,
+                         target: str | None = None) -> tuple[torch.Tensor, Any]:
+        """Samples at ``positions`` stacked: ``eeg (B, T, C)`` and the source (``(B, T, R)``,
+        or ``(regions, values)`` for the compact target)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        target = self.target if target is None else target
+        if self._fast is None:
+            pairs = [self.synthesize(int(i), epoch) for i in positions]
+            return (torch.from_numpy(np.stack([p[0] for p in pairs])),
+                    torch.from_numpy(np.stack([p[1] for p in pairs])))
+        rows = np.array([self.sample_index(int(i)) for i in positions], dtype=np.int64)
+        return self._fast.synthesize_batch(rows, epoch, target=target)
+
+    def __getitems__(self, positions: list[int]) -> list[Any]:
+        """A whole batch in one call (DataLoader's batched fetch); see
+        :func:`esikit.data.fast.collate_synthesized`."""
+        if self._fast is None:
+            return [self[int(i)] for i in positions]
+        from .fast import SynthesizedBatch
+
+        return SynthesizedBatch(*self.synthesize_batch(positions))
 
 
 _WARNED: set[str] = set()

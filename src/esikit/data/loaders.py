@@ -81,6 +81,9 @@ def _loader(dataset: Any, batch_size: int, *, shuffle_seed: int | None, num_work
         sampler = EpochShuffleSampler(len(dataset), 0, num_replicas=num_replicas, rank=rank, shuffle=False)
     else:
         sampler = None
+    from .fast import collate_synthesized
+
+    kwargs.setdefault("collate_fn", collate_synthesized)  # batches made whole, not stacked again
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -120,3 +120,26 @@ def test_train_script_reports_bad_config(repo_root):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "'BATCH_SIZE'" in out.stderr and "'NUM_WORKERS'" in out.stderr
+
+
+def test_dynamic_mode_trains_and_evaluates(toy, tmp_path):
+    import numpy as np
+    import scipy.sparse as sp
+
+    from esikit.simulate.anatomy import Anatomy
+
+    r = 16
+    ring = sp.diags([1.0, 1.0], [1, -1], shape=(r, r), dtype=float).tolil()
+    ring[0, r - 1] = ring[r - 1, 0] = 1
+    anat = Anatomy(name="ring", fwd=toy["fwd"], channel_names=[f"E{i}" for i in range(8)],
+                   centres=np.c_[np.cos(np.arange(r)), np.sin(np.arange(r)), np.zeros(r)] * 50,
+                   adjacency=ring.tocsr(), weights=np.zeros((r, r)), tract_lengths=np.zeros((r, r)),
+                   node_of_region=np.arange(r), region_labels=[str(i) for i in range(r)])
+    anat.save(tmp_path / "ring.npz")
+    cfg = _cfg(toy, tmp_path, USE_METADATA_LOADER=False, ANATOMY=str(tmp_path / "ring.npz"), TRAIN_DATASET_LEN=16,
+               TEST_METADATA_PATH=None, TEST_DATASET_LEN=4, NUM_EPOCHS=1, EVALUATE=True, BASELINES=("mne",),
+               DYNAMIC_PATCH_SIZE_RANGE=(1, 3))
+    result = train(cfg, show_progress=False)
+    assert result["state"].epoch == 1
+    assert result["evaluation"]["n_samples"] == 4
+    assert (tmp_path / "ckpt" / "t" / "results.json").is_file()

@@ -144,3 +144,12 @@ def test_deepsif_anatomy(deepsif_anatomy, deepsif_anatomy_dir):
     assert a.triangles.min() == 0 and a.triangles.max() == len(a.vertices) - 1
     assert a.vertex_region.min() == 0 and a.vertex_region.max() == 993
     assert load_anatomy(deepsif_anatomy_dir).n_regions == 994
+
+
+def test_default_anatomy_is_ras(default_anatomy):
+    """x right, y anterior, z superior, as DeepSIF's template: plots rely on it."""
+    a = default_anatomy
+    c = {label: a.centres[i] for i, label in enumerate(a.region_labels)}
+    assert c["rM1"][0] > 0 > c["lM1"][0]  # right hemisphere at positive x
+    assert c["rPFCPOL"][1] > 0 > c["rV1"][1]  # frontal pole anterior, V1 posterior
+    assert c["rM1"][2] > c["rPFCORB"][2]  # motor cortex above orbitofrontal

@@ -391,6 +391,12 @@ def load_default_anatomy() -> Anatomy:
     fwd = np.zeros((proj.shape[0], n_reg))
     np.add.at(fwd.T, vertex_region, proj.T)
     adjacency = region_adjacency_from_mesh(triangles, vertex_region, n_reg)
+    # tvb-data's surface and centres have x anterior, y left, z superior; rotate them to
+    # RAS (x right, y anterior, z superior) like DeepSIF's template, so plots and
+    # positions mean the same thing for both anatomies (distances are unchanged).
+    to_ras = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    vertices = vertices @ to_ras.T
+    centres = np.asarray(centres, dtype=np.float64) @ to_ras.T
     return Anatomy(
         name="tvb76", fwd=fwd, channel_names=channel_names, centres=centres,
         adjacency=adjacency, weights=weights, tract_lengths=tracts,

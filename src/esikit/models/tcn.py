@@ -99,6 +99,11 @@ class TCNNet(ESIModel):
             ]
         )
         self.head = nn.Linear(int(n_hidden), self.n_regions)
+        # Start from a near-zero output: targets are sparse (zero outside the patches),
+        # so the first steps need not undo a random O(1) map over every region.
+        with torch.no_grad():
+            self.head.weight.mul_(0.01)
+            self.head.bias.zero_()
 
     @property
     def receptive_field(self) -> int:

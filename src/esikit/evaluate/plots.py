@@ -189,8 +189,9 @@ def plot_cortex_activity(
         Row labels.
     orientation : str
         Where the +x, +y, +z axes of ``vertices``/``centres`` point: ``"RAS"``
-        (right, anterior, superior; FreeSurfer and DeepSIF's fsaverage5) by default,
-        ``"ALS"`` for TVB's default cortex and connectivity (x anterior, y left).
+        (right, anterior, superior) by default, as in every esikit ``Anatomy``,
+        FreeSurfer and DeepSIF's fsaverage5; ``"ALS"`` for raw tvb-data files
+        (x anterior, y left).
 
     Returns
     -------

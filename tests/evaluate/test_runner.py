@@ -68,3 +68,18 @@ def test_comparison_verdict(own_le, other_le, own_p, other_p, expected):
     table, verdict = comparison_table(_summary(own_le, other_le, own_p, other_p), "net")
     assert verdict == {"5.0": expected, "all": expected}
     assert table.count("\n") == 3
+
+
+def test_distances_use_the_folded_cortex(deepsif_anatomy_dir):
+    from esikit.evaluate.runner import anatomy_centres
+    from esikit.simulate.anatomy import load_deepsif_anatomy
+
+    anat = load_deepsif_anatomy(deepsif_anatomy_dir)
+    centres = anatomy_centres(anat, 994)
+    assert centres.shape == (994, 3) and np.isfinite(centres).all()
+    region = int(anat.vertex_region[0])
+    np.testing.assert_allclose(centres[region], anat.vertices[anat.vertex_region == region].mean(axis=0))
+    # The inflated centres spread further apart than the folded ones.
+    d_inflated = np.linalg.norm(anat.centres[:, None] - anat.centres[None], axis=-1).mean()
+    d_folded = np.linalg.norm(centres[:, None] - centres[None], axis=-1).mean()
+    assert d_inflated > 1.1 * d_folded

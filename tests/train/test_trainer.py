@@ -143,3 +143,18 @@ def test_dynamic_mode_trains_and_evaluates(toy, tmp_path):
     assert result["state"].epoch == 1
     assert result["evaluation"]["n_samples"] == 4
     assert (tmp_path / "ckpt" / "t" / "results.json").is_file()
+
+
+def test_torchrun_two_processes_on_cpu(toy, tmp_path, repo_root):
+    """DDP with gloo: ranks share the epoch's permutation, only rank 0 writes."""
+    args = [f"TRAIN_METADATA_PATH={toy['train_metadata']}", f"TEST_METADATA_PATH={toy['test_metadata']}",
+            f"FWD_MATRIX_PATH={toy['fwd_path']}", "NMM_SPIKES_DIR=None", "MODEL=deepsif", "MODEL_KWARGS={'n_hidden': 8, 'n_lstm_layers': 1}",
+            "BATCH_SIZE=4", "NUM_EPOCHS=1", "NUM_WORKERS=0", "USE_AMP=False", "EVALUATE=False",
+            f"LOG_DIR={tmp_path / 'logs'}", f"CHECKPOINT_DIR={tmp_path / 'ckpt'}", "RUN_NAME=ddp", "DEVICE=cpu"]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "train.py", *args], cwd=repo_root, capture_output=True, text=True, timeout=240,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    state = load_checkpoint(tmp_path / "ckpt" / "ddp" / "last.pt")
+    assert state["epoch"] == 1
+    assert out.stdout.count("epoch 1/1:") == 1  # rank 0 reports alone

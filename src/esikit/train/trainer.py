@@ -290,7 +290,9 @@ class Trainer:
             bar.set_postfix(loss=f"{self._per_sample(loss, eeg.shape[0]):.4g}", sps=f"{count / elapsed:.1f}")
             t_wait = time.perf_counter()
         elapsed = time.perf_counter() - t_start
-        mean = total / max(count, 1) if self.cfg.get("LOSS_REDUCTION", "sum") == "sum" else total / max(b + 1, 1)
+        batches = b + 1
+        total, count, batches = self._all_ranks(total, count, batches)
+        mean = total / max(count, 1) if self.cfg.get("LOSS_REDUCTION", "sum") == "sum" else total / max(batches, 1)
         return {"train_loss": mean, "data_wait_fraction": wait / max(elapsed, 1e-9),
                 "samples_per_s": count / max(elapsed, 1e-9)}
 
@@ -305,9 +307,18 @@ class Trainer:
             total += float(self.loss_fn(out.float(), src))
             count += eeg.shape[0]
             batches += 1
+        total, count, batches = self._all_ranks(total, count, batches)
         if self.cfg.get("LOSS_REDUCTION", "sum") == "sum":
             return total / max(count, 1)
         return total / max(batches, 1)
+
+    def _all_ranks(self, *values: float) -> list[float]:
+        """Sums over ranks under ``torchrun`` (each rank sees its shard), as given otherwise."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
 
     def fit(self, *, resume: bool = False) -> TrainState:
         """Train for ``NUM_EPOCHS`` (continuing after the last completed epoch on resume)."""

@@ -138,16 +138,16 @@ def draw_initial_history(rng: np.random.Generator, horizon: int, n_nodes: int) -
 
 # --------------------------------------------------------------------------- kernels
 def _integrate_batch_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, delays, out,
-                           record_every):
+                           record_every, block=0):
     """Reference batched integrator: advance ``z.shape[1]`` Heun steps in place.
 
     Parameters
     ----------
     y : ndarray, shape (6, n_nodes, B)
         State at step ``step0`` of every variant; overwritten.
-    sbuf : ndarray, shape (n_nodes, 2 * horizon, B)
-        Coupling-sigmoid ring, step ``n`` in columns ``n % horizon`` and
-        ``n % horizon + horizon``; updated in place.
+    sbuf : ndarray, shape (n_nodes, width, B)
+        Coupling-sigmoid ring, ``width = 2 * horizon + block``: step ``n`` in every
+        column ``n % horizon + m * horizon`` below ``width``; updated in place.
     step0 : int
         Absolute index of the current step.
     z : ndarray, shape (B, n_steps, n_nodes)
@@ -158,17 +158,20 @@ def _integrate_batch_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, dela
         :meth:`JansenRitParams.scalar_vector`.
     colptr, targets, wdata, delays : ndarray
         :class:`NetworkStructure` fields.
-    out : ndarray, shape (B, n_records, n_nodes)
+    out : ndarray, shape (n_records, n_nodes, B)
         Receives ``y1 - y2`` of state ``n`` at row ``(n - 1) // record_every -
         ceil(step0 / record_every)`` when ``(n - 1) % record_every == 0``.
     record_every : int
+    block : int
+        Extra ring columns beyond ``2 * horizon`` (used by the numba kernel's blocks).
     """
     from . import _nmm_numba as K
 
     params = _params_from_vector(p)
     dt, noise_amp = p[K.P_DT], p[K.P_NOISE]
     n_nodes, n_batch = y.shape[1], y.shape[2]
-    horizon = sbuf.shape[1] // 2
+    width = sbuf.shape[1]
+    horizon = (width - block) // 2
     sources = np.repeat(np.arange(n_nodes), np.diff(colptr))
     row0 = (step0 + record_every - 1) // record_every
     with np.errstate(over="ignore"):
@@ -189,10 +192,10 @@ def _integrate_batch_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, dela
             diff = y[1] - y[2]
             sk = p[K.P_C_MIN] + (p[K.P_C_MAX] - p[K.P_C_MIN]) / (
                 1.0 + np.exp(p[K.P_C_R] * (p[K.P_C_MID] - diff)))
-            sbuf[:, n % horizon, :] = sk
-            sbuf[:, n % horizon + horizon, :] = sk
+            for col in range(n % horizon, width, horizon):
+                sbuf[:, col, :] = sk
             if (n - 1) % record_every == 0:
-                out[:, (n - 1) // record_every - row0, :] = diff.T
+                out[(n - 1) // record_every - row0] = diff
 
 
 def _torch_dfun(y0, y1, y2, y3, y4, y5, A, c, prm):
@@ -299,6 +302,9 @@ class BatchIntegrator:
     torch_dtype : str
         ``"float64"`` (default, matches the CPU kernels) or ``"float32"`` (faster on a GPU);
         torch only.
+    block : int
+        Steps per coupling block of the numba kernel (edges with a delay of at least
+        ``block - 1`` steps are summed a block at a time); 1 sums every edge every step.
 
     Attributes
     ----------
@@ -308,7 +314,8 @@ class BatchIntegrator:
 
     def __init__(self, structure: NetworkStructure, A: np.ndarray, params: JansenRitParams,
                  history: np.ndarray, dt_ms: float = 0.5, backend: str = "numba",
-                 device: str | None = None, torch_dtype: str = "float64") -> None:
+                 device: str | None = None, torch_dtype: str = "float64",
+                 block: int = 8) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Invalid value for 'backend': expected one of "
                              f"{', '.join(repr(b) for b in BACKENDS)}, got {backend!r}.")
@@ -332,6 +339,12 @@ class BatchIntegrator:
             s = p.coupling_cmin + (p.coupling_cmax - p.coupling_cmin) / (
                 1.0 + np.exp(p.coupling_r * (p.coupling_midpoint - diff)))
         ring = np.ascontiguousarray(s.transpose(2, 1, 0))  # (n, h, B)
+        if block < 1:
+            raise ValueError(f"Invalid value for 'block': expected an integer >= 1, got {block!r}.")
+        self.block = int(block) if backend == "numba" else 0
+        if backend == "numba":  # edges split by delay for the blocked coupling
+            long = structure.delays >= self.block - 1
+            self._edges = (*_csc_subset(structure, long), *_csc_subset(structure, ~long))
         self.step = 0
         self._device = device
         self._torch_dtype = torch_dtype
@@ -341,7 +354,10 @@ class BatchIntegrator:
     def _set_arrays(self, y: np.ndarray, ring: np.ndarray, A_nb: np.ndarray) -> None:
         if self.backend != "torch":
             self._y = np.ascontiguousarray(y, dtype=np.float64)
-            self._sbuf = np.ascontiguousarray(np.concatenate([ring, ring], axis=1))
+            h = ring.shape[1]
+            width = 2 * h + self.block  # every column holds slot (column % h)
+            reps = np.tile(ring, (1, -(-width // h), 1))[:, :width]
+            self._sbuf = np.ascontiguousarray(reps, dtype=np.float64)
             self._A = np.ascontiguousarray(A_nb, dtype=np.float64)
             return
         import torch
@@ -437,18 +453,30 @@ class BatchIntegrator:
                                                         device=self._t["y"].device)
             rec = _integrate_batch_torch(self._t, step0, n_steps, zt, self.pvec, record_every,
                                          generator)
-            out = rec.permute(2, 0, 1).to("cpu").numpy().astype(out_dtype, copy=False)
+            out = rec.to("cpu").numpy()
         else:
-            out = np.empty((self.n_batch, n_rec, self.structure.n_nodes), dtype=out_dtype)
-            if self.backend == "numba":
-                from ._batched_numba import integrate_batch_numba as kernel
-            else:
-                kernel = _integrate_batch_numpy
+            out = np.empty((n_rec, self.structure.n_nodes, self.n_batch), dtype=out_dtype)
             st = self.structure
-            kernel(self._y, self._sbuf, step0, z, self._A, self.pvec, st.colptr, st.targets,
-                   st.wdata, st.delays, out, record_every)
+            if self.backend == "numba":
+                from ._batched_numba import integrate_batch_numba
+
+                zt = np.ascontiguousarray(z.transpose(1, 2, 0))  # batch innermost
+                integrate_batch_numba(self._y, self._sbuf, step0, zt, self._A, self.pvec,
+                                      *self._edges, out, record_every, self.block)
+            else:
+                _integrate_batch_numpy(self._y, self._sbuf, step0, z, self._A, self.pvec,
+                                       st.colptr, st.targets, st.wdata, st.delays, out,
+                                       record_every, self.block)
         self.step += n_steps
-        return out
+        return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=out_dtype)
+
+
+def _csc_subset(st: NetworkStructure, keep: np.ndarray):
+    """The edges ``keep`` of ``st`` as (colptr, targets, wdata, delays), still CSC by source."""
+    counts = np.bincount(st.sources[keep], minlength=st.n_nodes)
+    colptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return (colptr, np.ascontiguousarray(st.targets[keep]), np.ascontiguousarray(st.wdata[keep]),
+            np.ascontiguousarray(st.delays[keep]))
 
 
 def excited_A(n_nodes: int, excited_nodes: Sequence[int | None], params: JansenRitParams
@@ -479,6 +507,7 @@ def simulate_batch(
     dtype=np.float64,
     device: str | None = None,
     torch_dtype: str = "float64",
+    block: int = 8,
 ) -> np.ndarray:
     """Simulate B excited-region variants of one network in one pass.
 
@@ -505,7 +534,7 @@ def simulate_batch(
     record_every : int
     dtype : numpy dtype
         Output dtype.
-    device, torch_dtype : see :class:`BatchIntegrator`.
+    device, torch_dtype, block : see :class:`BatchIntegrator`.
 
     Returns
     -------
@@ -529,7 +558,8 @@ def simulate_batch(
     rngs = [np.random.default_rng(s) for s in seeds]
     history = np.stack([draw_initial_history(r, structure.horizon, n) for r in rngs])
     integ = BatchIntegrator(structure, excited_A(n, excited_nodes, params), params, history,
-                            dt_ms, backend, device=device, torch_dtype=torch_dtype)
+                            dt_ms, backend, device=device, torch_dtype=torch_dtype,
+                            block=block)
     pieces = []
     for step0 in range(0, n_steps, _CHUNK_STEPS):
         m = min(_CHUNK_STEPS, n_steps - step0)

@@ -1,0 +1,405 @@
+"""Adaptive clip harvesting: simulate in chunks, cut clips as they appear, stop when enough.
+
+Spikes are rare at DeepSIF's settings (~0.1 per simulated second in the excited region),
+so the clip count wanted, not the number of regions, sets the cost of a dataset. Here
+each variant (excited region, noise setting) is simulated chunk by chunk; after every
+chunk DeepSIF's spike rules (:mod:`esikit.simulate.spikes`) are applied to the stream,
+clips are written as soon as they are certain, and a variant stops once it has its
+share of the clips wanted (or at a cap of simulated time). No raw simulation is kept.
+
+Streaming the rules exactly
+    :class:`ClipStream` keeps the last few seconds of the downsampled activity and the
+    spike peaks that can still matter. A peak's clip is decided once the recording
+    reaches 1000 samples past its block start: by then every peak that could veto it
+    (``block - 200 .. block + 699``) is known and clear of the end margin, so the
+    decision is the one :func:`~esikit.simulate.spikes.find_spike_times` and
+    :func:`~esikit.simulate.spikes.select_clips` take on the whole recording of any
+    final length. When a variant stops, the remaining peaks are decided with the
+    recording's final length. The clips are exactly those of the batch rules on the
+    concatenated recording (tested).
+
+Rescaling (DeepSIF's 15 dB ``find_alpha``)
+    DeepSIF computes one factor per simulation from all its kept spikes and removes the
+    temporal mean of the whole recording; a stream cannot wait for all spikes, so each
+    clip's factor and mean come from its own spike and the 1500 samples around its
+    block (``block - 500 .. block + 1000``). This is the only departure from
+    ``process_raw_nmm.m``.
+
+Tasks and seeds
+    Variants are integrated in batches (:mod:`esikit.simulate.batched`). A task is one
+    chunk of one (region batch, setting); variant ``(region, setting)`` draws its initial
+    history from ``default_rng([seed, region, setting, 0])`` and the noise of chunk
+    ``c`` from ``default_rng([seed, region, setting, c + 1])``. As the kernel treats the
+    variants of a batch independently, the output does not depend on the batch size,
+    the number of workers or on restarts. Each task reads the previous chunk's
+    checkpoint and writes its own atomically, so a crashed run resumes from the last
+    finished chunk of every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batched import BatchIntegrator, draw_initial_history, excited_A, network_structure
+from .nmm import JansenRitParams
+from .spikes import CLIP_LENGTH, _save_mat, rescale_spike_channel, spike_alpha
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ClipStream",
+    "DECIDE_AFTER",
+    "chain_dir",
+    "run_chunk_task",
+    "variant_seed",
+]
+
+#: A peak's clip is decided once the recording reaches ``block + DECIDE_AFTER`` samples.
+DECIDE_AFTER = 1000
+#: Context of the per-clip rescaling: ``block - CONTEXT_BEFORE .. block + DECIDE_AFTER``.
+CONTEXT_BEFORE = 500
+_DISCARD = 250      # downsampled samples of transient dropped (1000 raw samples)
+_DOWNSAMPLE = 4     # 2000 Hz -> 500 Hz
+_NOISE_BLOCK = 4000  # steps of noise drawn at once (bounded memory)
+
+
+def variant_seed(seed: int, region: int, setting: int, chunk: int) -> list[int]:
+    """Entropy of the random stream of one chunk of one variant (chunk -1: initial history)."""
+    return [int(seed), int(region), int(setting), int(chunk) + 1]
+
+
+# --------------------------------------------------------------------------- stream
+@dataclass
+class ClipStream:
+    """DeepSIF's clip rules applied to a recording that arrives in pieces.
+
+    Parameters
+    ----------
+    region : int
+        The excited region (its isolated peaks make clips).
+    threshold, min_gap, start_margin, end_margin, window : see
+        :func:`~esikit.simulate.spikes.find_spike_times` and
+        :func:`~esikit.simulate.spikes.select_clips`.
+
+    Attributes
+    ----------
+    length : int
+        Samples received so far.
+    """
+
+    region: int
+    threshold: float = 8.0
+    min_gap: int = 100
+    start_margin: int = 249
+    end_margin: int = 250
+    window: tuple[int, int] = (-200, 699)
+    buf: np.ndarray | None = None
+    buf_start: int = 0
+    scanned_to: int = 1            # candidates decided at positions < scanned_to (0 never is)
+    last_candidate: int = -(10 ** 12)
+    peak_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    peak_r: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pending: list = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.buf_start + (0 if self.buf is None else len(self.buf))
+
+    def feed(self, rows: np.ndarray, final: bool = False) -> list[tuple[int, int, np.ndarray, int]]:
+        """Append samples and return the clips decided so far.
+
+        Parameters
+        ----------
+        rows : ndarray, shape (n_new, n_regions)
+            Next samples of the downsampled, region-mapped activity [mV].
+        final : bool
+            The recording ends here: decide every remaining peak with this length.
+
+        Returns
+        -------
+        list of (peak, block, context, context_start)
+            For each kept clip, in time order: the 0-based peak sample, the clip's first
+            sample, and the activity ``context`` (shape (n, n_regions)) from sample
+            ``context_start = max(0, block - 500)`` to ``min(length, block + 1000)``.
+        """
+        rows = np.asarray(rows)
+        if self.buf is None:
+            self.buf = rows.copy()
+        elif len(rows):
+            self.buf = np.concatenate([self.buf, rows])
+        T = self.length
+        lo, hi = max(self.scanned_to, 1), T - 1  # position T - 1 needs the next sample
+        if hi > lo:
+            seg = self.buf[lo - 1 - self.buf_start:hi + 1 - self.buf_start]
+            x = np.where(seg < self.threshold, 0.0, seg)
+            is_max = (x[1:-1] > x[:-2]) & (x[1:-1] > x[2:])
+            tt, rr = np.nonzero(is_max)  # by time, ties by region (as the batch rules)
+            tt = tt.astype(np.int64) + lo
+            gap_ok = np.diff(np.concatenate([[self.last_candidate], tt])) > self.min_gap
+            if len(tt):
+                self.last_candidate = int(tt[-1])
+            keep = gap_ok & (tt + 1 - self.start_margin > 0)
+            self.peak_t = np.concatenate([self.peak_t, tt[keep]])
+            self.peak_r = np.concatenate([self.peak_r, rr[keep].astype(np.int64)])
+            self.pending.extend(int(t) for t in tt[keep & (rr == self.region)])
+            self.scanned_to = hi
+        decided, still = [], []
+        for t in self.pending:
+            block = ((t + 1) // CLIP_LENGTH) * CLIP_LENGTH
+            if not final and T < block + DECIDE_AFTER:
+                still.append(t)
+                continue
+            if self._keep(t, block, T, final):
+                c0 = max(0, block - CONTEXT_BEFORE)
+                c1 = min(T, block + DECIDE_AFTER)
+                decided.append((t, block, self.buf[c0 - self.buf_start:c1 - self.buf_start].copy(), c0))
+        self.pending = still
+        self._trim()
+        return decided
+
+    def _keep(self, t: int, block: int, T: int, final: bool) -> bool:
+        if final and not (t + 1 + self.end_margin < T and block + CLIP_LENGTH <= T):
+            return False
+        lo, hi = block + self.window[0], block + self.window[1]
+        other = (self.peak_r != self.region) & (self.peak_t >= lo) & (self.peak_t <= hi)
+        if final:  # peaks too close to the end of the recording do not count
+            other &= self.peak_t + 1 + self.end_margin < T
+        return not other.any()
+
+    def _trim(self) -> None:
+        # keep what a pending or future peak can still need
+        keep_from = self.scanned_to - 1 - (CLIP_LENGTH - 2) - CONTEXT_BEFORE
+        for t in self.pending:
+            keep_from = min(keep_from, ((t + 1) // CLIP_LENGTH) * CLIP_LENGTH - CONTEXT_BEFORE)
+        keep_from = max(keep_from, self.buf_start)
+        self.buf = self.buf[keep_from - self.buf_start:]
+        self.buf_start = keep_from
+        old = self.peak_t < keep_from
+        if old.any():
+            self.peak_t, self.peak_r = self.peak_t[~old], self.peak_r[~old]
+
+
+def scale_clip(context: np.ndarray, context_start: int, peak: int, block: int, region: int,
+               fwd: np.ndarray | None, target_snr_db: float = 15.0) -> tuple[np.ndarray, float]:
+    """Rescale one clip's spike to ``target_snr_db`` and cut its 500 samples.
+
+    Parameters
+    ----------
+    context : ndarray, shape (n, n_regions)
+        Activity around the clip (from :meth:`ClipStream.feed`).
+    context_start, peak, block : int
+        Absolute samples of ``context[0]``, of the peak and of the clip start.
+    region : int
+    fwd : ndarray, shape (n_channels, n_regions) | None
+        Leadfield; None keeps the clip unscaled.
+    target_snr_db : float
+
+    Returns
+    -------
+    clip : ndarray, shape (500, n_regions), float32
+    alpha : float
+        The factor applied (NaN when unscaled).
+    """
+    rel = np.array([peak - context_start])
+    alpha = float("nan")
+    scaled = context
+    if fwd is not None:
+        alpha = spike_alpha(context, fwd, region, rel, target_snr_db)
+        if np.isfinite(alpha) and alpha > 0:
+            scaled = rescale_spike_channel(context.astype(np.float64), region, rel, alpha)
+        else:
+            logger.warning("region %d, peak %d: scaling factor %s; clip kept unscaled",
+                           region, peak, alpha)
+    s = block - context_start
+    return np.asarray(scaled[s:s + CLIP_LENGTH], dtype=np.float32), alpha
+
+
+# --------------------------------------------------------------------------- tasks
+def chain_dir(work_dir: str | Path, batch: int, setting: int) -> Path:
+    """Checkpoint folder of one (region batch, setting) chain."""
+    return Path(work_dir) / "chains" / f"b{int(batch):05d}_s{int(setting)}"
+
+
+def staged_clip_path(work_dir: str | Path, region: int, setting: int, chunk: int, j: int) -> Path:
+    """Where a clip waits until its region is complete (then renamed to ``nmm_{k}.mat``)."""
+    return Path(work_dir) / "clips" / f"a{int(region)}" / f"s{int(setting)}_c{int(chunk):06d}_{int(j):03d}.mat"
+
+
+def _atomic_pickle(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+_ANATOMY_CACHE: dict = {}
+
+
+def _load_work_anatomy(path: str) -> dict:
+    """Connectome, node map and leadfield of the run, cached per worker process."""
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _ANATOMY_CACHE:
+        from .anatomy import load_anatomy
+
+        anat = load_anatomy(path)
+        _ANATOMY_CACHE.clear()
+        _ANATOMY_CACHE[key] = {"weights": anat.weights, "tract_lengths": anat.tract_lengths,
+                               "node_of_region": anat.node_of_region, "fwd": anat.fwd}
+    return _ANATOMY_CACHE[key]
+
+
+def latest_checkpoint(cdir: Path) -> int:
+    """Chunk index of the newest checkpoint in ``cdir`` (-1 when none)."""
+    if not cdir.is_dir():
+        return -1
+    chunks = [int(p.stem.split("_")[1]) for p in cdir.glob("chunk_*.pkl")]
+    return max(chunks, default=-1)
+
+
+def run_chunk_task(spec: dict) -> dict:
+    """Simulate one chunk of one (region batch, setting) and write the clips found.
+
+    Parameters
+    ----------
+    spec : dict
+        ``work_dir``, ``anatomy`` (path of the run's ``anatomy.npz``), ``batch`` (int),
+        ``regions`` (list of int), ``setting``, ``chunk`` (int, from 0), ``seed``,
+        ``params`` (dict of :class:`JansenRitParams` fields, setting applied here),
+        ``chunk_s`` (simulated seconds per chunk), ``share`` (clips wanted per variant),
+        ``max_chunks`` (cap per variant), ``backend``, ``block``, ``dt_ms``,
+        ``target_snr_db``.
+
+    Returns
+    -------
+    dict
+        ``batch``, ``setting``, ``chunk``, ``n_active`` (variants simulated),
+        ``new_clips``, ``simulated_s`` (network-seconds simulated), ``finished``
+        (per-region stats of the variants that stopped: ``clips``, ``simulated_s``,
+        ``capped``), ``done`` (the chain is complete), ``wall_s``.
+    """
+    t_start = time.perf_counter()
+    work = Path(spec["work_dir"])
+    batch, setting, chunk = int(spec["batch"]), int(spec["setting"]), int(spec["chunk"])
+    cdir = chain_dir(work, batch, setting)
+    cdir.mkdir(parents=True, exist_ok=True)
+    anat = _load_work_anatomy(spec["anatomy"])
+    params = JansenRitParams(**spec["params"]).with_setting(setting)
+    dt_ms = float(spec.get("dt_ms", 0.5))
+    structure = network_structure(anat["weights"], anat["tract_lengths"], params, dt_ms)
+    n_nodes = structure.n_nodes
+    node_of_region = anat["node_of_region"]
+    seed = int(spec["seed"])
+    steps = int(round(float(spec["chunk_s"]) * 1000.0 / dt_ms))
+    if steps % _DOWNSAMPLE:
+        raise ValueError(f"Invalid value for 'chunk_s': expected a multiple of "
+                         f"{_DOWNSAMPLE * dt_ms / 1000} s, got {spec['chunk_s']!r}.")
+
+    if chunk == 0:
+        regions = [int(r) for r in spec["regions"]]
+        history = np.stack([draw_initial_history(np.random.default_rng(
+            variant_seed(seed, r, setting, -1)), structure.horizon, n_nodes) for r in regions])
+        A = excited_A(n_nodes, [int(node_of_region[r]) for r in regions], params)
+        integ = BatchIntegrator(structure, A, params, history, dt_ms, spec["backend"],
+                                block=int(spec.get("block", 8)))
+        streams = [ClipStream(region=r) for r in regions]
+        found = [0] * len(regions)
+    else:
+        with open(cdir / f"chunk_{chunk - 1:06d}.pkl", "rb") as f:
+            ck = pickle.load(f)
+        regions, streams, found = ck["regions"], ck["streams"], ck["found"]
+        integ = BatchIntegrator(structure, excited_A(n_nodes, [None] * len(regions), params), params,
+                                np.zeros((len(regions), structure.horizon, 6, n_nodes)), dt_ms,
+                                spec["backend"], block=int(spec.get("block", 8)))
+        integ.set_state(ck["state"])
+    if integ.step != chunk * steps:
+        raise RuntimeError(f"{cdir}: checkpoint at step {integ.step}, expected {chunk * steps} "
+                           f"for chunk {chunk}")
+
+    # integrate the chunk, noise drawn per variant from its own stream
+    rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
+    pieces = []
+    for s0 in range(0, steps, _NOISE_BLOCK):
+        m = min(_NOISE_BLOCK, steps - s0)
+        z = np.stack([g.standard_normal((m, n_nodes)) for g in rngs])
+        pieces.append(integ.advance(z, record_every=_DOWNSAMPLE, out_dtype=np.float32))
+    rec = np.concatenate(pieces, axis=1)  # (B, steps / 4, n_nodes)
+    first = chunk * steps // _DOWNSAMPLE  # downsampled index of rec[:, 0]
+    skip = max(0, _DISCARD - first)
+
+    share, max_chunks = int(spec["share"]), int(spec["max_chunks"])
+    capped_now = chunk + 1 >= max_chunks
+    new_clips, finished, keep = 0, {}, []
+    for b, (r, stream) in enumerate(zip(regions, streams)):
+        rows = rec[b, skip:][:, node_of_region]
+        decided = stream.feed(rows, final=capped_now)
+        j = 0
+        for peak, block, ctx, c0 in decided:
+            if found[b] >= share:
+                break
+            clip, _ = scale_clip(ctx, c0, peak, block, r, anat["fwd"], float(spec["target_snr_db"]))
+            path = staged_clip_path(work, r, setting, chunk, j)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+            _save_mat(tmp, {"data": clip})
+            os.replace(tmp, path)
+            j += 1
+            found[b] += 1
+        new_clips += j
+        if found[b] >= share or capped_now:
+            finished[r] = {"clips": int(found[b]), "simulated_s": (chunk + 1) * steps * dt_ms / 1000.0,
+                           "capped": bool(found[b] < share)}
+        else:
+            keep.append(b)
+    # finished variants of this chunk are recorded with the chain: append-only per chunk
+    _atomic_json(cdir / f"finished_{chunk:06d}.json", {str(k): v for k, v in finished.items()})
+    done = not keep
+    if done:
+        _atomic_json(cdir / "done.json", _collect_finished(cdir))
+    else:
+        if len(keep) < len(regions):
+            integ.select(keep)
+        _atomic_pickle(cdir / f"chunk_{chunk:06d}.pkl", {
+            "regions": [regions[b] for b in keep], "streams": [streams[b] for b in keep],
+            "found": [found[b] for b in keep], "state": integ.get_state()})
+    for old in cdir.glob("chunk_*.pkl"):
+        if int(old.stem.split("_")[1]) < chunk or done:
+            old.unlink(missing_ok=True)
+    if spec.get("_fail_after_writing"):  # tests: a crash after the outputs, before returning
+        raise RuntimeError("injected failure")
+    return {"batch": batch, "setting": setting, "chunk": chunk, "n_active": len(regions),
+            "new_clips": new_clips, "simulated_s": len(regions) * steps * dt_ms / 1000.0,
+            "finished": finished, "done": done, "wall_s": time.perf_counter() - t_start}
+
+
+def _collect_finished(cdir: Path) -> dict:
+    out = {}
+    for p in sorted(cdir.glob("finished_*.json")):
+        out.update(json.loads(p.read_text()))
+    return out
+
+
+def expected_chunks(share: int, max_chunks: int) -> int:
+    """Upper bound of the chunks a chain can take (used before any rate is known)."""
+    return max(1, int(max_chunks)) if share > 0 else 1
+
+
+def chunk_seconds_valid(chunk_s: float, dt_ms: float = 0.5) -> bool:
+    """Whether ``chunk_s`` is a whole number of downsampled samples."""
+    steps = chunk_s * 1000.0 / dt_ms
+    return math.isclose(steps, round(steps)) and round(steps) % _DOWNSAMPLE == 0

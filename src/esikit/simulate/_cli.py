@@ -82,6 +82,30 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--r", type=float, default=1.0,
                    help="steepness of the SigmoidalJansenRit coupling (1.0 = TVB of DeepSIF's "
                         "time; 0.56 = tvb-library >= 2.7.3 default)")
+    g = p.add_argument_group(
+        "adaptive harvesting (DeepSIF scale)",
+        "With --clips-per-region K each (region, setting) is simulated in chunks until it has "
+        "its share of K clips (or hits --max-simulated-s); tasks run on Dask: a LocalCluster "
+        "over this machine's cores, or an existing cluster with --scheduler (the output folder "
+        "must then be on a filesystem every worker sees). Rerunning finishes an interrupted run.")
+    g.add_argument("--clips-per-region", type=int, default=None, metavar="K",
+                   help="clips wanted per region over all settings (replaces --duration)")
+    g.add_argument("--max-simulated-s", type=float, default=200.0,
+                   help="cap of simulated seconds per (region, setting)")
+    g.add_argument("--chunk-s", type=float, default=5.0,
+                   help="simulated seconds per task and variant")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="regions integrated together in one task")
+    g.add_argument("--backend", choices=("numba", "numpy", "torch"), default="numba",
+                   help="integrator (torch uses a GPU when present)")
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="address of an existing Dask scheduler (default: a LocalCluster)")
+    g.add_argument("--plan", action="store_true",
+                   help="print the expected simulated time, wall time, disk and clips from a short "
+                        "pilot run, then exit")
+    g.add_argument("--pilot-regions", type=int, default=4, help="regions in the --plan pilot")
+    g.add_argument("--pilot-seconds", type=float, default=10.0,
+                   help="simulated seconds per pilot region and setting")
     p.add_argument("--force", action="store_true", help="remake an existing dataset")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_simulate)
@@ -104,14 +128,22 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "plan", False):
+        return run_plan(args)
+    harvest_kw = None
+    if getattr(args, "clips_per_region", None) is not None:
+        harvest_kw = {"max_simulated_s": args.max_simulated_s, "chunk_s": args.chunk_s,
+                      "batch_size": args.batch_size, "backend": args.backend,
+                      "scheduler": args.scheduler}
     try:
         summary = make_dataset(
             args.out_dir, anatomy=args.anatomy, regions=args.regions, duration_s=args.duration,
             settings=args.settings, n_workers=args.workers, seed=args.seed,
             n_train=args.n_train or None, n_test=args.n_test or None,
             coupling_scale=args.coupling_scale, r=args.r, force=args.force,
-            progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
+            progress=not args.no_progress, clips_per_region=getattr(args, "clips_per_region", None),
+            harvest_kw=harvest_kw)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"esikit simulate: error: {err}")
         return 2
     n_regions = len(summary["config"]["regions"])
@@ -119,14 +151,53 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"Dataset in {args.out_dir}: {summary['n_clips']} clips from "
           f"{n_regions - len(without)} of {n_regions} regions "
           f"({summary['n_channels']} channels, {summary['n_regions']} regions)")
-    print(f"  simulated {summary['simulated_s']:.0f} s, "
-          f"{summary['spikes']['peaks_per_simulated_s'] or 0:.3f} spikes per simulated second, "
-          f"wall time {summary['wall_s']:.1f} s")
+    if "harvest_report" in summary:
+        k = summary["config"]["harvest"]["clips_per_region"]
+        below = summary["regions_below_target"]
+        per_region = list(summary["simulated_s_per_region"].values())
+        print(f"  simulated {summary['simulated_s']:.0f} network-seconds "
+              f"({min(per_region):.0f}-{max(per_region):.0f} s per region), "
+              f"{summary['bytes_on_disk'] / 1e6:.1f} MB of clips, wall time {summary['wall_s']:.1f} s")
+        print(f"  {len(below)} regions below {k} clips"
+              + (f": {below}" if below else "")
+              + f"; {len(summary['capped_variants'])} (region, setting) runs hit the cap")
+        print(f"  report: {summary['harvest_report']}, histogram: {summary['histogram']}")
+    else:
+        print(f"  simulated {summary['simulated_s']:.0f} s, "
+              f"{summary['spikes']['peaks_per_simulated_s'] or 0:.3f} spikes per simulated second, "
+              f"wall time {summary['wall_s']:.1f} s")
     if without:
         print(f"  regions without clips (not in the metadata): {without}")
     print("Paste into configs/config.py:")
     for line in config_lines(summary):
         print(f"  {line}")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``esikit simulate --plan``: pilot run and extrapolation, printed."""
+    import dataclasses
+
+    from .nmm import JansenRitParams
+    from .plan import format_plan, plan_harvest
+
+    k = args.clips_per_region
+    if k is None:
+        print("esikit simulate: error: --plan needs --clips-per-region K")
+        return 2
+    params = dataclasses.replace(JansenRitParams(), coupling_scale=args.coupling_scale,
+                                 coupling_r=args.r)
+    try:
+        plan = plan_harvest(args.anatomy, k, regions=args.regions, settings=args.settings,
+                            max_simulated_s=args.max_simulated_s, pilot_regions=args.pilot_regions,
+                            pilot_s=args.pilot_seconds, batch_size=args.batch_size,
+                            n_cores=args.workers, seed=args.seed, params=params,
+                            backend=args.backend)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"esikit simulate: error: {err}")
+        return 2
+    for line in format_plan(plan):
+        print(line)
     return 0
 
 

@@ -158,6 +158,8 @@ def make_dataset(
     force: bool = False,
     progress: bool = True,
     metadata_kw: dict[str, Any] | None = None,
+    clips_per_region: int | None = None,
+    harvest_kw: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Simulate spike clips and write a complete dataset folder with its metadata.
 
@@ -193,6 +195,17 @@ def make_dataset(
     metadata_kw : dict | None
         Extra keyword arguments for
         :func:`esikit.simulate.metadata.make_metadata_files`.
+    clips_per_region : int | None
+        None (default): simulate ``duration_s`` per region and setting. An int ``K``:
+        harvest adaptively (:func:`esikit.simulate.distributed.harvest_clips`), each
+        (region, setting) simulated in chunks until it has ``ceil(K / n_settings)``
+        clips or reaches ``harvest_kw["max_simulated_s"]``; ``duration_s`` is unused.
+        Writes ``harvest_report.json`` and ``clips_per_region.png`` beside
+        ``dataset.json``.
+    harvest_kw : dict | None
+        More :func:`~esikit.simulate.distributed.harvest_clips` options
+        (``max_simulated_s``, ``chunk_s``, ``batch_size``, ``scheduler``, ``backend``,
+        ``block``, ``processes``).
 
     Returns
     -------
@@ -232,6 +245,13 @@ def make_dataset(
         "metadata_kw": {k: v for k, v in (metadata_kw or {}).items()
                         if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
     }
+    harvest_kw = dict(harvest_kw or {})
+    if clips_per_region is not None:
+        # what decides the clips (not where or how fast they are computed)
+        config["harvest"] = {"clips_per_region": int(clips_per_region),
+                             "max_simulated_s": float(harvest_kw.get("max_simulated_s", 200.0)),
+                             "chunk_s": float(harvest_kw.get("chunk_s", 5.0))}
+        del config["duration_s_per_setting"]
     paths = dataset_paths(out_dir, anat)
 
     status_path, progress_path = paths["status"], paths["progress"]
@@ -260,6 +280,10 @@ def make_dataset(
     _write_json(progress_path, {"status": "in_progress", "config": config})
 
     _write_anatomy(anat, paths)
+    if clips_per_region is not None:
+        return _make_harvested_dataset(anat, config, paths, region_list, settings, seed, params,
+                                       n_workers, n_train, n_test, progress, metadata_kw,
+                                       int(clips_per_region), harvest_kw, t0, out_dir)
     logger.info("Simulating %d regions x %d settings x %.1f s on %s", len(region_list),
                 len(settings), duration_s, anat)
     results = make_spike_clips(anat, paths["nmm_spikes"], regions=region_list,
@@ -313,4 +337,54 @@ def make_dataset(
     logger.info("Dataset complete in %s: %d clips from %d regions (%.0f s simulated, %.0f s wall)",
                 out_dir, summary["n_clips"], len(region_list) - len(without), simulated,
                 summary["wall_s"])
+    return summary
+
+
+def _make_harvested_dataset(anat, config, paths, region_list, settings, seed, params, n_workers,
+                            n_train, n_test, progress, metadata_kw, clips_per_region, harvest_kw,
+                            t0, out_dir) -> dict[str, Any]:
+    """The ``clips_per_region`` branch of :func:`make_dataset`."""
+    from .distributed import harvest_clips
+    from .metadata import make_metadata_files
+
+    report = harvest_clips(anat, paths["nmm_spikes"], clips_per_region, regions=region_list,
+                           settings=settings, seed=seed, params=params, n_workers=n_workers,
+                           progress=progress, report_dir=out_dir, **harvest_kw)
+    if not report["complete"]:
+        raise RuntimeError(f"{paths['nmm_spikes']}: harvest interrupted "
+                           f"({report.get('variants_done')} of {report.get('variants_total')} "
+                           "variants done); rerun the same command to finish it")
+    clips = {int(r): n for r, n in report["clips_per_region"].items()}
+    without = [r for r, n in clips.items() if n == 0]
+    if len(without) == len(region_list):
+        raise ValueError("No region produced a spike clip; raise max_simulated_s")
+    t_meta = time.perf_counter()
+    train_path, test_path = make_metadata_files(
+        anat, paths["nmm_spikes"], paths["source_dir"], n_train, n_test, seed=seed,
+        **{"progress": progress, **default_metadata_kw(anat), **(metadata_kw or {})})
+    summary = {
+        "status": "complete",
+        "config": config,
+        "paths": {k: str(v) for k, v in paths.items()},
+        "n_channels": anat.n_channels,
+        "n_regions": anat.n_regions,
+        "n_clips": report["n_clips"],
+        "clips_per_region": report["clips_per_region"],
+        "regions_without_clips": without,
+        "regions_below_target": report["regions_below_target"],
+        "capped_variants": report["capped_variants"],
+        "bytes_on_disk": report["bytes_on_disk"],
+        "spikes": {"peaks_per_simulated_s": report["clips_per_simulated_s"]},
+        "simulated_s": report["simulated_s"],
+        "simulated_s_per_region": report["simulated_s_per_region"],
+        "simulation_wall_s": report["wall_s"],
+        "metadata_wall_s": time.perf_counter() - t_meta,
+        "wall_s": time.perf_counter() - t0,
+        "train_metadata": str(train_path),
+        "test_metadata": str(test_path),
+        "harvest_report": str(Path(out_dir) / "harvest_report.json"),
+        "histogram": report["histogram"],
+    }
+    _write_json(paths["status"], summary)
+    paths["progress"].unlink(missing_ok=True)
     return summary

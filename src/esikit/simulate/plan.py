@@ -1,0 +1,206 @@
+"""Plan a clip harvest from a short pilot run: simulated time, wall time, disk, clips.
+
+:func:`plan_harvest` simulates a few regions under every setting for a few seconds with
+the batched integrator, counts the clips DeepSIF's rules keep (no file written), and
+extrapolates to the requested dataset: how long each (region, setting) must run to get
+its share of clips (capped), the wall time on this machine's cores, the disk the clips
+take, and the disk the raw simulations would take if they were kept (they are not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .anatomy import Anatomy, load_anatomy
+from .batched import BatchIntegrator, draw_initial_history, excited_A, network_structure
+from .harvest import _DISCARD, _DOWNSAMPLE, ClipStream, scale_clip, variant_seed
+from .nmm import JansenRitParams
+from .spikes import _save_mat
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["format_plan", "plan_harvest"]
+
+
+def plan_harvest(
+    anatomy: str | Path | Anatomy,
+    clips_per_region: int,
+    regions: Sequence[int] | None = None,
+    settings: Sequence[int] = (0, 1, 2),
+    max_simulated_s: float = 200.0,
+    pilot_regions: int = 4,
+    pilot_s: float = 10.0,
+    batch_size: int = 8,
+    n_cores: int | None = None,
+    seed: int = 0,
+    params: JansenRitParams | None = None,
+    backend: str = "numba",
+) -> dict[str, Any]:
+    """Expected cost of ``harvest_clips(anatomy, ..., clips_per_region)`` from a pilot run.
+
+    Parameters
+    ----------
+    anatomy : str | Path | Anatomy
+    clips_per_region : int
+        Clips wanted per region (``K``), over all settings.
+    regions : sequence of int | None
+        Regions of the dataset (default all).
+    settings : sequence of int
+    max_simulated_s : float
+        Cap per (region, setting) [s].
+    pilot_regions : int
+        Regions simulated in the pilot (spread over ``regions``).
+    pilot_s : float
+        Simulated seconds per pilot (region, setting).
+    batch_size : int
+        Variants integrated together (as in the harvest).
+    n_cores : int | None
+        Cores the harvest would use (default: this machine's).
+    seed : int
+    params : JansenRitParams | None
+    backend : {"numba", "numpy", "torch"}
+
+    Returns
+    -------
+    dict
+        ``clips_per_simulated_s`` (per setting), ``wall_s_per_network_s`` (one core),
+        ``expected_simulated_s``, ``expected_wall_s``, ``expected_clips``,
+        ``expected_regions_below_target``, ``bytes_per_clip``, ``expected_bytes``,
+        ``raw_bytes_if_kept``, and the inputs.
+    """
+    from .spikes import default_n_workers
+
+    anat = load_anatomy(anatomy)
+    params = params or JansenRitParams()
+    regions = list(range(anat.n_regions)) if regions is None else sorted({int(r) for r in regions})
+    settings = [int(s) for s in settings]
+    n_cores = int(n_cores or default_n_workers())
+    pick = sorted({regions[int(i)] for i in np.linspace(0, len(regions) - 1, min(pilot_regions, len(regions)))})
+    steps = int(round(pilot_s * 2000)) // _DOWNSAMPLE * _DOWNSAMPLE
+    if steps <= _DISCARD * _DOWNSAMPLE:
+        raise ValueError(f"Invalid value for 'pilot_s': expected more than 0.5 s, got {pilot_s!r}.")
+    share = int(math.ceil(clips_per_region / len(settings)))
+    rates, n_clips_pilot, wall, sim, clip_bytes = {}, 0, 0.0, 0.0, []
+    for s in settings:
+        p = params.with_setting(s)
+        st = network_structure(anat.weights, anat.tract_lengths, p)
+        found = 0
+        for i in range(0, len(pick), batch_size):
+            regs = pick[i:i + batch_size]
+            t0 = time.perf_counter()
+            hist = np.stack([draw_initial_history(np.random.default_rng(variant_seed(seed, r, s, -1)),
+                                                  st.horizon, st.n_nodes) for r in regs])
+            integ = BatchIntegrator(st, excited_A(st.n_nodes, [int(anat.node_of_region[r]) for r in regs], p),
+                                    p, hist, backend=backend)
+            rngs = [np.random.default_rng(variant_seed(seed, r, s, 0)) for r in regs]
+            pieces = []
+            for s0 in range(0, steps, 4000):
+                m = min(4000, steps - s0)
+                pieces.append(integ.advance(np.stack([g.standard_normal((m, st.n_nodes)) for g in rngs]),
+                                            record_every=_DOWNSAMPLE))
+            wall += time.perf_counter() - t0
+            rec = np.concatenate(pieces, axis=1)[:, _DISCARD:]
+            for b, r in enumerate(regs):
+                decided = ClipStream(region=r).feed(rec[b][:, anat.node_of_region], final=True)
+                found += len(decided)
+                if decided and len(clip_bytes) < 3:
+                    clip_bytes.append(_clip_size(scale_clip(*_args(decided[0]), r, anat.fwd)[0]))
+            sim += len(regs) * steps / 2000.0
+        rates[s] = found / (len(pick) * (steps / 2000.0 - 0.5))
+        n_clips_pilot += found
+    wall_per_ns = wall / sim
+    if not clip_bytes:  # no clip in the pilot: size of a clip of this shape
+        rng = np.random.default_rng(0)
+        clip_bytes.append(_clip_size(rng.normal(1.0, 0.3, (500, anat.n_regions)).astype(np.float32)))
+    bytes_per_clip = float(np.mean(clip_bytes))
+    # each (region, setting) runs until its share (expected share / rate) or the cap
+    per_setting_s = {s: (min(max_simulated_s, share / rates[s] + 0.5) if rates[s] > 0 else max_simulated_s)
+                     for s in settings}
+    per_setting_clips = {s: min(share, rates[s] * max(0.0, max_simulated_s - 0.5)) for s in settings}
+    n = len(regions)
+    expected_sim = n * sum(per_setting_s.values())
+    expected_clips = n * sum(per_setting_clips.values())
+    # regions short of K under Poisson counts at the cap
+    below = 0.0
+    for s in settings:
+        lam = rates[s] * max(0.0, max_simulated_s - 0.5)
+        below = max(below, _poisson_cdf(share - 1, lam))
+    return {
+        "clips_per_region": int(clips_per_region), "n_regions": n, "settings": settings,
+        "max_simulated_s": float(max_simulated_s), "n_cores": n_cores, "batch_size": batch_size,
+        "pilot_regions": pick, "pilot_s": float(pilot_s), "pilot_clips": int(n_clips_pilot),
+        "clips_per_simulated_s": {int(s): float(v) for s, v in rates.items()},
+        "wall_s_per_network_s": float(wall_per_ns),
+        "expected_simulated_s": float(expected_sim),
+        "expected_wall_s": float(expected_sim * wall_per_ns / n_cores),
+        "expected_clips": float(expected_clips),
+        "expected_fraction_of_variants_capped": float(below),
+        "bytes_per_clip": bytes_per_clip,
+        "expected_bytes": float(expected_clips * bytes_per_clip),
+        "raw_bytes_if_kept": float(expected_sim * 2000 * anat.weights.shape[0] * 4),
+    }
+
+
+def _args(decided):
+    peak, block, ctx, c0 = decided
+    return ctx, c0, peak, block
+
+
+def _clip_size(clip: np.ndarray) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "nmm_1.mat"
+        _save_mat(path, {"data": np.asarray(clip, dtype=np.float32)})
+        return path.stat().st_size
+
+
+def _poisson_cdf(k: int, lam: float) -> float:
+    if k < 0:
+        return 0.0
+    return float(sum(math.exp(-lam) * lam ** i / math.factorial(i) for i in range(k + 1)))
+
+
+def _human_s(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def _human_bytes(b: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if b < 1000 or unit == "TB":
+            return f"{b:.1f} {unit}"
+        b /= 1000.0
+    return f"{b:.1f} TB"  # pragma: no cover
+
+
+def format_plan(plan: dict[str, Any]) -> list[str]:
+    """Human-readable lines of :func:`plan_harvest`'s result."""
+    rates = ", ".join(f"setting {s}: {v:.3f}" for s, v in plan["clips_per_simulated_s"].items())
+    return [
+        f"Pilot: {len(plan['pilot_regions'])} regions x {len(plan['settings'])} settings x "
+        f"{plan['pilot_s']:.0f} s -> {plan['pilot_clips']} clips ({rates} clips per simulated s)",
+        f"Integrator: {plan['wall_s_per_network_s']:.3f} s of one core per simulated network-second "
+        f"(batches of {plan['batch_size']})",
+        f"Dataset: {plan['n_regions']} regions x {plan['clips_per_region']} clips, cap "
+        f"{plan['max_simulated_s']:.0f} s per (region, setting)",
+        f"  expected simulated time: {plan['expected_simulated_s']:.0f} network-seconds",
+        f"  expected wall time on {plan['n_cores']} cores here: {_human_s(plan['expected_wall_s'])} "
+        f"({_human_s(plan['expected_wall_s'] * plan['n_cores'])} of one core)",
+        f"  expected clips: {plan['expected_clips']:.0f}; variants likely to hit the cap: "
+        f"{100 * plan['expected_fraction_of_variants_capped']:.0f}%",
+        f"  disk: {_human_bytes(plan['expected_bytes'])} of clips "
+        f"({_human_bytes(plan['bytes_per_clip'])} each); the raw simulations, not kept, would be "
+        f"{_human_bytes(plan['raw_bytes_if_kept'])} as float32 at 2000 Hz",
+    ]

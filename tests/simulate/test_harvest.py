@@ -1,0 +1,137 @@
+"""Tests of adaptive clip harvesting (esikit.simulate.harvest, .distributed, .plan)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from esikit.simulate.anatomy import load_default_anatomy
+from esikit.simulate.distributed import harvest_clips
+from esikit.simulate.harvest import ClipStream
+from esikit.simulate.spikes import find_spike_times, select_clips
+
+REGIONS = [0, 1, 3, 48]
+KW = dict(clips_per_region=2, regions=REGIONS, settings=(0,), chunk_s=2.0, max_simulated_s=8.0,
+          progress=False, processes=False)
+
+
+def _random_recording(rng, n_regions=4):
+    n = int(rng.integers(800, 5000))
+    x = rng.normal(1.0, 1.0, (n, n_regions))
+    for _ in range(int(rng.integers(5, 40))):
+        t = int(rng.integers(0, n))
+        r = 0 if rng.random() < 0.5 else int(rng.integers(0, n_regions))
+        x[t, r] = rng.uniform(9.0, 20.0)
+        if t + 1 < n and rng.random() < 0.3:  # plateaus are not strict maxima
+            x[t + 1, r] = x[t, r]
+    return x
+
+
+def test_stream_rules_equal_batch_rules():
+    """Fed in random pieces, the stream keeps exactly the clips of the whole-recording rules."""
+    rng = np.random.default_rng(1)
+    total = 0
+    for _ in range(40):
+        x = _random_recording(rng)
+        times, regions = find_spike_times(x)
+        spikes, starts = select_clips(times, regions, 0, len(x))
+        stream, got, pos = ClipStream(region=0), [], 0
+        while pos < len(x):
+            m = int(rng.integers(1, 900))
+            for t, block, ctx, c0 in stream.feed(x[pos:pos + m], final=pos + m >= len(x)):
+                got.append((t, block))
+                # the context holds the clip and the spike's rescaling window
+                np.testing.assert_array_equal(ctx[block - c0:block - c0 + 500], x[block:block + 500])
+            pos += m
+        assert got == list(zip(spikes.tolist(), starts.tolist()))
+        total += len(got)
+        assert len(stream.buf) < 3000  # bounded memory
+    assert total > 20
+
+
+def _clips(nmm_dir):
+    out = {}
+    from esikit.io import load_mat_file
+
+    for r in REGIONS:
+        files = sorted((nmm_dir / f"a{r}").glob("nmm_*.mat"), key=lambda p: int(p.stem[4:]))
+        out[r] = [np.asarray(load_mat_file(p)["data"]) for p in files]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "nmm_spikes"
+    report = harvest_clips(load_default_anatomy(), out, n_workers=1, batch_size=1, **KW)
+    return out, report
+
+
+def _same(a_dir, a_rep, b_dir, b_rep):
+    for key in ("clips_per_region", "simulated_s_per_region", "capped_variants", "n_clips"):
+        assert a_rep[key] == b_rep[key], key
+    ca, cb = _clips(a_dir), _clips(b_dir)
+    for r in REGIONS:
+        assert len(ca[r]) == len(cb[r])
+        for x, y in zip(ca[r], cb[r]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_harvest_report_and_files(reference_run):
+    out, rep = reference_run
+    assert rep["complete"] and rep["n_clips"] >= 1
+    clips = {int(r): n for r, n in rep["clips_per_region"].items()}
+    assert set(clips) == set(REGIONS) and all(n <= 2 for n in clips.values())
+    for r, n in clips.items():
+        # a region stops at its share, or simulated the whole cap
+        assert n == 2 or rep["simulated_s_per_region"][str(r)] == 8.0
+        assert [r, 0] in rep["capped_variants"] or n == 2
+    assert rep["regions_below_target"] == [r for r in REGIONS if clips[r] < 2]
+    assert rep["bytes_on_disk"] == sum(p.stat().st_size for p in out.glob("a*/nmm_*.mat"))
+    assert (out.parent / "clips_per_region.png").stat().st_size > 0
+    assert json.loads((out.parent / "harvest_report.json").read_text())["n_clips"] == rep["n_clips"]
+    first = next(iter(c for cs in _clips(out).values() for c in cs))
+    assert first.shape == (500, 76) and first.dtype == np.float32
+    # a rerun finds everything done and simulates nothing
+    again = harvest_clips(load_default_anatomy(), out, n_workers=1, batch_size=1, **KW)
+    assert again["tasks"] == 0 and again["clips_per_region"] == rep["clips_per_region"]
+    with pytest.raises(ValueError, match="another configuration"):
+        harvest_clips(load_default_anatomy(), out, **{**KW, "clips_per_region": 3})
+
+
+def test_two_workers_and_batches_give_same_output(reference_run, tmp_path):
+    ref_dir, ref = reference_run
+    out = tmp_path / "nmm_spikes"
+    rep = harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=3, **KW)
+    _same(ref_dir, ref, out, rep)
+
+
+def test_crash_and_interruption_resume_to_same_output(reference_run, tmp_path):
+    ref_dir, ref = reference_run
+    out = tmp_path / "nmm_spikes"
+    # a task dies after writing its clips and checkpoint, before reporting back
+    with pytest.raises(RuntimeError, match="injected failure"):
+        harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2,
+                      _fail_task=(0, 0, 1), **KW)
+    # the client stops after one more task (as if killed), leaving chains half done
+    partial = harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2, _max_tasks=1,
+                            max_chains_in_flight=1, **KW)
+    assert not partial["complete"] and partial["tasks"] == 1
+    rep = harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2, **KW)
+    assert rep["complete"]
+    _same(ref_dir, ref, out, rep)
+
+
+def test_plan_extrapolates(tmp_path):
+    from esikit.simulate.plan import format_plan, plan_harvest
+
+    plan = plan_harvest(load_default_anatomy(), 10, regions=range(20), settings=(0, 1),
+                        max_simulated_s=100.0, pilot_regions=2, pilot_s=2.0, n_cores=2)
+    assert plan["pilot_regions"] == [0, 19]
+    assert plan["expected_simulated_s"] <= 20 * 2 * 100.0
+    assert plan["expected_wall_s"] == pytest.approx(
+        plan["expected_simulated_s"] * plan["wall_s_per_network_s"] / 2)
+    assert plan["raw_bytes_if_kept"] == pytest.approx(plan["expected_simulated_s"] * 2000 * 76 * 4)
+    assert plan["bytes_per_clip"] > 1000
+    assert any("wall time on 2 cores" in line for line in format_plan(plan))

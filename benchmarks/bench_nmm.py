@@ -88,7 +88,7 @@ def main(argv=None) -> int:
                         help="simulated seconds for the TVB run")
     parser.add_argument("--deepsif-dir", type=Path, default=DEFAULT_DEEPSIF_DIR,
                         help="folder with connectivity_998.zip")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)  # run_all.py may pass options meant for others
 
     anat = load_default_anatomy()
     nets = [("tvb76", anat.weights, anat.tract_lengths)]

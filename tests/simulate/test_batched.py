@@ -144,3 +144,45 @@ def test_batched_kernels_retrace_tvb():
         integ = BatchIntegrator(st, excited_A(n, [excited], p), p, hist, backend=backend)
         ours = integ.advance(z, record_every=1, out_dtype=np.float64)[0]
         np.testing.assert_allclose(ours, ref, rtol=1e-7, atol=1e-7)
+
+
+def _stats(v, region):
+    """Spike count, mean peak height, background median and normalized spectrum (500 Hz)."""
+    from esikit.simulate.spikes import find_spike_times
+
+    times, regions = find_spike_times(v)
+    own = times[regions == region]
+    others = np.delete(v, region, axis=1)
+    f = np.fft.rfftfreq(v.shape[0], 1 / 500.0)
+    psd = np.abs(np.fft.rfft(others - others.mean(axis=0), axis=0)) ** 2
+    band = [(psd[(f >= lo) & (f < hi)].sum()) for lo, hi in ((0.5, 4), (4, 8), (8, 13), (13, 30))]
+    return len(own), (v[own, region].mean() if len(own) else np.nan), np.median(others), \
+        np.array(band) / np.sum(band)
+
+
+@pytest.mark.tvb
+@pytest.mark.slow
+def test_statistics_match_tvb():
+    """Other seeds than TVB's: same spike rate, peak height, background and spectrum."""
+    pytest.importorskip("tvb.simulator.simulator", reason="tvb-library is not installed")
+    from esikit.simulate.anatomy import load_default_anatomy
+
+    from .test_nmm import _tvb_run
+
+    anat = load_default_anatomy()
+    w, lengths = anat.weights, anat.tract_lengths
+    region, setting, seconds = 48, 2, 40.0
+    tvb, _ = _tvb_run(w, lengths, region, setting, int(seconds * 2000))
+    tvb = tvb[1000::4]
+    ours = simulate_batch(w, lengths, [region] * 4, seconds, setting=setting, seeds=[1, 2, 3, 4],
+                          record_every=4)[:, 250:]
+    n_tvb, peak_tvb, bg_tvb, spec_tvb = _stats(tvb, region)
+    res = [_stats(v, region) for v in ours]
+    rate_ours = np.mean([r[0] for r in res])
+    assert n_tvb >= 1 and rate_ours >= 1
+    # Poisson counts: within a factor 3 of each other
+    assert 1 / 3 < (n_tvb + 1) / (rate_ours + 1) < 3
+    peaks = [r[1] for r in res if np.isfinite(r[1])]
+    assert np.mean(peaks) == pytest.approx(peak_tvb, rel=0.25)
+    assert np.mean([r[2] for r in res]) == pytest.approx(bg_tvb, rel=0.2, abs=0.2)
+    np.testing.assert_allclose(np.mean([r[3] for r in res], axis=0), spec_tvb, atol=0.1)

@@ -1,7 +1,8 @@
 """Simulation of DeepSIF-style training data.
 
-Anatomy (:mod:`.anatomy`), the Jansen-Rit network simulation (:mod:`.nmm`), spike clips
-(:mod:`.spikes`), source patches (:mod:`.patches`), SNR scaling (:mod:`.snr`), DeepSIF
+Anatomy (:mod:`.anatomy`), the Jansen-Rit network simulation (:mod:`.nmm`; batched over
+excited-region variants in :mod:`.batched`), spike clips (:mod:`.spikes`; harvested
+adaptively in :mod:`.harvest`, on Dask in :mod:`.distributed`, planned in :mod:`.plan`), source patches (:mod:`.patches`), SNR scaling (:mod:`.snr`), DeepSIF
 metadata (:mod:`.metadata`) and the whole dataset in one call (:mod:`.pipeline`,
 ``esikit simulate``).
 """
@@ -13,6 +14,9 @@ from .anatomy import (
     load_default_anatomy,
     region_adjacency_from_mesh,
 )
+from .batched import BatchIntegrator, NetworkStructure, network_structure, simulate_batch
+from .distributed import HarvestConfig, harvest_clips, plot_clips_histogram
+from .harvest import ClipStream, run_chunk_task
 from .metadata import (
     generate_metadata,
     index_clips,
@@ -21,6 +25,7 @@ from .metadata import (
 )
 from .nmm import NOISE_SETTINGS, JansenRitParams, jansen_rit_dfun, simulate_network
 from .patches import CandidatePatches, candidate_patches, grow_patch, is_connected, pick_second_patch
+from .plan import format_plan, plan_harvest
 from .pipeline import DEMO_DURATION_S, DEMO_SETTINGS, dataset_paths, make_dataset
 from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 from .spikes import (
@@ -37,6 +42,17 @@ from .spikes import (
 
 __all__ = [
     "Anatomy",
+    "BatchIntegrator",
+    "ClipStream",
+    "HarvestConfig",
+    "NetworkStructure",
+    "format_plan",
+    "harvest_clips",
+    "network_structure",
+    "plan_harvest",
+    "plot_clips_histogram",
+    "run_chunk_task",
+    "simulate_batch",
     "CLIP_LENGTH",
     "CandidatePatches",
     "DEMO_DURATION_S",

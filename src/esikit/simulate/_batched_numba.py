@@ -152,6 +152,11 @@ def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l,
     ca = p[P_C_A]
     noise = p[P_NOISE]
     cblk = np.empty((n_nodes, block, n_batch))
+    # flat views: the (step, variant) values of one edge are one contiguous run
+    cflat = cblk.reshape(n_nodes * block * n_batch)
+    sflat = sbuf.reshape(n_nodes * width * n_batch)
+    cstride = block * n_batch
+    sstride = width * n_batch
     c = np.empty(n_batch)
     row0 = (step0 + record_every - 1) // record_every
     for s0 in range(0, n_steps, block):
@@ -159,14 +164,15 @@ def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l,
         nq = min(block, n_steps - s0)
         cblk[:, :, :] = 0.0
         # coupling of steps n0 + 1 + q (q < nq) from long edges: states n0 + q - d <= n0
+        run = nq * n_batch
         for j in range(n_nodes):
             for e in range(colptr_l[j], colptr_l[j + 1]):
                 w = wdata_l[e]
                 t = targets_l[e]
-                col0 = (n0 - delays_l[e]) % horizon + horizon
-                for q in range(nq):
-                    for bb in range(n_batch):
-                        cblk[t, q, bb] += w * sbuf[j, col0 + q, bb]
+                cbase = t * cstride
+                sbase = j * sstride + ((n0 - delays_l[e]) % horizon + horizon) * n_batch
+                for i in range(run):  # an axpy over (step, variant)
+                    cflat[cbase + i] += w * sflat[sbase + i]
         for q in range(nq):
             s = s0 + q
             n = n0 + q + 1

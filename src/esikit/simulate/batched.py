@@ -315,7 +315,7 @@ class BatchIntegrator:
     def __init__(self, structure: NetworkStructure, A: np.ndarray, params: JansenRitParams,
                  history: np.ndarray, dt_ms: float = 0.5, backend: str = "numba",
                  device: str | None = None, torch_dtype: str = "float64",
-                 block: int = 8) -> None:
+                 block: int = 16) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"Invalid value for 'backend': expected one of "
                              f"{', '.join(repr(b) for b in BACKENDS)}, got {backend!r}.")
@@ -507,7 +507,7 @@ def simulate_batch(
     dtype=np.float64,
     device: str | None = None,
     torch_dtype: str = "float64",
-    block: int = 8,
+    block: int = 16,
 ) -> np.ndarray:
     """Simulate B excited-region variants of one network in one pass.
 

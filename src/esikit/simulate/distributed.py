@@ -183,7 +183,7 @@ def harvest_clips(
     max_simulated_s: float = 200.0,
     batch_size: int = 8,
     backend: str = "numba",
-    block: int = 8,
+    block: int = 16,
     scheduler: str | None = None,
     n_workers: int | None = None,
     processes: bool = True,

@@ -316,7 +316,7 @@ def run_chunk_task(spec: dict) -> dict:
             variant_seed(seed, r, setting, -1)), structure.horizon, n_nodes) for r in regions])
         A = excited_A(n_nodes, [int(node_of_region[r]) for r in regions], params)
         integ = BatchIntegrator(structure, A, params, history, dt_ms, spec["backend"],
-                                block=int(spec.get("block", 8)))
+                                block=int(spec.get("block", 16)))
         streams = [ClipStream(region=r) for r in regions]
         found = [0] * len(regions)
     else:
@@ -325,7 +325,7 @@ def run_chunk_task(spec: dict) -> dict:
         regions, streams, found = ck["regions"], ck["streams"], ck["found"]
         integ = BatchIntegrator(structure, excited_A(n_nodes, [None] * len(regions), params), params,
                                 np.zeros((len(regions), structure.horizon, 6, n_nodes)), dt_ms,
-                                spec["backend"], block=int(spec.get("block", 8)))
+                                spec["backend"], block=int(spec.get("block", 16)))
         integ.set_state(ck["state"])
     if integ.step != chunk * steps:
         raise RuntimeError(f"{cdir}: checkpoint at step {integ.step}, expected {chunk * steps} "

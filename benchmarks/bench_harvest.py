@@ -1,0 +1,266 @@
+"""DeepSIF-scale data generation: integrator speed, clips per core-hour, Dask scaling, GPU.
+
+Measures, in one run (ratios are only meaningful within a run, on the same machine):
+
+1. network-seconds simulated per wall second on one core, on the built-in 76-region
+   connectome and on DeepSIF's 998-node one (``../shared/deepsif_anatomy/``), for TVB
+   (when tvb-library is installed), the single-variant numba integrator and the batched
+   numba integrator at several batch sizes (and the torch kernel on the CPU);
+2. clips per core-hour of the whole harvest (simulation, clip rules, rescaling, files,
+   Dask), one worker;
+3. the wall time of the same harvest on 1 and 2 local Dask workers;
+4. on a GPU (when torch sees one): the torch kernel's network-seconds per second at the
+   largest batch that fits, and the extrapolated time of DeepSIF's full set
+   (994 regions x 3 settings x 200 s = 596,400 network-seconds).
+
+Usage::
+
+    python benchmarks/bench_harvest.py [--full] [--out results.json] [--deepsif-dir DIR]
+
+The default run takes a few minutes on 2 cores; ``--full`` runs longer simulations and
+larger batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per measurement
+
+import numpy as np  # noqa: E402
+
+from esikit.simulate.anatomy import _load_tvb_connectivity, load_default_anatomy  # noqa: E402
+from esikit.simulate.batched import simulate_batch  # noqa: E402
+from esikit.simulate.nmm import JansenRitParams, simulate_network  # noqa: E402
+
+DEFAULT_DEEPSIF_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deepsif_anatomy"
+#: DeepSIF's data set: 994 regions x 3 settings x 200 s.
+DEEPSIF_NETWORK_SECONDS = 994 * 3 * 200.0
+
+
+def _wall(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def tvb_rate(weights, lengths, duration_s: float) -> float | None:
+    """Network-seconds per wall second of TVB with DeepSIF's settings (None without TVB)."""
+    try:
+        from tvb.datatypes import connectivity
+        from tvb.simulator import coupling, integrators, models, monitors, noise, simulator
+    except ImportError:
+        return None
+    import warnings
+
+    p = JansenRitParams()
+    n = weights.shape[0]
+    conn = connectivity.Connectivity(weights=weights, tract_lengths=lengths, centres=np.zeros((n, 3)),
+                                     region_labels=np.array([f"r{i}" for i in range(n)]),
+                                     speed=np.array([p.speed]))
+    conn.configure()
+    A = np.full(n, p.A)
+    A[0] = p.A_excited
+    model = models.JansenRit(A=A, mu=np.array([p.mu]), v0=np.array([p.v0]),
+                             p_max=np.array([p.p_max]), p_min=np.array([p.p_min]))
+    sigma = np.zeros(6)
+    sigma[4] = p.nsig
+    sim = simulator.Simulator(
+        model=model, connectivity=conn,
+        coupling=coupling.SigmoidalJansenRit(a=np.array([p.coupling_a]), r=np.array([p.coupling_r])),
+        integrator=integrators.HeunStochastic(dt=0.5, noise=noise.Additive(nsig=sigma)),
+        monitors=(monitors.Raw(),)).configure()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return duration_s / _wall(lambda: sim.run(simulation_length=duration_s * 1000.0))
+
+
+def integrator_rates(name, w, lengths, duration_s, batch_sizes, tvb_s, torch_b) -> dict:
+    res = {"network": name, "n_nodes": int(w.shape[0])}
+    rate = tvb_rate(w, lengths, tvb_s)
+    res["tvb"] = rate
+    print(f"[{name}] TVB: " + (f"{rate:.4f} network-s/s ({1 / rate:.1f} s per simulated s)"
+                               if rate else "not installed (pip install tvb-library)"), flush=True)
+    res["single"] = duration_s / _wall(lambda: simulate_network(
+        w, lengths, 0, duration_s, seed=0, record_every=4, dtype=np.float32))
+    print(f"[{name}] single-variant numba: {res['single']:.3f} network-s/s", flush=True)
+    res["batched"] = {}
+    for b in batch_sizes:
+        wall = _wall(lambda: simulate_batch(w, lengths, list(range(b)), duration_s,
+                                            record_every=4, dtype=np.float32))
+        res["batched"][b] = b * duration_s / wall
+        print(f"[{name}] batched numba B={b}: {res['batched'][b]:.3f} network-s/s", flush=True)
+    if torch_b:
+        import torch
+
+        torch.set_num_threads(1)
+        d = min(duration_s, 0.25)
+        wall = _wall(lambda: simulate_batch(w, lengths, list(range(torch_b)), d, backend="torch",
+                                            record_every=4, dtype=np.float32, device="cpu"))
+        res["torch_cpu"] = {torch_b: torch_b * d / wall}
+        print(f"[{name}] batched torch (CPU, 1 thread) B={torch_b}: "
+              f"{res['torch_cpu'][torch_b]:.3f} network-s/s", flush=True)
+    return res
+
+
+def harvest_run(anat, regions, settings, k, cap, n_workers, batch_size, chunk_s=2.0) -> dict:
+    from esikit.simulate.distributed import harvest_clips
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        rep = harvest_clips(anat, Path(tmp) / "nmm_spikes", k, regions=regions, settings=settings,
+                            chunk_s=chunk_s, max_simulated_s=cap, batch_size=batch_size,
+                            n_workers=n_workers, progress=False)
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "n_clips": rep["n_clips"], "simulated_s": rep["simulated_s"],
+            "bytes_on_disk": rep["bytes_on_disk"], "workers": n_workers,
+            "clips_per_core_hour": rep["n_clips"] / (wall * n_workers / 3600.0),
+            "network_s_per_core_s": rep["simulated_s"] / (wall * n_workers)}
+
+
+def gpu_run(w, lengths, duration_s: float) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    from esikit.simulate.batched import BatchIntegrator, draw_initial_history, excited_A, network_structure
+
+    p = JansenRitParams()
+    st = network_structure(w, lengths, p)
+    best = None
+    b = 64
+    while b <= 16384:
+        try:
+            hist = np.stack([draw_initial_history(np.random.default_rng(i), st.horizon, st.n_nodes)
+                             for i in range(min(b, 64))])
+            hist = np.concatenate([hist] * (b // len(hist)))
+            integ = BatchIntegrator(st, excited_A(st.n_nodes, [i % st.n_nodes for i in range(b)], p),
+                                    p, hist, backend="torch", torch_dtype="float32")
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            integ.advance(None, n_steps=200, record_every=4, generator=gen)  # warm-up
+            torch.cuda.synchronize()
+            steps = int(duration_s * 2000)
+            wall = _wall(lambda: (integ.advance(None, n_steps=steps, record_every=4, generator=gen),
+                                  torch.cuda.synchronize()))
+            rate = b * steps / 2000.0 / wall
+            print(f"[GPU] torch float32 B={b}: {rate:.1f} network-s/s", flush=True)
+            best = {"batch": b, "network_s_per_s": rate, "device": torch.cuda.get_device_name()}
+            del integ
+            torch.cuda.empty_cache()
+            b *= 2
+        except torch.cuda.OutOfMemoryError:
+            break
+    if best:
+        best["deepsif_full_set_hours"] = DEEPSIF_NETWORK_SECONDS / best["network_s_per_s"] / 3600.0
+    return best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="longer runs, larger batches")
+    ap.add_argument("--deepsif-dir", type=Path, default=DEFAULT_DEEPSIF_DIR)
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args, _ = ap.parse_known_args(argv)  # run_all.py may pass options meant for others
+    full = args.full
+    results: dict = {"cores": os.cpu_count(), "full": full}
+
+    anat = load_default_anatomy()
+    nets = [("tvb76", anat.weights, anat.tract_lengths)]
+    zip998 = args.deepsif_dir / "connectivity_998.zip"
+    if zip998.exists():
+        w, t, _, _ = _load_tvb_connectivity(zip998)
+        nets.append(("deepsif998", w, t))
+    else:
+        print(f"({zip998} not found: 998-node runs skipped)")
+    simulate_batch(anat.weights, anat.tract_lengths, [0, 1], 0.01)  # compile / load numba
+    simulate_network(anat.weights, anat.tract_lengths, 0, 0.01)
+
+    results["integrator"] = []
+    for name, w, t in nets:
+        small = w.shape[0] < 200
+        duration = (20.0 if small else 4.0) if full else (4.0 if small else 0.5)
+        sizes = [1, 8, 32, 64, 128] if full else [1, 8, 32]
+        tvb_s = (2.0 if full else 1.0) if small else (2.0 if full else 0.5)
+        results["integrator"].append(integrator_rates(name, w, t, duration, sizes, tvb_s,
+                                                      torch_b=8 if not full else 32))
+
+    # end-to-end harvest: DeepSIF's rules, rescaling and files included
+    print("[harvest] 76 regions: 16 regions x 3 settings, K=3, cap 20 s, 1 worker", flush=True)
+    results["harvest76"] = harvest_run(anat, list(range(0, 76, 76 // 16))[:16], (0, 1, 2), 3,
+                                       60.0 if full else 20.0, 1, 8)
+    if len(nets) > 1:
+        from esikit.simulate.anatomy import load_deepsif_anatomy
+
+        a998 = load_deepsif_anatomy(args.deepsif_dir)
+        regs = [0, 300, 600, 900][:4 if full else 2]
+        print(f"[harvest] 998 nodes: {len(regs)} regions x 1 setting, K=1, cap "
+              f"{40 if full else 10} s, 1 worker", flush=True)
+        results["harvest998"] = harvest_run(a998, regs, (2,), 1, 40.0 if full else 10.0, 1,
+                                            len(regs))
+    # Dask scaling: a fixed workload (K never reached: every variant runs to the cap)
+    scaling = {}
+    for n in (1, 2):
+        r = harvest_run(anat, list(range(16)), (0, 1), 1000, 20.0 if full else 8.0, n, 4)
+        scaling[n] = r["wall_s"]
+        print(f"[dask] {n} worker(s): {r['wall_s']:.1f} s wall for {r['simulated_s']:.0f} "
+              f"network-seconds", flush=True)
+    results["dask_scaling"] = {"wall_1": scaling[1], "wall_2": scaling[2],
+                               "speedup": scaling[1] / scaling[2]}
+    gpu = gpu_run(nets[-1][1], nets[-1][2], 2.0 if full else 0.5)
+    results["gpu"] = gpu
+    if gpu is None:
+        print("[GPU] no GPU visible to torch: torch kernel GPU figures skipped")
+
+    print("\n" + "\n".join(table(results)))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def table(res: dict) -> list[str]:
+    """Markdown table of the results, ratios against TVB and the single-variant integrator."""
+    lines = ["| network | integrator | network-s per wall-s per core | x TVB | x single |",
+             "|---|---|---:|---:|---:|"]
+    for r in res["integrator"]:
+        tvb, single = r["tvb"], r["single"]
+
+        def row(label, rate):
+            x_tvb = f"{rate / tvb:.0f}" if tvb else "n/a"
+            lines.append(f"| {r['network']} ({r['n_nodes']}) | {label} | {rate:.3f} | {x_tvb} | "
+                         f"{rate / single:.2f} |")
+
+        if tvb:
+            row("TVB 2.10 (tvb-library)", tvb)
+        row("single-variant numba", single)
+        for b, rate in r["batched"].items():
+            row(f"batched numba, B={b}", rate)
+        for b, rate in r.get("torch_cpu", {}).items():
+            row(f"batched torch CPU, B={b}", rate)
+    for key in ("harvest76", "harvest998"):
+        if key in res:
+            h = res[key]
+            lines.append(f"| {key[7:]} | harvest end to end ({h['workers']} worker) | "
+                         f"{h['network_s_per_core_s']:.3f} | {h['clips_per_core_hour']:.0f} clips "
+                         f"per core-hour | {h['n_clips']} clips, {h['bytes_on_disk'] / 1e6:.1f} MB |")
+    d = res["dask_scaling"]
+    lines.append(f"| 76 | Dask 1 -> 2 workers | {d['wall_1']:.1f} s -> {d['wall_2']:.1f} s | "
+                 f"speed-up {d['speedup']:.2f} | |")
+    g = res.get("gpu")
+    if g:
+        lines.append(f"| 998 | torch GPU ({g['device']}), B={g['batch']} | {g['network_s_per_s']:.1f} | "
+                     f"full DeepSIF set: {g['deepsif_full_set_hours']:.2f} h | |")
+    else:
+        lines.append("| 998 | torch GPU | no GPU here | | |")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

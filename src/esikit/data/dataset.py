@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from os import PathLike
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .._validation import check_option, format_indices
 from .clips import (
@@ -24,6 +22,7 @@ from .clips import (
     open_clip_store,
     resolve_clip_ids,
 )
+from ._base import EpochIndexedDataset
 from .metadata import SampleMetadata, read_metadata
 from .synthesis import draw_sample_randomness, synthesize_sample
 
@@ -59,7 +58,7 @@ def find_clip_location(metadata_path: Path) -> Path:
     )
 
 
-class SpikeEEGMetadataDataset(Dataset):
+class SpikeEEGMetadataDataset(EpochIndexedDataset):
     """EEG/source pairs synthesized on the fly from DeepSIF metadata.
 
     Sample ``i`` is made by :func:`esikit.data.synthesis.synthesize_sample` from the
@@ -180,13 +179,10 @@ class SpikeEEGMetadataDataset(Dataset):
                     f"{self.metadata_path}), got {dataset_len}"
                 )
             keep = keep[:dataset_len]
-        self.indices = keep
+        self._init_indexing(keep)
         self.metadata.share_memory()
         self._clip_ids_shared = torch.from_numpy(np.ascontiguousarray(self.clip_ids)).share_memory_()
         self.clip_ids = self._clip_ids_shared.numpy()
-        # The epoch lives in shared memory so persistent workers see set_epoch.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._frozen = False
         if self._fast is not None:
             self._fast.clip_ids = self.clip_ids
         logger.info("%r", self)
@@ -288,9 +284,6 @@ class SpikeEEGMetadataDataset(Dataset):
     def n_times(self) -> int:
         return int(self.store.n_times)
 
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
     def __repr__(self) -> str:
         meta = self.metadata
         n_missing = int((meta.present & (self.clip_ids < 0)).sum())
@@ -313,41 +306,6 @@ class SpikeEEGMetadataDataset(Dataset):
             self._fast.clip_ids = self.clip_ids
 
     # -- epochs ----------------------------------------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fresh draws for a new epoch (no effect on validation/test views)."""
-        if not self._frozen:
-            self._epoch.fill_(int(epoch))
-
-    def subset(self, indices: Sequence[int] | np.ndarray, *, freeze_epoch: bool = False) -> SpikeEEGMetadataDataset:
-        """A view of some of this dataset's samples sharing its metadata, clips and seed.
-
-        Parameters
-        ----------
-        indices : sequence of int
-            Positions in this dataset.
-        freeze_epoch : bool
-            Keep epoch 0 for ever (validation and test sets).
-        """
-        view = copy.copy(self)
-        view.indices = self.indices[np.asarray(indices, dtype=np.int64)]
-        if freeze_epoch:
-            view._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-            view._frozen = True
-        return view
-
-    # -- samples -------------------------------------------------------------------------------
-    def sample_index(self, i: int) -> int:
-        """Row of the metadata file behind position ``i``."""
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
-        return int(self.indices[i])
-
     def sample_info(self, i: int) -> dict[str, Any]:
         """Labels and SNR of sample ``i`` without synthesizing it (for evaluation)."""
         g = self.sample_index(i)
@@ -361,15 +319,6 @@ class SpikeEEGMetadataDataset(Dataset):
             "snr_db": float(meta.snr_db[g]),
             "n_sources": len(patches),
         }
-
-    def _load_clip(self, clip_id: int) -> np.ndarray | None:
-        try:
-            return self.store.get(clip_id)
-        except ClipReadError as exc:
-            if self.missing_clips == "zeros":
-                _warn_once(str(exc))
-                return None
-            raise
 
     def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
@@ -404,10 +353,6 @@ class SpikeEEGMetadataDataset(Dataset):
             scales.append(meta.scale_ratio[g, s, choice[s]])
         return synthesize_sample(clips, patches, weights, scales, self.fwd, meta.snr_db[g], noise, self.normalize)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        eeg, source = self.synthesize(int(i))
-        return torch.from_numpy(eeg), torch.from_numpy(source)
-
     def synthesize_batch(self, positions: Sequence[int] | np.ndarray, epoch: int | None = None,
                          target: str | None = None) -> tuple[torch.Tensor, Any]:
         """Samples at ``positions`` stacked: ``eeg (B, T, C)`` and the source (``(B, T, R)``,
@@ -429,15 +374,6 @@ class SpikeEEGMetadataDataset(Dataset):
         from .fast import SynthesizedBatch
 
         return SynthesizedBatch(*self.synthesize_batch(positions))
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        logger.warning("%s; the source contributes nothing (missing_clips='zeros')", message)
 
 
 __all__ = ["SpikeEEGMetadataDataset", "resolve_forward", "find_clip_location", "FolderClipStore", "H5ClipStore"]

@@ -15,7 +15,6 @@ process or order; a new epoch gives new configurations.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from os import PathLike
@@ -23,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from .._validation import check_option
-from .clips import ClipReadError, ClipStore, FolderClipStore, open_clip_store
+from .clips import ClipStore, FolderClipStore, open_clip_store
+from ._base import EpochIndexedDataset
 from .synthesis import draw_sample_randomness, synthesize_sample
 
 logger = logging.getLogger(__name__)
@@ -54,7 +52,7 @@ def _pair(name: str, value: Sequence[float], kind: type = float) -> tuple[Any, A
     return lo, hi
 
 
-class DynamicSpikeEEGDataset(Dataset):
+class DynamicSpikeEEGDataset(EpochIndexedDataset):
     """EEG/source pairs from sample configurations drawn on the fly.
 
     Parameters
@@ -196,9 +194,7 @@ class DynamicSpikeEEGDataset(Dataset):
         self._first = np.searchsorted(self.store.clip_regions, self.clip_centres, side="left")
         self._count = np.searchsorted(self.store.clip_regions, self.clip_centres, side="right") - self._first
         self._candidates = None
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._frozen = False
-        self.indices = np.arange(self.dataset_len, dtype=np.int64)
+        self._init_indexing(np.arange(self.dataset_len, dtype=np.int64))
         logger.info("%r", self)
 
     # -- sizes -------------------------------------------------------------------------------
@@ -219,9 +215,6 @@ class DynamicSpikeEEGDataset(Dataset):
         """S: the most sources a sample can have."""
         return max(self.n_sources_options)
 
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(clips={self.store!r}, samples={len(self)}, centres={self.clip_centres.size}, "
@@ -235,41 +228,6 @@ class DynamicSpikeEEGDataset(Dataset):
         state = dict(self.__dict__)
         state["_candidates"] = None  # rebuilt lazily in each worker
         return state
-
-    # -- epochs --------------------------------------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """New configurations and noise for a new epoch (no effect on frozen views)."""
-        if not self._frozen:
-            self._epoch.fill_(int(epoch))
-
-    def subset(self, indices: Sequence[int] | np.ndarray, *, freeze_epoch: bool = False) -> DynamicSpikeEEGDataset:
-        """A view of some samples (same draws for the same underlying index).
-
-        Parameters
-        ----------
-        indices : sequence of int
-            Positions in this dataset.
-        freeze_epoch : bool
-            Keep epoch 0 for ever (validation and test sets).
-        """
-        view = copy.copy(self)
-        view.indices = self.indices[np.asarray(indices, dtype=np.int64)]
-        if freeze_epoch:
-            view._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-            view._frozen = True
-        return view
-
-    def sample_index(self, i: int) -> int:
-        """Underlying sample index (the one that seeds the draws) of position ``i``."""
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
-        return int(self.indices[i])
 
     # -- configuration -------------------------------------------------------------------------
     def _candidate_patches(self):
@@ -302,13 +260,6 @@ class DynamicSpikeEEGDataset(Dataset):
         if clip is None or not clip[:, patch[0]].max() > 0:
             return 0.0  # nothing to scale: the source contributes its clip's background only
         return float(find_alpha(clip, self._fwd64, patch, value, weights=weights))
-
-    def _load_clip(self, clip_id: int) -> np.ndarray | None:
-        try:
-            return self.store.get(clip_id)
-        except ClipReadError as exc:
-            _warn_once(str(exc))
-            return None
 
     def sample_config(self, i: int, epoch: int | None = None) -> dict[str, Any]:
         """The drawn configuration of sample ``i``: everything but the noise.
@@ -385,16 +336,3 @@ class DynamicSpikeEEGDataset(Dataset):
             weights.append(w)
             scales.append(a)
         return synthesize_sample(clips, patches, weights, scales, self.fwd, cfg["snr_db"], noise, self.normalize)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        eeg, source = self.synthesize(int(i))
-        return torch.from_numpy(eeg), torch.from_numpy(source)
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        logger.warning("%s; the source contributes nothing", message)

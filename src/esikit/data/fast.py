@@ -11,8 +11,8 @@ kept as the readable reference) up to float32 rounding, with the same draws, but
   (the replaced columns are one waveform times weights);
 - the random draws are NumPy's, reproduced in compiled code (:mod:`._rng`);
 - a batch is made in one call and written straight into the batch arrays (no
-  per-sample tensors to stack), and the dense target only touches the labelled columns
-  of rows it has just zeroed; a compact target (labelled regions and their waveforms,
+  per-sample tensors to stack); the dense target arrives zero-filled from the kernel
+  (fresh pages) and only its labelled columns are written; a compact target (labelled regions and their waveforms,
   :func:`expand_compact_target` on the device) skips the dense write altogether.
 """
 
@@ -56,7 +56,7 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 @nb.njit(cache=True, fastmath=_FASTMATH)
 def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, seed, epoch, draw,
-                      choice, noise, clips, proj, ft, normalize, dense, eeg_out, src_out, lab_regions,
+                      choice, noise, clips, proj, ft, normalize, dense, zeroed, eeg_out, src_out, lab_regions,
                       lab_values):
     """Fill a batch in place (see :meth:`FastSynthesizer.synthesize_batch`).
 
@@ -64,8 +64,9 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
     int64 (-1: no clip); scale_ratio (B, S, K) float64; snr_db (B,); indices (B,) the
     metadata rows (seed the draws); draw: make the draws here (else ``choice`` (B, S)
     and ``noise`` (B, T, C) hold them); clips (n, R, T); proj (n, T, C); ft (R, C).
-    Outputs: eeg_out (B, T, C); dense: src_out (B, T, R); else lab_regions (B, L)
-    int64 (-1 padded) and lab_values (B, L, T).
+    Outputs: eeg_out (B, T, C); dense: src_out (B, T, R) (``zeroed``: it holds zeros
+    already, only the labelled columns are written); else lab_regions (B, L) int64 (-1
+    padded) and lab_values (B, L, T).
     """
     n_batch, n_src, n_pos = regions.shape
     n_times, n_ch = eeg_out.shape[1], eeg_out.shape[2]
@@ -201,7 +202,8 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
             out = src_out[b]
             for t in range(n_times):
                 row = out[t]
-                row[:] = 0.0
+                if not zeroed:
+                    row[:] = 0.0
                 for l in range(n_lab):
                     row[labels[l]] = vals[l, t] * inv_y
         else:
@@ -271,11 +273,13 @@ _BLAS_1 = _SingleThreadBlas()
 
 
 def _new_batch_array(shape: tuple[int, ...]) -> tuple[np.ndarray, torch.Tensor]:
-    """A float32 array and the tensor over the same memory.
+    """A zero-filled float32 array and the tensor over the same memory.
 
-    In a DataLoader worker the memory is shared memory from the start, so sending the
-    batch to the main process copies nothing; elsewhere it is a NumPy allocation (large
-    ones are backed by transparent huge pages, which makes first writes cheaper).
+    In a DataLoader worker the memory is a new shared-memory segment (zeros, as any new
+    segment), so sending the batch to the main process copies nothing; elsewhere it is
+    ``np.zeros``, whose large allocations are fresh zero pages from the kernel (and
+    transparent huge pages): either way the kernel's zeroing is the only full pass over
+    a dense target, and the synthesis writes just the labelled columns.
     """
     if torch.utils.data.get_worker_info() is not None:
         tensor = torch.empty(0, dtype=torch.float32)
@@ -283,7 +287,7 @@ def _new_batch_array(shape: tuple[int, ...]) -> tuple[np.ndarray, torch.Tensor]:
         storage = tensor.untyped_storage()._new_shared(n * 4)
         tensor = torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
         return tensor.numpy(), tensor
-    arr = np.empty(shape, dtype=np.float32)
+    arr = np.zeros(shape, dtype=np.float32)
     return arr, torch.from_numpy(arr)
 
 
@@ -426,7 +430,7 @@ class FastSynthesizer:
         with _BLAS_1:
             _synthesize_batch(regions, weights, cids, scale, snr, rows, self.seed, int(epoch), draw, choice, noise,
                               self.cache.clips, self.cache.projections(self.fwd), self.ft, self.normalize,
-                              target == "dense", eeg, src, lab_r, lab_v)
+                              target == "dense", True, eeg, src, lab_r, lab_v)
         if target == "dense":
             return (eeg, src) if as_numpy else (eeg_t, src_t)
         if as_numpy:

@@ -317,7 +317,8 @@ def harvest_clips(
 
             n_threads = sum(client.nthreads().values()) or 1
             limit = max_chains_in_flight or 2 * n_threads
-            chain_rate: dict[tuple[int, int], float] = {}
+            chain_chunk: dict[tuple[int, int], int] = {}  # last finished chunk of running chains
+            chunks_used: list[int] = []  # chunks taken by the chains that finished
 
             def submit(bid, s, chunk):
                 spec = dict(base_spec, batch=bid, regions=batches[bid], setting=s, chunk=chunk)
@@ -342,8 +343,11 @@ def harvest_clips(
                     finished[(int(r), res["setting"])] = st
                 key = (res["batch"], res["setting"])
                 if res["done"]:
-                    chain_rate.pop(key, None)
-                elif _max_tasks is None or tasks_done < _max_tasks:
+                    chain_chunk.pop(key, None)
+                    chunks_used.append(res["chunk"] + 1)
+                else:
+                    chain_chunk[key] = res["chunk"]
+                if not res["done"] and (_max_tasks is None or tasks_done < _max_tasks):
                     running.add(submit(res["batch"], res["setting"], res["chunk"] + 1))
                     in_flight += 1
                 if _max_tasks is not None and tasks_done >= _max_tasks:
@@ -351,9 +355,11 @@ def harvest_clips(
                 while todo and in_flight < limit and not interrupted:
                     running.add(submit(*todo.popleft()))
                     in_flight += 1
-                # ETA: chains left at the cap's pace, refined by what is finished
-                remaining_est = in_flight * max(1, cfg.max_chunks // 2) + len(todo) * cfg.max_chunks
-                bar.total = max(bar.n + 1, tasks_done + remaining_est) if in_flight or todo else bar.n + 1
+                # ETA: chains take as many chunks as the finished ones did (the cap before any)
+                per_chain = float(np.mean(chunks_used)) if chunks_used else float(cfg.max_chunks)
+                left = sum(max(1.0, per_chain - c - 1) for c in chain_chunk.values())
+                left += max(0, in_flight - len(chain_chunk)) * per_chain + len(todo) * per_chain
+                bar.total = tasks_done + int(round(left)) if (in_flight or todo) else tasks_done
                 bar.update(1)
                 elapsed = time.perf_counter() - t_loop
                 bar.set_postfix(clips=clips_found, clips_per_s=f"{clips_found / max(elapsed, 1e-9):.2f}",

@@ -71,7 +71,8 @@ def plan_harvest(
     Returns
     -------
     dict
-        ``clips_per_simulated_s`` (per setting), ``wall_s_per_network_s`` (one core),
+        ``clips_per_simulated_s`` (per setting, shrunk halfway to the mean over
+        settings: a short pilot sees few spikes), ``wall_s_per_network_s`` (one core),
         ``expected_simulated_s``, ``expected_wall_s``, ``expected_clips``,
         ``expected_regions_below_target``, ``bytes_per_clip``, ``expected_bytes``,
         ``raw_bytes_if_kept``, and the inputs.
@@ -116,6 +117,9 @@ def plan_harvest(
             sim += len(regs) * steps / 2000.0
         rates[s] = found / (len(pick) * (steps / 2000.0 - 0.5))
         n_clips_pilot += found
+    # A short pilot sees few spikes: each setting's rate is shrunk halfway to the pooled one.
+    pooled = float(np.mean(list(rates.values())))
+    rates = {s: 0.5 * (v + pooled) for s, v in rates.items()}
     wall_per_ns = wall / sim
     if not clip_bytes:  # no clip in the pilot: size of a clip of this shape
         rng = np.random.default_rng(0)
@@ -198,6 +202,8 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
         f"  expected simulated time: {plan['expected_simulated_s']:.0f} network-seconds",
         f"  expected wall time on {plan['n_cores']} cores here: {_human_s(plan['expected_wall_s'])} "
         f"({_human_s(plan['expected_wall_s'] * plan['n_cores'])} of one core)",
+        f"  cores to finish within a day: {math.ceil(plan['expected_wall_s'] * plan['n_cores'] / 86400)}"
+        f"{' (this machine suffices)' if plan['expected_wall_s'] <= 86400 else ' (use a Dask cluster: --scheduler)'}",
         f"  expected clips: {plan['expected_clips']:.0f}; variants likely to hit the cap: "
         f"{100 * plan['expected_fraction_of_variants_capped']:.0f}%",
         f"  disk: {_human_bytes(plan['expected_bytes'])} of clips "

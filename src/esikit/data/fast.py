@@ -84,9 +84,11 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
     row_noise = np.empty((n_times, n_ch), dtype=np.float32)
     power = np.empty(n_ch, dtype=np.float64)
     cmean = np.empty(n_ch, dtype=np.float64)
+    m = n_times * n_ch + (n_times * n_ch) // 32 + 64
+    blk, zx, zacc = np.empty(m, np.uint32), np.empty(m, np.float32), np.empty(m, np.bool_)
     for b in range(n_batch):
         if draw:
-            _rng.sample_draws_into(seed, epoch, indices[b], n_opt, row_choice, row_noise)
+            _rng.sample_draws_scratch(seed, epoch, indices[b], n_opt, row_choice, row_noise, blk, zx, zacc)
             nz = row_noise
             ch = row_choice
         else:

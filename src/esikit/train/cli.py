@@ -229,7 +229,7 @@ def evaluate_main(args) -> int:
 DEMO_OVERRIDES = {
     "MODEL": "deepsif",
     "BATCH_SIZE": 16,
-    "NUM_EPOCHS": 10,
+    "NUM_EPOCHS": 5,
     "LEARNING_RATE": 1e-3,
     "NUM_WORKERS": 1,
     "VAL_SPLIT": 0.1,

@@ -6,6 +6,9 @@ Two things make it fast on one core:
   the state, so the node update is a loop over variants that LLVM vectorizes; the
   exponential is a branch-free polynomial (:func:`_exp`, within 2 ulp of ``math.exp``)
   because numba's ``math.exp`` is a libm call that blocks vectorization;
+* with JansenRit's ``a_1 = 4 a_3`` one exponential gives both sigmoids of ``y0``
+  (``exp(4x - 3 r v0) = exp(x)^4 exp(-3 r v0)``): five exponentials per node and step
+  instead of seven;
 * the delayed coupling is computed ``block`` steps at a time for every edge whose delay
   is at least ``block - 1`` steps (their inputs are all in the past at the start of the
   block), reading ``block x B`` contiguous history values per edge; the few shorter
@@ -89,11 +92,17 @@ def fast_exp(x):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def _dfun(y0, y1, y2, y3, y4, y5, A, c, a, b, nu2, r, v0, a1J, a2J, a3J, a4J, mu, Bb):
+def _dfun(y0, y1, y2, y3, y4, y5, A, c, a, b, nu2, r, v0, a1J, a2J, a3J, a4J, mu, Bb, quad, k3):
     # same products as nmm.jansen_rit_dfun, in the same order
     s12 = nu2 / (1.0 + _exp(r * (v0 - (y1 - y2))))
-    s01 = nu2 / (1.0 + _exp(r * (v0 - a1J * y0)))
-    s03 = nu2 / (1.0 + _exp(r * (v0 - a3J * y0)))
+    e3 = _exp(r * (v0 - a3J * y0))
+    if quad:  # a_1 = 4 a_3 (JansenRit's defaults): exp(r (v0 - a1J y0)) = e3^4 exp(-3 r v0)
+        e1 = e3 * e3
+        e1 = e1 * e1 * k3
+    else:
+        e1 = _exp(r * (v0 - a1J * y0))
+    s01 = nu2 / (1.0 + e1)
+    s03 = nu2 / (1.0 + e3)
     return (y3, y4, y5,
             A * a * s12 - 2.0 * a * y3 - a * a * y0,
             A * a * (mu + a2J * s01 + c) - 2.0 * a * y4 - a * a * y1,
@@ -151,6 +160,8 @@ def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l,
     cr = p[P_C_R]
     ca = p[P_C_A]
     noise = p[P_NOISE]
+    quad = p[P_A1] == 4.0 * p[P_A3]  # one exponential serves both y0 sigmoids
+    k3 = math.exp(-3.0 * r * v0)
     cblk = np.empty((n_nodes, block, n_batch))
     # flat views: the (step, variant) values of one edge are one contiguous run
     cflat = cblk.reshape(n_nodes * block * n_batch)
@@ -200,11 +211,11 @@ def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l,
                     x5 = y[5, k, bb]
                     Ak = A[k, bb]
                     f0, f1, f2, f3, f4, f5 = _dfun(x0, x1, x2, x3, x4, x5, Ak, ck, a, b_rate,
-                                                   nu2, r, v0, a1J, a2J, a3J, a4J, mu, Bb)
+                                                   nu2, r, v0, a1J, a2J, a3J, a4J, mu, Bb, quad, k3)
                     g0, g1, g2, g3, g4, g5 = _dfun(
                         x0 + dt * f0, x1 + dt * f1, x2 + dt * f2, x3 + dt * f3,
                         x4 + dt * f4 + eta, x5 + dt * f5, Ak, ck, a, b_rate, nu2, r, v0,
-                        a1J, a2J, a3J, a4J, mu, Bb)
+                        a1J, a2J, a3J, a4J, mu, Bb, quad, k3)
                     x0 = x0 + (f0 + g0) * dt / 2.0
                     x1 = x1 + (f1 + g1) * dt / 2.0
                     x2 = x2 + (f2 + g2) * dt / 2.0

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .nmm import _CHUNK_STEPS, TVB_STATE_RANGES, JansenRitParams, _params_from_vector, jansen_rit_dfun
+from .nmm import TVB_STATE_RANGES, JansenRitParams, _params_from_vector, jansen_rit_dfun
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,14 @@ __all__ = [
     "BatchIntegrator",
     "NetworkStructure",
     "draw_initial_history",
+    "draw_noise",
     "network_structure",
     "simulate_batch",
 ]
+
+#: Steps of noise drawn (and integrated) at a time: small enough to stay in cache-friendly,
+#: reused buffers (B x 500 x n_nodes doubles).
+NOISE_BLOCK = 500
 
 #: Backends of :class:`BatchIntegrator`.
 BACKENDS = ("numba", "numpy", "torch")
@@ -124,6 +129,21 @@ def network_structure(weights: np.ndarray, tract_lengths: np.ndarray, params: Ja
         horizon=int(np.rint(tract_lengths / params.speed / dt_ms).max()) + 1,
         n_nodes=n,
     )
+
+
+def draw_noise(rngs: Sequence[np.random.Generator], n_steps: int, n_nodes: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Standard normal draws of each variant, shape (B, n_steps, n_nodes).
+
+    Variant ``b`` gets ``rngs[b].standard_normal((n_steps, n_nodes))`` (the same numbers;
+    consecutive calls continue each stream exactly as one larger draw would), drawn in
+    place into ``out`` when given (reusing it spares fresh pages on every call).
+    """
+    shape = (len(rngs), n_steps, n_nodes)
+    z = out if out is not None and out.shape == shape else np.empty(shape)
+    for b, rng in enumerate(rngs):
+        rng.standard_normal(out=z[b])
+    return z
 
 
 def draw_initial_history(rng: np.random.Generator, horizon: int, n_nodes: int) -> np.ndarray:
@@ -316,14 +336,7 @@ class BatchIntegrator:
                  history: np.ndarray, dt_ms: float = 0.5, backend: str = "numba",
                  device: str | None = None, torch_dtype: str = "float64",
                  block: int = 16) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"Invalid value for 'backend': expected one of "
-                             f"{', '.join(repr(b) for b in BACKENDS)}, got {backend!r}.")
-        self.structure = structure
-        self.params = params
-        self.dt_ms = float(dt_ms)
-        self.backend = backend
-        self.pvec = params.scalar_vector(dt_ms)
+        self._setup(structure, params, dt_ms, backend, device, torch_dtype, block)
         n, h = structure.n_nodes, structure.horizon
         A = np.asarray(A, dtype=np.float64)
         history = np.asarray(history, dtype=np.float64)
@@ -339,8 +352,29 @@ class BatchIntegrator:
             s = p.coupling_cmin + (p.coupling_cmax - p.coupling_cmin) / (
                 1.0 + np.exp(p.coupling_r * (p.coupling_midpoint - diff)))
         ring = np.ascontiguousarray(s.transpose(2, 1, 0))  # (n, h, B)
+        self._set_arrays(y, ring, np.ascontiguousarray(A.T))
+
+    @classmethod
+    def from_state(cls, structure: NetworkStructure, params: JansenRitParams, state: dict,
+                   dt_ms: float = 0.5, backend: str = "numba", device: str | None = None,
+                   torch_dtype: str = "float64", block: int = 16) -> "BatchIntegrator":
+        """An integrator continuing ``state`` (from :meth:`get_state`, any backend)."""
+        self = cls.__new__(cls)
+        self._setup(structure, params, dt_ms, backend, device, torch_dtype, block)
+        self.set_state(state)
+        return self
+
+    def _setup(self, structure, params, dt_ms, backend, device, torch_dtype, block) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"Invalid value for 'backend': expected one of "
+                             f"{', '.join(repr(b) for b in BACKENDS)}, got {backend!r}.")
         if block < 1:
             raise ValueError(f"Invalid value for 'block': expected an integer >= 1, got {block!r}.")
+        self.structure = structure
+        self.params = params
+        self.dt_ms = float(dt_ms)
+        self.backend = backend
+        self.pvec = params.scalar_vector(dt_ms)
         self.block = int(block) if backend == "numba" else 0
         if backend == "numba":  # edges split by delay for the blocked coupling
             long = structure.delays >= self.block - 1
@@ -348,7 +382,6 @@ class BatchIntegrator:
         self.step = 0
         self._device = device
         self._torch_dtype = torch_dtype
-        self._set_arrays(y, ring, np.ascontiguousarray(A.T))
 
     # ----------------------------------------------------------------- state I/O
     def _set_arrays(self, y: np.ndarray, ring: np.ndarray, A_nb: np.ndarray) -> None:
@@ -377,6 +410,14 @@ class BatchIntegrator:
             "delays": torch.as_tensor(st.delays, dtype=torch.int64, device=dev),
             "horizon": h,
         }
+
+    def _noise_buffer(self, shape) -> np.ndarray:
+        """A reused (n_steps, n_nodes, B) array (no fresh pages every chunk)."""
+        want = (shape[1], shape[2], shape[0])
+        buf = getattr(self, "_zt", None)
+        if buf is None or buf.shape != want:
+            buf = self._zt = np.empty(want)
+        return buf
 
     @property
     def n_batch(self) -> int:
@@ -460,7 +501,8 @@ class BatchIntegrator:
             if self.backend == "numba":
                 from ._batched_numba import integrate_batch_numba
 
-                zt = np.ascontiguousarray(z.transpose(1, 2, 0))  # batch innermost
+                zt = self._noise_buffer(z.shape)
+                np.copyto(zt, z.transpose(1, 2, 0))  # batch innermost
                 integrate_batch_numba(self._y, self._sbuf, step0, zt, self._A, self.pvec,
                                       *self._edges, out, record_every, self.block)
             else:
@@ -560,11 +602,13 @@ def simulate_batch(
     integ = BatchIntegrator(structure, excited_A(n, excited_nodes, params), params, history,
                             dt_ms, backend, device=device, torch_dtype=torch_dtype,
                             block=block)
-    pieces = []
-    for step0 in range(0, n_steps, _CHUNK_STEPS):
-        m = min(_CHUNK_STEPS, n_steps - step0)
-        z = np.stack([r.standard_normal((m, n)) for r in rngs])
-        pieces.append(integ.advance(z, record_every=record_every, out_dtype=dtype))
+    pieces, buf = [], None
+    # noise in short blocks into one reused buffer; the streams are those of
+    # simulate_network's 4000-step draws (sequential fills)
+    for step0 in range(0, n_steps, NOISE_BLOCK):
+        m = min(NOISE_BLOCK, n_steps - step0)
+        buf = draw_noise(rngs, m, n, out=buf)
+        pieces.append(integ.advance(buf, record_every=record_every, out_dtype=dtype))
     out = np.concatenate(pieces, axis=1)
     if not np.isfinite(out[:, -1]).all():
         logger.warning("simulation diverged (non-finite output); check dt_ms=%s and params", dt_ms)

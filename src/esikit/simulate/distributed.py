@@ -71,6 +71,8 @@ class HarvestConfig:
     target_snr_db : float
         Spike rescaling (DeepSIF: 15 dB).
     dt_ms : float
+    anatomy_id : str
+        Name and content hash of the anatomy (connectome, node map, leadfield).
     """
 
     clips_per_region: int
@@ -82,6 +84,7 @@ class HarvestConfig:
     params: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(JansenRitParams()))
     target_snr_db: float = 15.0
     dt_ms: float = 0.5
+    anatomy_id: str = ""
 
     @property
     def share(self) -> int:
@@ -98,6 +101,15 @@ class HarvestConfig:
         d["regions"] = list(self.regions)
         d["settings"] = list(self.settings)
         return json.loads(json.dumps(d))
+
+
+def _anatomy_id(anat: Anatomy) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for arr in (anat.weights, anat.tract_lengths, anat.node_of_region, anat.fwd):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return f"{anat.name}:{h.hexdigest()[:16]}"
 
 
 def _make_client(scheduler: str | None, n_workers: int | None, processes: bool):
@@ -270,7 +282,7 @@ def harvest_clips(
                         settings=settings, seed=int(seed), chunk_s=float(chunk_s),
                         max_simulated_s=float(max_simulated_s),
                         params=dataclasses.asdict(params or JansenRitParams()),
-                        target_snr_db=float(target_snr_db))
+                        target_snr_db=float(target_snr_db), anatomy_id=_anatomy_id(anat))
     work = out_dir / _WORK
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.json"
@@ -282,7 +294,7 @@ def harvest_clips(
                              f"configuration ({previous}); use another folder or remove it")
         logger.info("%s: resuming a harvest", out_dir)
     anatomy_path = work / "anatomy.npz"
-    if not anatomy_path.exists():
+    if not anatomy_path.exists() or not cfg_path.exists():
         anat.save(anatomy_path)
     _atomic_json(cfg_path, wanted)
 

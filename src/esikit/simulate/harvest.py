@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .batched import BatchIntegrator, draw_initial_history, excited_A, network_structure
+from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
 from .nmm import JansenRitParams
 from .spikes import CLIP_LENGTH, _save_mat, rescale_spike_channel, spike_alpha
 
@@ -70,7 +70,7 @@ DECIDE_AFTER = 1000
 CONTEXT_BEFORE = 500
 _DISCARD = 250      # downsampled samples of transient dropped (1000 raw samples)
 _DOWNSAMPLE = 4     # 2000 Hz -> 500 Hz
-_NOISE_BLOCK = 4000  # steps of noise drawn at once (bounded memory)
+_NOISE_BLOCK = 500  # steps of noise drawn at once, into one reused buffer
 
 
 def variant_seed(seed: int, region: int, setting: int, chunk: int) -> list[int]:
@@ -323,21 +323,19 @@ def run_chunk_task(spec: dict) -> dict:
         with open(cdir / f"chunk_{chunk - 1:06d}.pkl", "rb") as f:
             ck = pickle.load(f)
         regions, streams, found = ck["regions"], ck["streams"], ck["found"]
-        integ = BatchIntegrator(structure, excited_A(n_nodes, [None] * len(regions), params), params,
-                                np.zeros((len(regions), structure.horizon, 6, n_nodes)), dt_ms,
-                                spec["backend"], block=int(spec.get("block", 16)))
-        integ.set_state(ck["state"])
+        integ = BatchIntegrator.from_state(structure, params, ck["state"], dt_ms, spec["backend"],
+                                           block=int(spec.get("block", 16)))
     if integ.step != chunk * steps:
         raise RuntimeError(f"{cdir}: checkpoint at step {integ.step}, expected {chunk * steps} "
                            f"for chunk {chunk}")
 
     # integrate the chunk, noise drawn per variant from its own stream
     rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
-    pieces = []
+    pieces, buf = [], None
     for s0 in range(0, steps, _NOISE_BLOCK):
         m = min(_NOISE_BLOCK, steps - s0)
-        z = np.stack([g.standard_normal((m, n_nodes)) for g in rngs])
-        pieces.append(integ.advance(z, record_every=_DOWNSAMPLE, out_dtype=np.float32))
+        buf = draw_noise(rngs, m, n_nodes, out=buf)
+        pieces.append(integ.advance(buf, record_every=_DOWNSAMPLE, out_dtype=np.float32))
     rec = np.concatenate(pieces, axis=1)  # (B, steps / 4, n_nodes)
     first = chunk * steps // _DOWNSAMPLE  # downsampled index of rec[:, 0]
     skip = max(0, _DISCARD - first)

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .anatomy import Anatomy, load_anatomy
-from .batched import BatchIntegrator, draw_initial_history, excited_A, network_structure
+from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
 from .harvest import _DISCARD, _DOWNSAMPLE, ClipStream, scale_clip, variant_seed
 from .nmm import JansenRitParams
 from .spikes import _save_mat
@@ -102,11 +102,11 @@ def plan_harvest(
             integ = BatchIntegrator(st, excited_A(st.n_nodes, [int(anat.node_of_region[r]) for r in regs], p),
                                     p, hist, backend=backend)
             rngs = [np.random.default_rng(variant_seed(seed, r, s, 0)) for r in regs]
-            pieces = []
-            for s0 in range(0, steps, 4000):
-                m = min(4000, steps - s0)
-                pieces.append(integ.advance(np.stack([g.standard_normal((m, st.n_nodes)) for g in rngs]),
-                                            record_every=_DOWNSAMPLE))
+            pieces, buf = [], None
+            for s0 in range(0, steps, 500):
+                m = min(500, steps - s0)
+                buf = draw_noise(rngs, m, st.n_nodes, out=buf)
+                pieces.append(integ.advance(buf, record_every=_DOWNSAMPLE))
             wall += time.perf_counter() - t0
             rec = np.concatenate(pieces, axis=1)[:, _DISCARD:]
             for b, r in enumerate(regs):

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip-regions", type=int, default=48, help="regions that have clips")
     ap.add_argument("--clips-per-region", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--train-samples", type=int, default=200, help="samples of the training-wait epoch (0: skip)")
+    ap.add_argument("--train-samples", type=int, default=64, help="samples of the training-wait epoch (0: skip)")
     ap.add_argument("--quick", action="store_true", help="short measurements (1 s), no training run")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)

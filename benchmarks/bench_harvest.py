@@ -154,9 +154,14 @@ def harvest_run(anat, regions, settings, k, cap, n_workers, batch_size, chunk_s=
 
         from distributed import LocalCluster
 
+        from distributed import Client
+
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=None,
                                silence_logs=logging.ERROR)
         kw = {"scheduler": cluster.scheduler_address}
+        probe = Client(cluster)  # CPU time the workers get: the machine may be shared
+        cpu0 = probe.run(time.process_time)
+    worker_cpu = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -164,13 +169,19 @@ def harvest_run(anat, regions, settings, k, cap, n_workers, batch_size, chunk_s=
                                 chunk_s=chunk_s, max_simulated_s=cap, batch_size=batch_size,
                                 progress=False, **kw)
             wall = time.perf_counter() - t0
+        if cluster is not None:
+            cpu1 = probe.run(time.process_time)
+            worker_cpu = sum(cpu1[w] - cpu0[w] for w in cpu1)
     finally:
         if cluster is not None:
+            probe.close()
             cluster.close()
     return {"wall_s": wall, "n_clips": rep["n_clips"], "simulated_s": rep["simulated_s"],
             "bytes_on_disk": rep["bytes_on_disk"], "workers": n_workers,
             "clips_per_core_hour": rep["n_clips"] / (wall * n_workers / 3600.0),
-            "network_s_per_core_s": rep["simulated_s"] / (wall * n_workers)}
+            "network_s_per_core_s": rep["simulated_s"] / (wall * n_workers),
+            "worker_cpu_s": worker_cpu,
+            "cores_obtained": None if worker_cpu is None else worker_cpu / wall}
 
 
 def gpu_run(w, lengths, duration_s: float) -> dict | None:
@@ -266,17 +277,22 @@ def main(argv=None) -> int:
                                             len(regs))
     # Dask scaling: a fixed workload (K never reached: every variant runs to the cap), timed
     # on started workers (the cluster's start-up is not part of the scaling)
-    scaling = {1: [], 2: []}
+    scaling: dict = {1: [], 2: []}
+    cores: dict = {1: [], 2: []}
     repeats = 2
     for _ in range(repeats):  # interleaved, best of: the other users of the machine vary
         for n in (1, 2):
             r = harvest_run(anat, list(range(16)), (0, 1), 1000, 40.0 if full else 16.0, n, 4,
                             warm_cluster=True)
             scaling[n].append(r["wall_s"])
+            cores[n].append(r["cores_obtained"])
             print(f"[dask] {n} worker(s), started: {r['wall_s']:.1f} s wall for "
-                  f"{r['simulated_s']:.0f} network-seconds", flush=True)
+                  f"{r['simulated_s']:.0f} network-seconds; the workers got "
+                  f"{r['cores_obtained']:.2f} cores on average", flush=True)
     results["dask_scaling"] = {"wall_1": min(scaling[1]), "wall_2": min(scaling[2]),
-                               "speedup": min(scaling[1]) / min(scaling[2]), "repeats": repeats}
+                               "speedup": min(scaling[1]) / min(scaling[2]), "repeats": repeats,
+                               "cores_1": cores[1][int(np.argmin(scaling[1]))],
+                               "cores_2": cores[2][int(np.argmin(scaling[2]))]}
     gpu = gpu_run(nets[-1][1], nets[-1][2], 2.0 if full else 0.5)
     results["gpu"] = gpu
     if gpu is None:
@@ -315,7 +331,8 @@ def table(res: dict) -> list[str]:
                          f"per core-hour | {h['n_clips']} clips, {h['bytes_on_disk'] / 1e6:.1f} MB |")
     d = res["dask_scaling"]
     lines.append(f"| 76 | Dask 1 -> 2 workers (best of {d['repeats']}) | | {d['wall_1']:.1f} s -> "
-                 f"{d['wall_2']:.1f} s | speed-up {d['speedup']:.2f} | |")
+                 f"{d['wall_2']:.1f} s | speed-up {d['speedup']:.2f} | workers got {d['cores_1']:.2f} "
+                 f"-> {d['cores_2']:.2f} cores |")
     g = res.get("gpu")
     if g:
         lines.append(f"| 998 | torch GPU ({g['device']}), B={g['batch']} | | {g['network_s_per_s']:.1f} | "

@@ -135,3 +135,23 @@ def test_plan_extrapolates(tmp_path):
     assert plan["raw_bytes_if_kept"] == pytest.approx(plan["expected_simulated_s"] * 2000 * 76 * 4)
     assert plan["bytes_per_clip"] > 1000
     assert any("wall time on 2 cores" in line for line in format_plan(plan))
+
+
+def test_cli_clips_per_region_makes_dataset(tmp_path, capsys):
+    from esikit.simulate._cli import main
+
+    out = tmp_path / "ds"
+    rc = main(["simulate", str(out), "--regions", "3,48", "--settings", "0", "--clips-per-region", "1",
+               "--max-simulated-s", "8", "--chunk-s", "2", "--workers", "1", "--n-train", "20",
+               "--n-test", "5", "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["config"]["harvest"] == {"clips_per_region": 1, "max_simulated_s": 8.0, "chunk_s": 2.0}
+    assert (out / "source" / "train_sample_source1.mat").exists()
+    assert (out / "clips_per_region.png").exists() and (out / "harvest_report.json").exists()
+    assert "regions below 1 clips" in text and "MB of clips" in text
+    # the same command again reuses the finished dataset
+    assert main(["simulate", str(out), "--regions", "3,48", "--settings", "0", "--clips-per-region", "1",
+                 "--max-simulated-s", "8", "--chunk-s", "2", "--workers", "1", "--n-train", "20",
+                 "--n-test", "5", "--no-progress"]) == 0

@@ -94,7 +94,7 @@ def add_parsers(subparsers) -> None:
                    help="cap of simulated seconds per (region, setting)")
     g.add_argument("--chunk-s", type=float, default=5.0,
                    help="simulated seconds per task and variant")
-    g.add_argument("--batch-size", type=int, default=8,
+    g.add_argument("--batch-size", type=int, default=16,
                    help="regions integrated together in one task")
     g.add_argument("--backend", choices=("numba", "numpy", "torch"), default="numba",
                    help="integrator (torch uses a GPU when present)")

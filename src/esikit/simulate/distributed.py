@@ -193,7 +193,7 @@ def harvest_clips(
     params: JansenRitParams | None = None,
     chunk_s: float = 5.0,
     max_simulated_s: float = 200.0,
-    batch_size: int = 8,
+    batch_size: int = 16,
     backend: str = "numba",
     block: int = 16,
     scheduler: str | None = None,

@@ -38,7 +38,7 @@ def plan_harvest(
     max_simulated_s: float = 200.0,
     pilot_regions: int = 4,
     pilot_s: float = 10.0,
-    batch_size: int = 8,
+    batch_size: int = 16,
     n_cores: int | None = None,
     seed: int = 0,
     params: JansenRitParams | None = None,

@@ -21,6 +21,14 @@ Layout of ``out_dir`` (the ``nmm_spikes`` folder)::
 
 Rerunning after a crash, a killed worker or an interrupted client finishes only what is
 missing; the output is the same as that of an uninterrupted run.
+
+On a cluster: install esikit (same version) in every worker's environment, start
+``dask scheduler`` on one machine and ``dask worker tcp://HOST:8786 --nthreads 1
+--nworkers N`` on each machine (one single-threaded worker per core: the kernels are
+serial), put the dataset folder on a filesystem mounted at the same path everywhere, then
+``esikit simulate OUT --clips-per-region K --scheduler tcp://HOST:8786``. Each task
+moves a few MB (a checkpoint per chain of ``batch_size`` variants: about 2 MB per variant
+on the 998-node network) through that filesystem.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ On a cluster: install esikit (same version) in every worker's environment, start
 --nworkers N`` on each machine (one single-threaded worker per core: the kernels are
 serial), put the dataset folder on a filesystem mounted at the same path everywhere, then
 ``esikit simulate OUT --clips-per-region K --scheduler tcp://HOST:8786``. Each task
-moves a few MB (a checkpoint per chain of ``batch_size`` variants: about 2 MB per variant
+moves a few MB (a checkpoint per chain of ``batch_size`` variants: about 5 MB per variant
 on the 998-node network) through that filesystem.
 """
 

@@ -77,8 +77,8 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
     mark = np.full(n_reg, -1, dtype=np.int64)
     labels = np.empty(n_src * n_pos, dtype=np.int64)
     vals = np.empty((n_src * n_pos, n_times), dtype=np.float32)
-    dmat = np.empty((n_pos, n_times), dtype=np.float32)
-    gmat = np.empty((n_pos, n_ch), dtype=np.float32)
+    dmat = np.empty((n_src * n_pos, n_times), dtype=np.float32)
+    gmat = np.empty((n_src * n_pos, n_ch), dtype=np.float32)
     gains = np.zeros(n_src, dtype=np.float64)
     row_choice = np.empty(n_src, dtype=np.int64)
     row_noise = np.empty((n_times, n_ch), dtype=np.float32)
@@ -97,7 +97,8 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
         e = eeg_out[b]
         e[:, :] = 0.0
         n_lab = 0
-        # -- EEG: projections plus a patch-only correction per source ----------------------
+        k = 0
+        # -- EEG: projections plus a patch-only correction (one product for all sources) ----
         for s in range(n_src):
             cid = clip_ids[b, s]
             gains[s] = 0.0
@@ -116,7 +117,6 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
                 r = regions[b, s, j]
                 if r >= 0:
                     wpos[s, r] = j
-            k = 0
             for j in range(n_pos):
                 r = regions[b, s, j]
                 if r < 0 or wpos[s, r] != j:
@@ -132,8 +132,8 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
                     mark[r] = n_lab
                     labels[n_lab] = r
                     n_lab += 1
-            if k > 0:
-                e += np.dot(dmat[:k].T, gmat[:k])
+        if k > 0:
+            e += np.dot(dmat[:k].T, gmat[:k])
         # -- target at the labelled regions: the sum over sources of X_s there -------------
         for l in range(n_lab):
             vals[l, :] = 0.0

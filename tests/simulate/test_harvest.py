@@ -155,3 +155,40 @@ def test_cli_clips_per_region_makes_dataset(tmp_path, capsys):
     assert main(["simulate", str(out), "--regions", "3,48", "--settings", "0", "--clips-per-region", "1",
                  "--max-simulated-s", "8", "--chunk-s", "2", "--workers", "1", "--n-train", "20",
                  "--n-test", "5", "--no-progress"]) == 0
+
+
+def test_harvested_clips_are_those_of_the_whole_recording(tmp_path):
+    """Rebuild one variant's recording from its seeds: the clips are DeepSIF's clips of it."""
+    from esikit.io import load_mat_file
+    from esikit.simulate.batched import (
+        BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure)
+    from esikit.simulate.harvest import variant_seed
+    from esikit.simulate.nmm import JansenRitParams
+
+    anat = load_default_anatomy()
+    region, setting, seed = 48, 2, 5
+    rep = harvest_clips(anat, tmp_path / "nmm_spikes", 1000, regions=[region], settings=(setting,),
+                        seed=seed, chunk_s=2.0, max_simulated_s=12.0, n_workers=1,
+                        processes=False, progress=False)
+    assert rep["capped_variants"] == [[region, setting]]
+    p = JansenRitParams().with_setting(setting)
+    st = network_structure(anat.weights, anat.tract_lengths, p)
+    hist = draw_initial_history(np.random.default_rng(variant_seed(seed, region, setting, -1)),
+                                st.horizon, st.n_nodes)[None]
+    integ = BatchIntegrator(st, excited_A(st.n_nodes, [anat.node_of_region[region]], p), p, hist)
+    rec = []
+    for chunk in range(6):
+        rng = [np.random.default_rng(variant_seed(seed, region, setting, chunk))]
+        for _ in range(8):
+            rec.append(integ.advance(draw_noise(rng, 500, st.n_nodes), record_every=4)[0])
+    nmm = np.concatenate(rec)[250:][:, anat.node_of_region]
+    times, regions = find_spike_times(nmm)
+    _, starts = select_clips(times, regions, region, len(nmm))
+    files = sorted((tmp_path / "nmm_spikes" / f"a{region}").glob("nmm_*.mat"), key=lambda f: int(f.stem[4:]))
+    assert len(files) == len(starts) >= 1
+    others = np.arange(76) != region
+    for f, s0 in zip(files, starts):
+        clip = np.asarray(load_mat_file(f)["data"])
+        # other regions untouched; the excited region rescaled around its spike only
+        np.testing.assert_array_equal(clip[:, others], nmm[s0:s0 + 500, others])
+        assert np.corrcoef(clip[:, region], nmm[s0:s0 + 500, region])[0, 1] > 0.5

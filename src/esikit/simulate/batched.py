@@ -241,7 +241,9 @@ def _integrate_batch_torch(state: dict, step0: int, n_steps: int, z, p: np.ndarr
         Tensors on one device: ``y`` (6, n_nodes, B), ``ring`` (horizon * n_nodes, B)
         (row ``slot * n_nodes + k`` holds node ``k``'s coupling sigmoid of the step in
         ``slot``), ``A`` (n_nodes, B), ``src`` (n_edges,), ``tgt`` (n_edges,), ``w``
-        (n_edges, 1), ``delays`` (n_edges,), and the int ``horizon``. Updated in place.
+        (n_edges, 1), ``delays`` (n_edges,), ``idx`` (horizon, n_edges) (the ring row
+        each edge reads when the previous step is in a slot), and the int ``horizon``.
+        Updated in place.
     step0 : int
         Absolute index of the current step.
     n_steps : int
@@ -262,7 +264,7 @@ def _integrate_batch_torch(state: dict, step0: int, n_steps: int, z, p: np.ndarr
     from . import _nmm_numba as K
 
     y, ring, A = state["y"], state["ring"], state["A"]
-    src, tgt, w, delays, horizon = state["src"], state["tgt"], state["w"], state["delays"], state["horizon"]
+    tgt, w, horizon = state["tgt"], state["w"], state["horizon"]
     n_nodes, n_batch = y.shape[1], y.shape[2]
     prm = vars(_params_from_vector(p))
     dt, noise_amp = float(p[K.P_DT]), float(p[K.P_NOISE])
@@ -271,9 +273,8 @@ def _integrate_batch_torch(state: dict, step0: int, n_steps: int, z, p: np.ndarr
     c = torch.empty((n_nodes, n_batch), dtype=y.dtype, device=y.device)
     for s in range(n_steps):
         n = step0 + s + 1
-        idx = torch.remainder((n - 1) - delays, horizon) * n_nodes + src
         c.zero_()
-        c.index_add_(0, tgt, w * ring[idx])
+        c.index_add_(0, tgt, w * ring[state["idx"][(n - 1) % horizon]])
         ck = ca * c
         if z is None:
             eta = noise_amp * torch.randn((n_nodes, n_batch), generator=generator,
@@ -410,6 +411,11 @@ class BatchIntegrator:
             "delays": torch.as_tensor(st.delays, dtype=torch.int64, device=dev),
             "horizon": h,
         }
+        # ring row of every edge's delayed source for each slot of the previous step
+        # (horizon x n_edges indices, a few tens of MB): no index arithmetic per step
+        prev = np.arange(h)[:, None]
+        self._t["idx"] = torch.as_tensor((prev - st.delays[None, :]) % h * n + st.sources[None, :],
+                                         dtype=torch.int64, device=dev)
 
     def _noise_buffer(self, shape) -> np.ndarray:
         """A reused (n_steps, n_nodes, B) array (no fresh pages every chunk)."""

@@ -56,6 +56,8 @@ KEYS: dict[str, Key] = {
                          choices=("zeros", "error", "drop")),
     "CLIP_RESOLUTION": Key("auto", "how a source finds its clip", (str,),
                            choices=("auto", "random_samples", "formula", "h5")),
+    "TARGET": Key("dense", "how batches carry the source target: 'dense' (B, T, R) or 'compact' (labelled "
+                  "regions and waveforms, expanded on the training device)", (str,), choices=("dense", "compact")),
     "NORMALIZE": Key(True, "normalize EEG and source as DeepSIF does", (bool,)),
     # -- dynamic mode ----------------------------------------------------------------------
     "DYNAMIC_SNR_RANGE": Key((5.0, 20.0), "dynamic mode: sensor SNR range in dB", (tuple, list)),

@@ -158,3 +158,13 @@ def test_torchrun_two_processes_on_cpu(toy, tmp_path, repo_root):
     state = load_checkpoint(tmp_path / "ckpt" / "ddp" / "last.pt")
     assert state["epoch"] == 1
     assert out.stdout.count("epoch 1/1:") == 1  # rank 0 reports alone
+
+
+def test_compact_target_trains_like_the_dense_one(toy, tmp_path):
+    dense = train(_cfg(toy, tmp_path / "d", NUM_EPOCHS=1), show_progress=False)["state"].history
+    cfg = _cfg(toy, tmp_path / "c", NUM_EPOCHS=1, TARGET="compact")
+    regions, values = next(iter(build_loaders(cfg)[0]))[1]  # the loader really sends the compact form
+    assert regions.ndim == 2 and values.ndim == 3
+    compact = train(cfg, show_progress=False)["state"].history
+    assert compact["train_loss"] == pytest.approx(dense["train_loss"], rel=1e-5)
+    assert compact["val_loss"] == pytest.approx(dense["val_loss"], rel=1e-5)

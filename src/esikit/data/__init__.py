@@ -10,6 +10,10 @@ from .clips import (
     resolve_clip_ids,
 )
 from .dataset import SpikeEEGMetadataDataset, find_clip_location, resolve_forward
+from .dynamic import DynamicSpikeEEGDataset
+from .fast import FastSynthesizer, collate_synthesized, expand_compact_target
+from .gpu import TorchSynthesizer
+from .packed import PackedClipCache
 from .loaders import EpochShuffleSampler, create_dataloaders_from_metadata, set_loader_epoch, split_indices
 from .metadata import DEEPSIF_PADDING, MetadataError, SampleMetadata, metadata_from_arrays, read_metadata
 from .synthesis import draw_sample_randomness, synthesize_sample
@@ -17,6 +21,12 @@ from .synthesis import draw_sample_randomness, synthesize_sample
 __all__ = [
     "ClipReadError",
     "DEEPSIF_PADDING",
+    "DynamicSpikeEEGDataset",
+    "FastSynthesizer",
+    "PackedClipCache",
+    "TorchSynthesizer",
+    "collate_synthesized",
+    "expand_compact_target",
     "EpochShuffleSampler",
     "FolderClipStore",
     "H5ClipStore",

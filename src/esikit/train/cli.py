@@ -36,7 +36,8 @@ def build_loaders(cfg: dict[str, Any]):
             cfg["TRAIN_METADATA_PATH"], cfg.get("TEST_METADATA_PATH"), cfg["FWD_MATRIX_PATH"],
             nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
             test_dataset_len=cfg.get("TEST_DATASET_LEN"), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
-            clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"), **common,
+            clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"),
+            target=cfg.get("TARGET", "dense"), **common,
         )
     return dynamic_loaders(cfg, **common)
 

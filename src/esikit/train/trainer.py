@@ -199,6 +199,16 @@ class Trainer:
             return [ds.sample_index(p) for p in positions]
         return positions
 
+    def _target_on_device(self, src: Any) -> torch.Tensor:
+        """The dense target on the device; a compact one ``(regions, values)`` is expanded there."""
+        if isinstance(src, (tuple, list)):
+            from ..data.fast import expand_compact_target
+
+            regions, values = src
+            return expand_compact_target(regions.to(self.device, non_blocking=True),
+                                         values.to(self.device, non_blocking=True), self.data_info["n_regions"])
+        return src.to(self.device, non_blocking=True)
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
@@ -268,7 +278,7 @@ class Trainer:
         for b, (eeg, src) in enumerate(bar):
             wait += time.perf_counter() - t_wait
             eeg = eeg.to(self.device, non_blocking=True)
-            src = src.to(self.device, non_blocking=True)
+            src = self._target_on_device(src)
             with self._autocast():
                 out = self.net(eeg)
             loss = self.loss_fn(out.float(), src)
@@ -301,7 +311,7 @@ class Trainer:
         self.net.eval()
         total, count, batches = 0.0, 0, 0
         for eeg, src in loader:
-            eeg, src = eeg.to(self.device), src.to(self.device)
+            eeg, src = eeg.to(self.device), self._target_on_device(src)
             with self._autocast():
                 out = self.net(eeg)
             total += float(self.loss_fn(out.float(), src))

@@ -32,7 +32,7 @@ class EpochIndexedDataset(Dataset):
     epoch, seeds every draw. The epoch lives in shared memory so that persistent
     DataLoader workers see :meth:`set_epoch`; frozen views (validation, test) keep
     epoch 0. Subclasses define ``synthesize(i, epoch=None) -> (eeg, source)`` and set
-    ``store`` (a clip store) and ``missing_clips``.
+    ``fwd`` (C x R), ``store`` (a clip store) and ``missing_clips``.
     """
 
     missing_clips: str = "zeros"
@@ -45,6 +45,21 @@ class EpochIndexedDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.indices.size)
+
+    @property
+    def n_channels(self) -> int:
+        """C, rows of the forward matrix ``fwd``."""
+        return int(self.fwd.shape[0])  # type: ignore[attr-defined]
+
+    @property
+    def n_regions(self) -> int:
+        """R, columns of the forward matrix ``fwd``."""
+        return int(self.fwd.shape[1])  # type: ignore[attr-defined]
+
+    @property
+    def n_times(self) -> int:
+        """T, time points of every clip."""
+        return int(self.store.n_times)  # type: ignore[attr-defined]
 
     @property
     def epoch(self) -> int:

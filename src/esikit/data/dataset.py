@@ -271,19 +271,6 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
         logger.warning("%s; those sources contribute nothing (missing_clips='zeros')", text)
         return np.arange(n_all, dtype=np.int64)
 
-    # -- sizes ---------------------------------------------------------------------------------
-    @property
-    def n_channels(self) -> int:
-        return int(self.fwd.shape[0])
-
-    @property
-    def n_regions(self) -> int:
-        return int(self.fwd.shape[1])
-
-    @property
-    def n_times(self) -> int:
-        return int(self.store.n_times)
-
     def __repr__(self) -> str:
         meta = self.metadata
         n_missing = int((meta.present & (self.clip_ids < 0)).sum())

@@ -199,18 +199,6 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
 
     # -- sizes -------------------------------------------------------------------------------
     @property
-    def n_channels(self) -> int:
-        return int(self.fwd.shape[0])
-
-    @property
-    def n_regions(self) -> int:
-        return int(self.fwd.shape[1])
-
-    @property
-    def n_times(self) -> int:
-        return int(self.store.n_times)
-
-    @property
     def n_source_slots(self) -> int:
         """S: the most sources a sample can have."""
         return max(self.n_sources_options)

@@ -56,6 +56,11 @@ KEYS: dict[str, Key] = {
                          choices=("zeros", "error", "drop")),
     "CLIP_RESOLUTION": Key("auto", "how a source finds its clip", (str,),
                            choices=("auto", "random_samples", "formula", "h5")),
+    "SYNTHESIS": Key("fast", "'fast': packed clip cache and batched kernel (needs disk for the cache, about the "
+                     "raw float32 size of the clips); 'reference': read clips on demand", (str,),
+                     choices=("fast", "reference")),
+    "CACHE_DIR": Key(None, "where the packed clip cache goes (None: $ESIKIT_CACHE_DIR, else .esikit_cache beside "
+                     "the clips when writable, else ~/.cache/esikit)", _PATH, optional=True),
     "TARGET": Key("dense", "how batches carry the source target: 'dense' (B, T, R) or 'compact' (labelled "
                   "regions and waveforms, expanded on the training device)", (str,), choices=("dense", "compact")),
     "NORMALIZE": Key(True, "normalize EEG and source as DeepSIF does", (bool,)),

@@ -90,6 +90,8 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
             nper=cfg.get("NMM_PER_REGION"),
             normalize=cfg.get("NORMALIZE", True),
             verify_clips=verify_clips,
+            synthesis=cfg.get("SYNTHESIS", "fast"),
+            cache_dir=cfg.get("CACHE_DIR"),
         )
         for name, key, len_key in (("train", "TRAIN_METADATA_PATH", "TRAIN_DATASET_LEN"),
                                    ("test", "TEST_METADATA_PATH", "TEST_DATASET_LEN")):
@@ -143,6 +145,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
                 num_workers=0, nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
                 seed=cfg.get("SEED", 0), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
                 clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"),
+                synthesis=cfg.get("SYNTHESIS", "fast"), cache_dir=cfg.get("CACHE_DIR"),
             )
             eeg, src = next(iter(train))
             report.ok(f"one training batch: eeg {tuple(eeg.shape)}, source {tuple(src.shape)} in "

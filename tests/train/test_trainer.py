@@ -168,3 +168,11 @@ def test_compact_target_trains_like_the_dense_one(toy, tmp_path):
     compact = train(cfg, show_progress=False)["state"].history
     assert compact["train_loss"] == pytest.approx(dense["train_loss"], rel=1e-5)
     assert compact["val_loss"] == pytest.approx(dense["val_loss"], rel=1e-5)
+
+
+def test_reference_synthesis_trains_like_the_fast_one(toy, tmp_path):
+    fast = train(_cfg(toy, tmp_path / "f", NUM_EPOCHS=1), show_progress=False)["state"].history
+    cfg = _cfg(toy, tmp_path / "r", NUM_EPOCHS=1, SYNTHESIS="reference")
+    assert build_loaders(cfg)[3]["train_dataset"]._fast is None
+    ref = train(cfg, show_progress=False)["state"].history
+    assert ref["train_loss"] == pytest.approx(fast["train_loss"], rel=1e-4)

@@ -37,7 +37,8 @@ def build_loaders(cfg: dict[str, Any]):
             nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
             test_dataset_len=cfg.get("TEST_DATASET_LEN"), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
             clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"),
-            target=cfg.get("TARGET", "dense"), **common,
+            target=cfg.get("TARGET", "dense"), synthesis=cfg.get("SYNTHESIS", "fast"),
+            cache_dir=cfg.get("CACHE_DIR"), **common,
         )
     return dynamic_loaders(cfg, **common)
 
@@ -216,7 +217,8 @@ def evaluate_main(args) -> int:
     ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
                                  dataset_len=cfg.get("TEST_DATASET_LEN") if not args.test_metadata else None,
                                  seed=cfg.get("SEED", 0), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
-                                 normalize=cfg.get("NORMALIZE", True))
+                                 normalize=cfg.get("NORMALIZE", True), synthesis=cfg.get("SYNTHESIS", "fast"),
+                                 cache_dir=cfg.get("CACHE_DIR"))
     ds = ds.subset(np.arange(len(ds)), freeze_epoch=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")

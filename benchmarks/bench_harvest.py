@@ -64,30 +64,14 @@ def _rates(fn, network_s: float) -> dict:
 
 def tvb_rate(weights, lengths, duration_s: float) -> dict | None:
     """TVB with DeepSIF's settings (None without tvb-library); configure() is not timed."""
-    try:
-        from tvb.datatypes import connectivity
-        from tvb.simulator import coupling, integrators, models, monitors, noise, simulator
-    except ImportError:
-        return None
     import warnings
 
-    p = JansenRitParams()
-    n = weights.shape[0]
-    conn = connectivity.Connectivity(weights=weights, tract_lengths=lengths, centres=np.zeros((n, 3)),
-                                     region_labels=np.array([f"r{i}" for i in range(n)]),
-                                     speed=np.array([p.speed]))
-    conn.configure()
-    A = np.full(n, p.A)
-    A[0] = p.A_excited
-    model = models.JansenRit(A=A, mu=np.array([p.mu]), v0=np.array([p.v0]),
-                             p_max=np.array([p.p_max]), p_min=np.array([p.p_min]))
-    sigma = np.zeros(6)
-    sigma[4] = p.nsig
-    sim = simulator.Simulator(
-        model=model, connectivity=conn,
-        coupling=coupling.SigmoidalJansenRit(a=np.array([p.coupling_a]), r=np.array([p.coupling_r])),
-        integrator=integrators.HeunStochastic(dt=0.5, noise=noise.Additive(nsig=sigma)),
-        monitors=(monitors.Raw(),)).configure()
+    from esikit.simulate._tvb import build_tvb_simulator
+
+    try:
+        sim = build_tvb_simulator(weights, lengths)
+    except ImportError:
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _rates(lambda: sim.run(simulation_length=duration_s * 1000.0), duration_s)

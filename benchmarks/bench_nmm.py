@@ -49,28 +49,15 @@ def bench_esikit(name, weights, tracts, duration_s, backend) -> float:
 
 def bench_tvb(connectivity_zip: Path, duration_s: float) -> float | None:
     """TVB with DeepSIF's generate_tvb_data.py settings; None when tvb-library is missing."""
+    from esikit.simulate._tvb import build_tvb_simulator
+
+    weights, lengths, _, _ = _load_tvb_connectivity(connectivity_zip)
     try:
-        from tvb.simulator import coupling, integrators, models, monitors, noise, simulator
-        from tvb.datatypes import connectivity
+        sim = build_tvb_simulator(weights, lengths)
     except ImportError:
         print("tvb          (tvb-library not importable: skipped; pip install tvb-library)")
         return None
-    p = JansenRitParams()
-    conn = connectivity.Connectivity.from_file(str(connectivity_zip))
-    conn.speed = np.array([p.speed])
-    conn.configure()
-    n = conn.number_of_regions
-    A = np.full(n, p.A)
-    A[0] = p.A_excited
-    model = models.JansenRit(A=A, mu=np.array([p.mu]), v0=np.array([p.v0]),
-                             p_max=np.array([p.p_max]), p_min=np.array([p.p_min]))
-    sigma = np.zeros(6)
-    sigma[4] = p.nsig
-    sim = simulator.Simulator(
-        model=model, connectivity=conn,
-        coupling=coupling.SigmoidalJansenRit(a=np.array([p.coupling_a]), r=np.array([p.coupling_r])),
-        integrator=integrators.HeunStochastic(dt=0.5, noise=noise.Additive(nsig=sigma)),
-        monitors=(monitors.Raw(),)).configure()
+    n = weights.shape[0]
     wall = _time(lambda: sim.run(simulation_length=duration_s * 1000.0))
     rate = duration_s / wall
     print(f"{'tvb':<12} {'tvb':<6} {n:>5} nodes  {duration_s:6.2f} s simulated in {wall:7.2f} s  "

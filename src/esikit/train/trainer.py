@@ -21,6 +21,13 @@ from ..data import set_loader_epoch
 from ..models import build_model, model_from_config
 from .checkpoint import cleanup_stale_temporaries, load_checkpoint, save_checkpoint
 
+try:
+    from tqdm.auto import tqdm as _tqdm
+
+    tqdm_write = _tqdm.write
+except ImportError:  # pragma: no cover - tqdm is a dependency
+    tqdm_write = print
+
 logger = logging.getLogger(__name__)
 
 
@@ -378,13 +385,14 @@ class Trainer:
                             epoch + 1, stats["train_loss"], val, lr, stats["samples_per_s"],
                             100 * stats["data_wait_fraction"])
             if self.show_progress and self.rank == 0:
-                print(f"epoch {epoch + 1}/{n_epochs}: train loss {stats['train_loss']:.5g}  val loss {val:.5g}  "
+                # Progress output (with the bars), only when the caller asked for it.
+                tqdm_write(f"epoch {epoch + 1}/{n_epochs}: train loss {stats['train_loss']:.5g}  val loss {val:.5g}  "
                       f"{stats['samples_per_s']:.1f} samples/s  data wait {100 * stats['data_wait_fraction']:.1f}%"
                       + ("  (best)" if improved else ""))
             if patience and st.epochs_without_improvement >= int(patience):
                 logger.info("early stopping: no validation improvement for %d epochs", patience)
                 if self.show_progress and self.rank == 0:
-                    print(f"early stopping after epoch {epoch + 1} (best: epoch {st.best_epoch})")
+                    tqdm_write(f"early stopping after epoch {epoch + 1} (best: epoch {st.best_epoch})")
                 break
         if writer is not None:
             writer.flush()

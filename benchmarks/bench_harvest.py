@@ -35,7 +35,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per measurement
 
 import numpy as np  # noqa: E402
 
-from esikit.simulate.anatomy import _load_tvb_connectivity, load_default_anatomy  # noqa: E402
+from _common import benchmark_networks
+from esikit.simulate.anatomy import load_default_anatomy  # noqa: E402
 from esikit.simulate.batched import simulate_batch  # noqa: E402
 from esikit.simulate.nmm import JansenRitParams, simulate_network  # noqa: E402
 
@@ -227,13 +228,7 @@ def main(argv=None) -> int:
     results: dict = {"cores": os.cpu_count(), "full": full}
 
     anat = load_default_anatomy()
-    nets = [("tvb76", anat.weights, anat.tract_lengths)]
-    zip998 = args.deepsif_dir / "connectivity_998.zip"
-    if zip998.exists():
-        w, t, _, _ = _load_tvb_connectivity(zip998)
-        nets.append(("deepsif998", w, t))
-    else:
-        print(f"({zip998} not found: 998-node runs skipped)")
+    nets = benchmark_networks(args.deepsif_dir)
     simulate_batch(anat.weights, anat.tract_lengths, [0, 1], 0.01)  # compile / load numba
     simulate_network(anat.weights, anat.tract_lengths, 0, 0.01)
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from esikit.simulate.anatomy import _load_tvb_connectivity, load_default_anatomy
-from esikit.simulate.nmm import JansenRitParams, simulate_network
+from _common import benchmark_networks
+from esikit.simulate.anatomy import load_default_anatomy
+from esikit.simulate.nmm import simulate_network
 
 DEFAULT_DEEPSIF_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deepsif_anatomy"
 
@@ -47,11 +48,10 @@ def bench_esikit(name, weights, tracts, duration_s, backend) -> float:
     return rate
 
 
-def bench_tvb(connectivity_zip: Path, duration_s: float) -> float | None:
+def bench_tvb(weights: np.ndarray, lengths: np.ndarray, duration_s: float) -> float | None:
     """TVB with DeepSIF's generate_tvb_data.py settings; None when tvb-library is missing."""
     from esikit.simulate._tvb import build_tvb_simulator
 
-    weights, lengths, _, _ = _load_tvb_connectivity(connectivity_zip)
     try:
         sim = build_tvb_simulator(weights, lengths)
     except ImportError:
@@ -78,13 +78,7 @@ def main(argv=None) -> int:
     args, _ = parser.parse_known_args(argv)  # run_all.py may pass options meant for others
 
     anat = load_default_anatomy()
-    nets = [("tvb76", anat.weights, anat.tract_lengths)]
-    zip998 = args.deepsif_dir / "connectivity_998.zip"
-    if zip998.exists():
-        w, t, _, _ = _load_tvb_connectivity(zip998)
-        nets.append(("deepsif998", w, t))
-    else:
-        print(f"({zip998} not found: 998-node runs skipped)")
+    nets = benchmark_networks(args.deepsif_dir)
 
     # warm-up: compile (or load from cache) the numba kernel
     print(f"numba kernel warm-up: {_time(lambda: simulate_network(anat.weights, anat.tract_lengths, 0, 0.01)):.2f} s")
@@ -94,8 +88,9 @@ def main(argv=None) -> int:
         rates[(name, "numpy")] = bench_esikit(name, w, t, args.numpy_duration, "numpy")
     for name, _, _ in nets:
         print(f"{name}: numba is {rates[(name, 'numba')] / rates[(name, 'numpy')]:.1f}x the numpy reference")
-    if zip998.exists():
-        tvb_rate = bench_tvb(zip998, args.tvb_duration)
+    big = {name: (w, t) for name, w, t in nets}.get("deepsif998")
+    if big is not None:
+        tvb_rate = bench_tvb(*big, args.tvb_duration)
         if tvb_rate:
             print(f"deepsif998: numba is {rates[('deepsif998', 'numba')] / tvb_rate:.1f}x TVB")
     return 0

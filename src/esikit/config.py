@@ -240,6 +240,18 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
     return cfg
 
 
+def dataset_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~esikit.data.SpikeEEGMetadataDataset` keyword arguments a configuration sets."""
+    return {
+        "missing_clips": cfg.get("MISSING_CLIPS", "zeros"),
+        "clip_resolution": cfg.get("CLIP_RESOLUTION", "auto"),
+        "nper": cfg.get("NMM_PER_REGION"),
+        "normalize": cfg.get("NORMALIZE", True),
+        "synthesis": cfg.get("SYNTHESIS", "fast"),
+        "cache_dir": cfg.get("CACHE_DIR"),
+    }
+
+
 def get_config(argv: Sequence[str] = (), config_path: str | PathLike | None = None) -> tuple[dict[str, Any], list[str]]:
     """Load, override and validate: what ``train.py`` and the diagnostic do first.
 

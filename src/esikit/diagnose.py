@@ -63,6 +63,7 @@ def _check_paths(cfg: dict[str, Any], report: _Report) -> bool:
 
 def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = False) -> int:
     """Run every check on a validated configuration; return the number of failures."""
+    from .config import dataset_options
     from .data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
 
     report = _Report()
@@ -84,15 +85,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
 
     datasets: dict[str, Any] = {}
     if fwd is not None:
-        kwargs = dict(
-            missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
-            clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"),
-            nper=cfg.get("NMM_PER_REGION"),
-            normalize=cfg.get("NORMALIZE", True),
-            verify_clips=verify_clips,
-            synthesis=cfg.get("SYNTHESIS", "fast"),
-            cache_dir=cfg.get("CACHE_DIR"),
-        )
+        kwargs = dict(dataset_options(cfg), verify_clips=verify_clips)
         for name, key, len_key in (("train", "TRAIN_METADATA_PATH", "TRAIN_DATASET_LEN"),
                                    ("test", "TEST_METADATA_PATH", "TEST_DATASET_LEN")):
             path = cfg.get(key)
@@ -143,9 +136,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
             train, _, _, info = create_dataloaders_from_metadata(
                 cfg["TRAIN_METADATA_PATH"], None, fwd, batch_size=cfg["BATCH_SIZE"], val_split=cfg["VAL_SPLIT"],
                 num_workers=0, nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
-                seed=cfg.get("SEED", 0), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
-                clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"),
-                synthesis=cfg.get("SYNTHESIS", "fast"), cache_dir=cfg.get("CACHE_DIR"),
+                seed=cfg.get("SEED", 0), **dataset_options(cfg),
             )
             eeg, src = next(iter(train))
             report.ok(f"one training batch: eeg {tuple(eeg.shape)}, source {tuple(src.shape)} in "

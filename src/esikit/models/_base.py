@@ -70,6 +70,24 @@ class ESIModel(nn.Module):
         """
         return {"name": self.name, **dict(self._config)}
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Estimate source activity.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, T, C)
+            Normalized EEG.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, T, R)
+        """
+        self._check_input(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def count_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

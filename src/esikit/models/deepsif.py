@@ -80,19 +80,7 @@ class DeepSIFNet(ESIModel):
         self.spatial = MLPSpatialFilter(self.n_channels, int(n_hidden), activation)
         self.temporal = _TemporalLSTM(int(n_hidden), self.n_regions, int(n_lstm_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Estimate source activity.
-
-        Parameters
-        ----------
-        x : torch.Tensor, shape (B, T, C)
-            Normalized EEG.
-
-        Returns
-        -------
-        torch.Tensor, shape (B, T, R)
-        """
-        self._check_input(x)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.temporal(self.spatial(x))
 
     def load_deepsif_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:

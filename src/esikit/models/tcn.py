@@ -111,19 +111,7 @@ class TCNNet(ESIModel):
         k = self._config["kernel_size"]
         return 1 + 2 * (k - 1) * (2 ** self._config["n_blocks"] - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Estimate source activity.
-
-        Parameters
-        ----------
-        x : torch.Tensor, shape (B, T, C)
-            Normalized EEG.
-
-        Returns
-        -------
-        torch.Tensor, shape (B, T, R)
-        """
-        self._check_input(x)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.spatial(x)  # (B, T, H)
         h = self.blocks(h.transpose(1, 2)).transpose(1, 2)  # convolve over time
         return self.head(h)

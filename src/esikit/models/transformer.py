@@ -108,19 +108,7 @@ class TransformerNet(ESIModel):
             self.head.weight.mul_(0.01)
             self.head.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Estimate source activity.
-
-        Parameters
-        ----------
-        x : torch.Tensor, shape (B, T, C)
-            Normalized EEG.
-
-        Returns
-        -------
-        torch.Tensor, shape (B, T, R)
-        """
-        self._check_input(x)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.spatial(x)
         h = h + sinusoidal_positions(x.shape[1], self.d_model, device=x.device).to(h.dtype)
         return self.head(self.norm(self.encoder(h)))

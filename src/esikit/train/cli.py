@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, get_config
+from ..config import ConfigError, dataset_options, get_config
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def build_loaders(cfg: dict[str, Any]):
     rank, world, _ = distributed_context()
     common = dict(
         batch_size=cfg["BATCH_SIZE"], val_split=cfg["VAL_SPLIT"], num_workers=cfg["NUM_WORKERS"],
-        seed=cfg["SEED"], pin_memory=cfg["PIN_MEMORY"], normalize=cfg.get("NORMALIZE", True),
+        seed=cfg["SEED"], pin_memory=cfg["PIN_MEMORY"],
     )
     if world > 1:
         common.update(num_replicas=world, rank=rank)
@@ -35,12 +35,10 @@ def build_loaders(cfg: dict[str, Any]):
         return create_dataloaders_from_metadata(
             cfg["TRAIN_METADATA_PATH"], cfg.get("TEST_METADATA_PATH"), cfg["FWD_MATRIX_PATH"],
             nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
-            test_dataset_len=cfg.get("TEST_DATASET_LEN"), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
-            clip_resolution=cfg.get("CLIP_RESOLUTION", "auto"), nper=cfg.get("NMM_PER_REGION"),
-            target=cfg.get("TARGET", "dense"), synthesis=cfg.get("SYNTHESIS", "fast"),
-            cache_dir=cfg.get("CACHE_DIR"), **common,
+            test_dataset_len=cfg.get("TEST_DATASET_LEN"), target=cfg.get("TARGET", "dense"),
+            **dataset_options(cfg), **common,
         )
-    return dynamic_loaders(cfg, **common)
+    return dynamic_loaders(cfg, normalize=cfg.get("NORMALIZE", True), **common)
 
 
 def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, num_workers: int, seed: int,
@@ -216,9 +214,7 @@ def evaluate_main(args) -> int:
         return 1
     ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
                                  dataset_len=cfg.get("TEST_DATASET_LEN") if not args.test_metadata else None,
-                                 seed=cfg.get("SEED", 0), missing_clips=cfg.get("MISSING_CLIPS", "zeros"),
-                                 normalize=cfg.get("NORMALIZE", True), synthesis=cfg.get("SYNTHESIS", "fast"),
-                                 cache_dir=cfg.get("CACHE_DIR"))
+                                 seed=cfg.get("SEED", 0), **dataset_options(cfg))
     ds = ds.subset(np.arange(len(ds)), freeze_epoch=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esikit.simulate.anatomy import _load_tvb_connectivity, load_default_anatomy
+from esikit.head.anatomy import _load_tvb_connectivity, load_default_anatomy
 
 
 def benchmark_networks(deepsif_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -36,7 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per measurement
 import numpy as np  # noqa: E402
 
 from _common import benchmark_networks
-from esikit.simulate.anatomy import load_default_anatomy  # noqa: E402
+from esikit.head.anatomy import load_default_anatomy  # noqa: E402
 from esikit.simulate.batched import simulate_batch  # noqa: E402
 from esikit.simulate.nmm import JansenRitParams, simulate_network  # noqa: E402
 
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     results["harvest76"] = harvest_run(anat, list(range(0, 76, 76 // 16))[:16], (0, 1, 2), 3,
                                        60.0 if full else 20.0, 1, 8)
     if len(nets) > 1:
-        from esikit.simulate.anatomy import load_deepsif_anatomy
+        from esikit.head.anatomy import load_deepsif_anatomy
 
         a998 = load_deepsif_anatomy(args.deepsif_dir)
         regs = [0, 300, 600, 900][:4 if full else 2]

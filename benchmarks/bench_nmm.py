@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import benchmark_networks
-from esikit.simulate.anatomy import load_default_anatomy
+from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.nmm import simulate_network
 
 DEFAULT_DEEPSIF_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deepsif_anatomy"

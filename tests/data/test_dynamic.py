@@ -11,7 +11,7 @@ import torch
 
 from esikit.data.dynamic import DynamicSpikeEEGDataset
 from esikit.data.synthesis import draw_sample_randomness, synthesize_sample
-from esikit.simulate.patches import is_connected
+from esikit.head.patches import is_connected
 
 N_TIMES = 120
 N_REGIONS = 49
@@ -105,7 +105,7 @@ def test_matches_synthesize_sample(clip_dir, anatomy):
 
 
 def test_scale_reaches_drawn_source_snr(clip_dir, anatomy):
-    from esikit.simulate.snr import sensor_snr_db
+    from esikit.head.snr import sensor_snr_db
 
     ds = make(clip_dir, anatomy, n_sources=1)
     for i in range(4):

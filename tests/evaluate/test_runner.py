@@ -72,7 +72,7 @@ def test_comparison_verdict(own_le, other_le, own_p, other_p, expected):
 
 def test_distances_use_the_folded_cortex(deepsif_anatomy_dir):
     from esikit.evaluate.runner import anatomy_centres
-    from esikit.simulate.anatomy import load_deepsif_anatomy
+    from esikit.head.anatomy import load_deepsif_anatomy
 
     anat = load_deepsif_anatomy(deepsif_anatomy_dir)
     centres = anatomy_centres(anat, 994)

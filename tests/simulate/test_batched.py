@@ -124,7 +124,7 @@ def test_bad_arguments():
 def test_batched_kernels_retrace_tvb():
     """Fed TVB's random stream, the numba and torch batched kernels retrace TVB 2.10."""
     pytest.importorskip("tvb.simulator.simulator", reason="tvb-library is not installed")
-    from esikit.simulate.anatomy import load_default_anatomy
+    from esikit.head.anatomy import load_default_anatomy
     from esikit.simulate.nmm import TVB_STATE_RANGES
 
     from .test_nmm import _tvb_run
@@ -165,7 +165,7 @@ def _stats(v, region):
 def test_statistics_match_tvb():
     """Other seeds than TVB's: same spike rate, peak height, background and spectrum."""
     pytest.importorskip("tvb.simulator.simulator", reason="tvb-library is not installed")
-    from esikit.simulate.anatomy import load_default_anatomy
+    from esikit.head.anatomy import load_default_anatomy
 
     from .test_nmm import _tvb_run
 

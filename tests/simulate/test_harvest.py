@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from esikit.simulate.anatomy import load_default_anatomy
+from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.distributed import harvest_clips
 from esikit.simulate.harvest import ClipStream
 from esikit.simulate.spikes import find_spike_times, select_clips

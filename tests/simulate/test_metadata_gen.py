@@ -20,7 +20,7 @@ from esikit.simulate.metadata import (
     scale_ratios_for_clip,
     write_metadata,
 )
-from esikit.simulate.patches import is_connected
+from esikit.head.patches import is_connected
 
 N_TIMES = 200
 CLIP_REGIONS = [3, 9, 14, 20, 27, 33, 38, 45, 50, 56]
@@ -215,7 +215,7 @@ def test_deepsif_weight_one_alpha(anatomy, clip_dir):
 
 
 def test_scale_ratios_for_clip_matches_find_alpha(anatomy):
-    from esikit.simulate.snr import find_alpha
+    from esikit.head.snr import find_alpha
 
     clip = spike_clip(20, 1, 64)
     patches = [np.array([20, 21, 12]), np.array([20]), np.array([20, 28, 19, 29])]
@@ -327,7 +327,7 @@ def _deepsif_clip_loader(n_regions, n_times=500):
 
 
 def test_deepsif_template(deepsif_anatomy_dir):
-    from esikit.simulate.anatomy import load_deepsif_anatomy
+    from esikit.head.anatomy import load_deepsif_anatomy
 
     anat = load_deepsif_anatomy(deepsif_anatomy_dir)
     regions = np.random.default_rng(0).choice(994, 60, replace=False)
@@ -348,7 +348,7 @@ def test_deepsif_template(deepsif_anatomy_dir):
 @pytest.mark.slow
 def test_full_deepsif_size_benchmark(deepsif_anatomy_dir):
     """DeepSIF's full training design: 993 centres x 48 variations x 4 SNR levels."""
-    from esikit.simulate.anatomy import load_deepsif_anatomy
+    from esikit.head.anatomy import load_deepsif_anatomy
 
     anat = load_deepsif_anatomy(deepsif_anatomy_dir)
     clips = {r: [1, 2] for r in range(994) if r != 7}

@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import brentq
 
 from esikit.simulate import _nmm_numba
-from esikit.simulate.anatomy import load_default_anatomy
+from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.nmm import (
     NOISE_SETTINGS,
     JansenRitParams,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from esikit.io import load_mat_file
-from esikit.simulate.anatomy import load_default_anatomy
+from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.spikes import (
     CLIP_LENGTH,
     downsample_raw,

@@ -126,7 +126,7 @@ def test_dynamic_mode_trains_and_evaluates(toy, tmp_path):
     import numpy as np
     import scipy.sparse as sp
 
-    from esikit.simulate.anatomy import Anatomy
+    from esikit.head.anatomy import Anatomy
 
     r = 16
     ring = sp.diags([1.0, 1.0], [1, -1], shape=(r, r), dtype=float).tolil()

@@ -123,13 +123,13 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         cache_mb: float = 512,
         clip_store: ClipStore | None = None,
     ):
-        from ..simulate.patches import as_adjacency
+        from ..head.patches import as_adjacency
         from .dataset import resolve_forward
 
         check_option("scale_mode", scale_mode, SCALE_MODES)
         check_option("patch_mode", patch_mode, PATCH_MODES)
         if isinstance(anatomy, (str, PathLike)):
-            from ..simulate.anatomy import load_anatomy
+            from ..head.anatomy import load_anatomy
 
             anatomy = load_anatomy(anatomy)
         self.adjacency, self.centres = as_adjacency(anatomy)
@@ -220,13 +220,13 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
     # -- configuration -------------------------------------------------------------------------
     def _candidate_patches(self):
         if self._candidates is None:
-            from ..simulate.patches import CandidatePatches
+            from ..head.patches import CandidatePatches
 
             self._candidates = CandidatePatches(self.adjacency, self.centres, seed=self.seed, max_size=self.max_size)
         return self._candidates
 
     def _draw_patch(self, centre: int, rng: np.random.Generator) -> np.ndarray:
-        from ..simulate.patches import grow_patch
+        from ..head.patches import grow_patch
 
         if self.patch_mode == "deepsif":
             cands = self._candidate_patches()
@@ -242,7 +242,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         """Peak amplitude for a drawn ``scale_range`` value."""
         if self.scale_mode == "peak":
             return value
-        from ..simulate.snr import find_alpha
+        from ..head.snr import find_alpha
 
         clip = self._load_clip(clip_id)
         if clip is None or not clip[:, patch[0]].max() > 0:
@@ -261,8 +261,8 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
             ``n_sources``, and ``source_snr_db`` (the drawn source SNRs, ``scale_mode
             ='snr_db'``) or None.
         """
-        from ..simulate.metadata import gaussian_magnitude
-        from ..simulate.patches import pick_second_patch
+        from ..head.patches import gaussian_magnitude
+        from ..head.patches import pick_second_patch
 
         g = self.sample_index(i)
         epoch = self.epoch if epoch is None else int(epoch)

@@ -27,7 +27,7 @@ def find_anatomy(spec: str | os.PathLike | None, fwd_path: str | os.PathLike | N
     ``spec`` (config ``ANATOMY``) wins; otherwise ``anatomy.npz`` beside the forward
     matrix (what ``esikit simulate`` writes), then DeepSIF's template files beside it.
     """
-    from ..simulate.anatomy import load_anatomy
+    from ..head.anatomy import load_anatomy
 
     if spec is not None:
         return load_anatomy(spec)

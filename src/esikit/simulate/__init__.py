@@ -1,13 +1,13 @@
 """Simulation of DeepSIF-style training data.
 
-Anatomy (:mod:`.anatomy`), the Jansen-Rit network simulation (:mod:`.nmm`; batched over
+The Jansen-Rit network simulation (:mod:`.nmm`; batched over
 excited-region variants in :mod:`.batched`), spike clips (:mod:`.spikes`; harvested
-adaptively in :mod:`.harvest`, on Dask in :mod:`.distributed`, planned in :mod:`.plan`), source patches (:mod:`.patches`), SNR scaling (:mod:`.snr`), DeepSIF
+adaptively in :mod:`.harvest`, on Dask in :mod:`.distributed`, planned in :mod:`.plan`), DeepSIF
 metadata (:mod:`.metadata`) and the whole dataset in one call (:mod:`.pipeline`,
 ``esikit simulate``).
 """
 
-from .anatomy import (
+from ..head.anatomy import (
     Anatomy,
     load_anatomy,
     load_deepsif_anatomy,
@@ -24,10 +24,10 @@ from .metadata import (
     write_metadata,
 )
 from .nmm import NOISE_SETTINGS, JansenRitParams, jansen_rit_dfun, simulate_network
-from .patches import CandidatePatches, candidate_patches, grow_patch, is_connected, pick_second_patch
+from ..head.patches import CandidatePatches, candidate_patches, grow_patch, is_connected, pick_second_patch
 from .plan import format_plan, plan_harvest
 from .pipeline import DEMO_DURATION_S, DEMO_SETTINGS, dataset_paths, make_dataset
-from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
+from ..head.snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 from .spikes import (
     CLIP_LENGTH,
     RegionClipResult,

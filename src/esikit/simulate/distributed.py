@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .anatomy import Anatomy, load_anatomy
+from ..head.anatomy import Anatomy, load_anatomy
 from .harvest import _atomic_json, chain_dir, chunk_seconds_valid, latest_checkpoint, run_chunk_task
 from .nmm import NOISE_SETTINGS, JansenRitParams
 

@@ -255,7 +255,7 @@ def _load_work_anatomy(path: str) -> dict:
     """Connectome, node map and leadfield of the run, cached per worker process."""
     key = (path, os.stat(path).st_mtime_ns)
     if key not in _ANATOMY_CACHE:
-        from .anatomy import load_anatomy
+        from ..head.anatomy import load_anatomy
 
         anat = load_anatomy(path)
         _ANATOMY_CACHE.clear()

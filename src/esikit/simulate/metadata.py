@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .patches import CandidatePatches, as_adjacency, grow_patch, pick_second_patch
-from .snr import deepsif_spike_window, find_alpha
+from ..head.patches import CandidatePatches, as_adjacency, gaussian_magnitude, grow_patch, pick_second_patch
+from ..head.snr import deepsif_spike_window, find_alpha
 
 logger = logging.getLogger(__name__)
 
@@ -134,29 +134,6 @@ def _folder_loader(root: Path, field: str = "data") -> ClipLoader:
     return load
 
 
-def gaussian_magnitude(centres: np.ndarray, patch: np.ndarray, half_max_mm: float) -> np.ndarray:
-    """DeepSIF's ``mag_change``: ``exp(-d^2 / (2 sigma^2))``, ``sigma = 0.8493 * half_max_mm``.
-
-    Parameters
-    ----------
-    centres : array, shape (n_regions, 3)
-        Region centres in mm.
-    patch : array of int, shape (n_patch,)
-        Patch regions, centre first.
-    half_max_mm : float
-        Distance from the centre at which the weight is 1/2.
-
-    Returns
-    -------
-    weights : array of float64, shape (n_patch,)
-        1 at the centre, decreasing with the Euclidean distance from it.
-    """
-    patch = np.asarray(patch, dtype=np.int64)
-    d = np.linalg.norm(centres[patch] - centres[patch[0]], axis=1)
-    sigma = 0.8493 * float(half_max_mm)  # sqrt(2 ln 2) * sigma = half-width at half maximum
-    return np.exp(-(d**2) / (2.0 * sigma**2))
-
-
 def scale_ratios_for_clip(
     clip: np.ndarray,
     fwd: np.ndarray,
@@ -240,7 +217,7 @@ def scale_ratios_for_clip(
 
 def _resolve_anatomy(anatomy: Any):
     if isinstance(anatomy, (str, os.PathLike)):
-        from .anatomy import load_anatomy
+        from ..head.anatomy import load_anatomy
 
         anatomy = load_anatomy(anatomy)
     return anatomy

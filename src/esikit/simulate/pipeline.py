@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .anatomy import Anatomy, load_anatomy
+from ..head.anatomy import Anatomy, load_anatomy
 from .nmm import NOISE_SETTINGS, JansenRitParams
 from .spikes import make_spike_clips
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .anatomy import Anatomy, load_anatomy
+from ..head.anatomy import Anatomy, load_anatomy
 from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
 from .harvest import _DISCARD, _DOWNSAMPLE, ClipStream, scale_clip, variant_seed
 from .nmm import JansenRitParams

@@ -34,9 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .anatomy import Anatomy
+from ..head.anatomy import Anatomy
 from .nmm import NOISE_SETTINGS, JansenRitParams, simulate_network
-from .snr import find_alpha, peak_windows
+from ..head.snr import find_alpha, peak_windows
 
 logger = logging.getLogger(__name__)
 

@@ -556,3 +556,26 @@ def is_connected(adjacency: Any, patch: np.ndarray) -> bool:
                 seen[nb] = True
                 queue.append(int(nb))
     return bool(seen[patch].all())
+
+
+def gaussian_magnitude(centres: np.ndarray, patch: np.ndarray, half_max_mm: float) -> np.ndarray:
+    """DeepSIF's ``mag_change``: ``exp(-d^2 / (2 sigma^2))``, ``sigma = 0.8493 * half_max_mm``.
+
+    Parameters
+    ----------
+    centres : array, shape (n_regions, 3)
+        Region centres in mm.
+    patch : array of int, shape (n_patch,)
+        Patch regions, centre first.
+    half_max_mm : float
+        Distance from the centre at which the weight is 1/2.
+
+    Returns
+    -------
+    weights : array of float64, shape (n_patch,)
+        1 at the centre, decreasing with the Euclidean distance from it.
+    """
+    patch = np.asarray(patch, dtype=np.int64)
+    d = np.linalg.norm(centres[patch] - centres[patch[0]], axis=1)
+    sigma = 0.8493 * float(half_max_mm)  # sqrt(2 ln 2) * sigma = half-width at half maximum
+    return np.exp(-(d**2) / (2.0 * sigma**2))

@@ -1,4 +1,4 @@
-"""Tests for esikit.simulate.patches (DeepSIF-style region growing)."""
+"""Tests for esikit.head.patches (DeepSIF-style region growing)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from esikit.simulate.patches import (
+from esikit.head.patches import (
     CandidatePatches,
     as_adjacency,
     candidate_patches,
@@ -194,7 +194,7 @@ def test_deepsif_template(deepsif_anatomy_dir):
 
 @pytest.mark.parametrize("use_candidates", [False, True])
 def test_pick_second_patch(use_candidates):
-    from esikit.simulate.patches import pick_second_patch
+    from esikit.head.patches import pick_second_patch
 
     adj, centres = grid_anatomy(12, 12)
     sym, _ = as_adjacency(adj, centres)

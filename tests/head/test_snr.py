@@ -1,11 +1,11 @@
-"""Tests for esikit.simulate.snr (DeepSIF's find_alpha and SNR definition)."""
+"""Tests for esikit.head.snr (DeepSIF's find_alpha and SNR definition)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from esikit.simulate.snr import (
+from esikit.head.snr import (
     deepsif_spike_window,
     find_alpha,
     peak_windows,

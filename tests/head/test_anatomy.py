@@ -1,4 +1,4 @@
-"""Tests for esikit.simulate.anatomy."""
+"""Tests for esikit.head.anatomy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 import scipy.sparse
 
-from esikit.simulate.anatomy import (
+from esikit.head.anatomy import (
     DEEPSIF_EXTRA_NODES,
     Anatomy,
     load_anatomy,

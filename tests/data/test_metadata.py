@@ -26,12 +26,112 @@ def test_normalized_layout_and_padding():
     assert m.patches(0)[0][0] == raw["selected_region"][0, 0, 0]
 
 
-def test_label_out_of_range_is_padding():
-    raw = _meta(r=20)
-    raw["selected_region"][0, 0, 1] = 20  # == R: not a region
-    raw["selected_region"][0, 0, 2] = 3.5  # fractional: not a region
+def test_label_out_of_range_is_an_error_not_padding():
+    raw = _meta(n=8, r=20)
+    raw["selected_region"][0, 0, 1] = 25  # a typo inside a patch
+    raw["selected_region"][0, 0, 2] = 3.5  # fractional
+    two = 1 + np.nonzero(raw["selected_region"][1:, 1, 0] < 20)[0][0]
+    raw["selected_region"][two, 1, 0] = 33  # a second source's centre
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 20, path="x.mat")
+    text = str(err.value)
+    assert len(err.value.problems) == 1, text  # not also "centre must come first"
+    assert "3 label(s) (1 of them source centres) are neither a region in [0, 20) nor padding" in text
+    assert f"in samples 0, {two} (values 3.5, 25, 33)" in text
+
+
+@pytest.mark.parametrize("pad", [15213, 999, -1, np.nan])
+def test_every_padding_value_is_padding(pad):
+    raw = _meta()
+    ref = metadata_from_arrays(raw, 20)
+    sel = raw["selected_region"]
+    sel[sel == 15213] = pad
     m = metadata_from_arrays(raw, 20)
-    assert m.regions[0, 0, 1] == -1 and m.regions[0, 0, 2] == -1
+    np.testing.assert_array_equal(m.regions, ref.regions)
+
+
+def test_unsigned_labels_never_reach_the_kernel_out_of_range():
+    raw = _meta(n=8)
+    ref = metadata_from_arrays(raw, 20)
+    sel = raw["selected_region"].copy()
+    # uint16 with DeepSIF's padding is fine (15213 fits) and gives the same regions
+    raw["selected_region"] = sel.astype(np.uint16)
+    m = metadata_from_arrays(raw, 20)
+    np.testing.assert_array_equal(m.regions, ref.regions)
+    assert m.regions.dtype == np.int32 and m.regions.min() >= -1 and m.regions.max() < 20
+    # -1 padding written into uint16 becomes 65535: refused, with the cause
+    wrapped = sel.copy()
+    wrapped[wrapped == 15213] = -1
+    raw["selected_region"] = wrapped.astype(np.int64).astype(np.uint16)
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 20, path="u16.mat")
+    text = str(err.value)
+    assert "(uint16)" in text and "equal 65535, the largest uint16 value" in text
+    assert "-1 padding wrapped around by an unsigned type" in text and len(err.value.problems) == 1
+    # uint8: 255 the same way
+    raw["selected_region"] = wrapped.astype(np.int64).astype(np.uint8)
+    with pytest.raises(MetadataError, match="equal 255, the largest uint8 value"):
+        metadata_from_arrays(raw, 20)
+
+
+def test_integer_type_too_small_for_the_regions():
+    raw = _meta(n=6, r=300)
+    raw["selected_region"] = raw["selected_region"].astype(np.int64).astype(np.uint8)
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 300, path="u8.mat")
+    assert "has dtype uint8, which holds at most 255, but region ids go up to 299 (R=300)" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16, np.int32, np.uint16, np.uint32, np.uint64])
+def test_regions_are_in_range_or_the_file_is_refused(dtype):
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        raw = _meta(n=10)
+        sel = raw["selected_region"]
+        hits = rng.random(sel.shape) < 0.05
+        sel[hits] = rng.choice([-1, -7, 19, 20, 21, 40000, 65535, 15213, 999], size=hits.sum())
+        raw["selected_region"] = sel.astype(np.int64).astype(dtype)  # unsigned: negatives wrap around
+        try:
+            m = metadata_from_arrays(raw, 20)
+        except MetadataError:
+            continue
+        assert m.regions.min() >= -1 and m.regions.max() < 20
+
+
+def test_one_based_labels_are_named():
+    raw = _meta(n=30)
+    sel = raw["selected_region"]
+    sel[sel < 20] += 1  # MATLAB numbering: 1..20
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 20, path="m.mat")
+    text = str(err.value)
+    assert "labels look 1-based" in text and "subtract 1" in text and "equal R=20" in text
+    assert len(err.value.problems) == 1, text
+
+
+def test_complex_fields():
+    raw = _meta()
+    ref = metadata_from_arrays(raw, 20)
+    raw["selected_region"] = raw["selected_region"] + 0j
+    raw["scale_ratio"] = raw["scale_ratio"].astype(np.complex64)
+    m = metadata_from_arrays(raw, 20)  # imaginary parts exactly 0: the real part is used
+    np.testing.assert_array_equal(m.regions, ref.regions)
+    np.testing.assert_allclose(m.scale_ratio, ref.scale_ratio, rtol=1e-6)
+    raw["selected_region"] = raw["selected_region"] + 1e-9j
+    raw["current_snr"] = np.array(["5 dB"] * 6)
+    with pytest.raises(MetadataError) as err:
+        metadata_from_arrays(raw, 20, path="c.mat")
+    text = str(err.value)
+    assert "field 'selected_region' is complex (complex128) with" in text and "expected real numbers" in text
+    assert "field 'current_snr' has dtype <U4, expected real numbers" in text
+
+
+def test_zero_imaginary_part_is_said(caplog):
+    raw = _meta()
+    raw["selected_region"] = raw["selected_region"] + 0j
+    with caplog.at_level("WARNING"):
+        metadata_from_arrays(raw, 20, path="c.mat")
+    assert "field 'selected_region' is complex" in caplog.text and "using the real part" in caplog.text
 
 
 def test_singleton_dimension_variants_are_accepted():

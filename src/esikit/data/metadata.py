@@ -25,6 +25,13 @@ logger = logging.getLogger(__name__)
 #: Value DeepSIF writes for padded patch positions (other tools use 999 or NaN).
 DEEPSIF_PADDING = 15213
 
+#: Label values that mean "no region here" (besides NaN): DeepSIF's 15213, the 999 other
+#: tools write, and -1, the padding of esikit's own normalized labels
+#: (:attr:`SampleMetadata.regions`). Any other label outside ``[0, R)`` is an error, not
+#: padding: a typo there would silently drop a region or a whole source.
+PADDING_VALUES = (DEEPSIF_PADDING, 999, -1)
+_PADDING_TEXT = "15213, 999, -1 or NaN"
+
 SNR_FIELDS = ("current_snr", "sensor_snr")
 REQUIRED_FIELDS = ("selected_region", "scale_ratio", "mag_change")
 CLIP_FIELDS = ("random_samples", "nmm_idx")
@@ -65,13 +72,118 @@ def _shape_text(dims: dict[str, int], names: str) -> str:
 def is_region_label(values: np.ndarray, n_regions: int) -> np.ndarray:
     """True where a label is a region: an integer in ``[0, n_regions)``.
 
-    Anything else (15213, 999, NaN, negative or fractional values) is padding.
+    Parameters
+    ----------
+    values : array of real numbers, any shape
+        Labels as stored (any integer or float dtype; unsigned types included).
+    n_regions : int
+        R.
+
+    Returns
+    -------
+    array of bool, same shape
     """
-    values = np.asarray(values)
-    if values.dtype.kind in "iu":
-        return (values >= 0) & (values < n_regions)
+    # float64 holds every integer that can be a region exactly, whatever the stored
+    # type (comparing uint16 with -1 or int64 with NaN would need a case per dtype).
+    v = np.asarray(values).astype(np.float64)
     with np.errstate(invalid="ignore"):
-        return np.isfinite(values) & (values >= 0) & (values < n_regions) & (np.floor(values) == values)
+        return np.isfinite(v) & (v >= 0) & (v < n_regions) & (np.floor(v) == v)
+
+
+def is_padding_label(values: np.ndarray) -> np.ndarray:
+    """True where a label is padding: NaN or one of :data:`PADDING_VALUES`."""
+    v = np.asarray(values).astype(np.float64)
+    return np.isnan(v) | np.isin(v, PADDING_VALUES)
+
+
+def _real_fields(raw: dict[str, np.ndarray], path: str, problems: list[str]) -> dict[str, np.ndarray]:
+    """The fields that hold real numbers; the others are reported and left out.
+
+    A complex field whose imaginary parts are all exactly 0 (MATLAB keeps ``complex(x)``
+    that way) is read as its real part, with a warning.
+    """
+    out = {}
+    for name, arr in raw.items():
+        kind = arr.dtype.kind
+        if kind == "c":
+            n_imag = int(np.count_nonzero(arr.imag))
+            if n_imag:
+                problems.append(
+                    f"field '{name}' is complex ({arr.dtype}) with {n_imag} non-zero imaginary part(s); "
+                    "expected real numbers"
+                )
+                continue
+            logger.warning("%s: field '%s' is complex (%s) but every imaginary part is exactly 0: "
+                           "using the real part", path, name, arr.dtype)
+            arr = np.ascontiguousarray(arr.real)
+        elif kind not in "biuf":
+            problems.append(f"field '{name}' has dtype {arr.dtype}, expected real numbers")
+            continue
+        out[name] = arr
+    return out
+
+
+def _values_text(values: np.ndarray, limit: int = 5) -> str:
+    uniq = np.unique(values)
+    head = ", ".join(f"{v:g}" for v in uniq[:limit])
+    return head + (f" and {uniq.size - limit} more" if uniq.size > limit else "")
+
+
+def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Classify ``selected_region`` (N, S, P) in one pass.
+
+    Returns ``(valid, bad)``: where labels are regions, and where they are reported errors.
+
+    Every label must be a region (an integer in ``[0, R)``) or padding
+    (:data:`PADDING_VALUES`, NaN). Anything else is reported, with the likely cause when
+    one is clear: labels saved 1-based, or an integer type too small for the labels.
+    """
+    v = sel.astype(np.float64)
+    valid = is_region_label(v, n_regions)
+    bad = ~valid & ~is_padding_label(v)
+    reported = bad.copy()
+    if sel.dtype.kind in "iu":
+        info = np.iinfo(sel.dtype)
+        if info.max < n_regions - 1:
+            problems.append(
+                f"field 'selected_region' has dtype {sel.dtype}, which holds at most {info.max}, but region "
+                f"ids go up to {n_regions - 1} (R={n_regions}): labels and padding were cut when the file was "
+                "saved; save selected_region as double (as DeepSIF does) or int32"
+            )
+        if sel.dtype.kind == "u":
+            # The largest value of an unsigned type is what -1 (or any negative padding)
+            # becomes when stored unsigned. The contract's padding values are 15213, 999
+            # and NaN: what this one meant cannot be known, so it is refused, not guessed.
+            wrapped = bad & (sel == info.max)
+            if wrapped.any():
+                problems.append(
+                    f"field 'selected_region' ({sel.dtype}): {wrapped.sum()} label(s) equal {info.max}, the "
+                    f"largest {sel.dtype} value, in samples {format_indices(np.nonzero(wrapped.any(axis=(1, 2)))[0])}:"
+                    f" not a region in [0, {n_regions}) nor padding ({_PADDING_TEXT}); it is usually -1 padding "
+                    f"wrapped around by an unsigned type: save selected_region as double with 15213 padding "
+                    "(DeepSIF's) or as a signed integer type"
+                )
+                bad &= ~wrapped
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(v) & (np.floor(v) == v) & ~is_padding_label(v)
+    at_r = integral & (v == n_regions)
+    if at_r.any() and not (integral & (v == 0)).any():
+        problems.append(
+            f"field 'selected_region': labels look 1-based (MATLAB numbering): no label is 0 and {at_r.sum()} "
+            f"label(s) equal R={n_regions} in samples {format_indices(np.nonzero(at_r.any(axis=(1, 2)))[0])}; "
+            f"labels are 0-based regions in [0, {n_regions}): subtract 1 from every label that is not padding"
+        )
+        bad &= ~at_r
+    if bad.any():
+        rows = np.nonzero(bad.any(axis=(1, 2)))[0]
+        n_centres = int(bad[:, :, 0].sum())
+        problems.append(
+            f"field 'selected_region': {bad.sum()} label(s) ({n_centres} of them source centres) are neither a "
+            f"region in [0, {n_regions}) nor padding ({_PADDING_TEXT}) in samples {format_indices(rows)} "
+            f"(values {_values_text(v[bad])}); expected region ids of this {n_regions}-region anatomy: fix "
+            "those labels (or write 15213 where a position is padding)"
+        )
+    return valid, reported
 
 
 def _shared(arr: np.ndarray) -> torch.Tensor:
@@ -260,6 +372,10 @@ def metadata_from_arrays(
         missing.append("random_samples or nmm_idx")
     if missing:
         problems.append(f"missing field(s): {', '.join(missing)}; fields present are {sorted(raw)}")
+    # Types first: a field that is not real numbers is reported once, then left out.
+    raw = _real_fields(raw, path, problems)
+    if snr_field is not None and snr_field not in raw:
+        snr_field = None
     if "selected_region" not in raw:
         raise MetadataError(path, problems)
 
@@ -307,17 +423,19 @@ def metadata_from_arrays(
     nidx = fit("nmm_idx", (n, s), _shape_text({"N": n, "S": s}, "N S"))
 
     # -- labels and presence ------------------------------------------------------------
-    valid = is_region_label(sel, n_regions)
-    regions = np.where(valid, sel, -1).astype(np.int32)
+    valid, bad_label = _check_labels(sel, n_regions, problems)
+    # Built from the float64 view so that no stored type (uint16: -1 is 65535) can put an
+    # index outside [0, R) into the compiled synthesis kernel: only -1 or a region.
+    regions = np.where(valid, sel.astype(np.float64), -1).astype(np.int32)
     present = valid[:, :, 0]
-    orphan = ~present & valid[:, :, 1:].any(axis=2)
+    orphan = ~present & ~bad_label[:, :, 0] & valid[:, :, 1:].any(axis=2)
     if orphan.any():
         idx = np.nonzero(orphan.any(axis=1))[0]
         problems.append(
             f"field 'selected_region': {orphan.sum()} source(s) have patch regions but a padded first "
             f"entry (the centre must come first) in samples {format_indices(idx)}"
         )
-    no_source = ~present.any(axis=1)
+    no_source = ~present.any(axis=1) & ~bad_label.any(axis=(1, 2))  # bad labels: reported above
     if no_source.any():
         idx = np.nonzero(no_source)[0]
         problems.append(

@@ -231,11 +231,11 @@ def test_packed_cache_built_once_and_rebuilt_on_changes(tmp_path, caplog):
     cache = ds._fast.cache
     assert cache.folder == cache_dir and cache.n_clips == 24 and cache.valid.all()
     np.testing.assert_array_equal(cache.clips[0], toy["clips"][(0, 1)].T)
-    stamp = (cache_dir / "clips.f32").stat().st_mtime_ns
+    stamp = (cache.generation / "clips.f32").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="esikit.data.packed"):
         SpikeEEGMetadataDataset(toy["train_metadata"], toy["fwd_path"], cache_dir=cache_dir)
     assert not any("Packing" in r.getMessage() for r in caplog.records)
-    assert (cache_dir / "clips.f32").stat().st_mtime_ns == stamp
+    assert (cache.generation / "clips.f32").stat().st_mtime_ns == stamp
 
     # Change one clip (new size and mtime), add one, remove one: noticed and rebuilt.
     time.sleep(0.01)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from os import PathLike
@@ -74,6 +75,23 @@ class _CachedStore:
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def source_checksum(self, clip_id: int) -> int:  # pragma: no cover - abstract
+        """CRC32 of what clip ``clip_id`` is made from (see the concrete stores)."""
+        raise NotImplementedError
+
+    def read_with_checksum(self, clip_id: int) -> tuple[np.ndarray, int]:
+        """Clip ``clip_id`` (``(T, R)`` float32, bypassing the LRU cache) and its
+        :meth:`source_checksum`, read together (the packed cache records both).
+
+        Raises
+        ------
+        ClipReadError
+        """
+        # Checksum first: a file rewritten between the two reads then fails verification
+        # (recorded checksum of the old bytes) instead of passing with stale values.
+        crc = self.source_checksum(clip_id)
+        return self._read(clip_id), crc
 
     def get(self, clip_id: int) -> np.ndarray:
         """Clip ``clip_id`` as a read-only float32 array of shape ``(T, R)``.
@@ -198,6 +216,25 @@ class FolderClipStore(_CachedStore):
         out[inside] = np.where(found, pos_c, -1)
         return out
 
+    def source_checksum(self, clip_id: int) -> int:
+        """CRC32 of the clip file's bytes: catches a rewrite that kept size and mtime.
+
+        Raises
+        ------
+        ClipReadError
+            When the file cannot be read.
+        """
+        path = self.describe(clip_id)
+        crc = 0
+        try:
+            with open(path, "rb") as fh:
+                # Streamed: clip files can be a few MB each, no need to hold them.
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    crc = zlib.crc32(block, crc)
+        except OSError as exc:
+            raise ClipReadError(f"{path}: cannot read clip ({exc})") from exc
+        return crc
+
     def _read(self, clip_id: int) -> np.ndarray:
         from ..io import load_mat_file
 
@@ -251,6 +288,20 @@ class H5ClipStore(_CachedStore):
     def lookup_index(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
         return np.where((idx >= 0) & (idx < self._n), idx, -1)
+
+    def source_checksum(self, clip_id: int) -> int:
+        """CRC32 of the clip's float32 values as stored (the file is shared by all clips,
+        so its bytes say nothing about one clip).
+
+        Raises
+        ------
+        ClipReadError
+        """
+        return zlib.crc32(self._read(clip_id))
+
+    def read_with_checksum(self, clip_id: int) -> tuple[np.ndarray, int]:
+        arr = self._read(clip_id)  # one read for both
+        return arr, zlib.crc32(arr)
 
     def _read(self, clip_id: int) -> np.ndarray:
         import h5py

@@ -1,0 +1,193 @@
+"""Synthetic recordings with known spikes: the demo's EDF file and the tests' ground truth.
+
+A continuous recording is built in source space (background activity in every region
+plus spikes at chosen regions and times), projected through a leadfield, given sensor
+noise and written as EDF with one ``spike`` annotation per spike, so that
+``esikit localize`` can be checked against where the spikes really were.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SpikeRecording", "clips_from_folder", "make_spike_recording", "spike_waveform"]
+
+
+@dataclass
+class SpikeRecording:
+    """A synthetic recording and its ground truth.
+
+    Attributes
+    ----------
+    raw : mne.io.RawArray
+        EEG in volts, average-free (as projected), annotations ``spike`` at each peak.
+    regions : ndarray of int, shape (K,)
+        The spiking region of each spike.
+    times : ndarray, shape (K,)
+        Spike peak times (s from the first sample).
+    path : Path | None
+        The EDF file, when written.
+    """
+
+    raw: Any
+    regions: np.ndarray
+    times: np.ndarray
+    path: Path | None = None
+
+
+def spike_waveform(sfreq: float = 500.0, n_times: int = 500) -> np.ndarray:
+    """A spike-and-wave shape peaking at sample ``n_times // 2`` (unit peak).
+
+    Returns
+    -------
+    ndarray, shape (n_times,)
+    """
+    t = (np.arange(n_times) - n_times // 2) / sfreq
+    w = np.exp(-0.5 * (t / 0.012) ** 2) - 0.35 * np.exp(-0.5 * ((t - 0.09) / 0.05) ** 2)
+    return w / np.abs(w).max()
+
+
+def clips_from_folder(nmm_dir: str | PathLike, regions: Sequence[int], k: int = 1) -> dict[int, np.ndarray]:
+    """Clip ``k`` of each region from a DeepSIF clip folder (``a{r}/nmm_{k}.mat``, field ``data``, T x R)."""
+    from ..io import load_mat_file
+
+    out = {}
+    for r in sorted(set(int(r) for r in regions)):
+        path = Path(nmm_dir) / f"a{r}" / f"nmm_{k}.mat"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no clip for region {r} (expected field 'data', T x R)")
+        out[r] = np.asarray(load_mat_file(path)["data"], dtype=np.float64)
+    return out
+
+
+def _taper(n: int, frac: float = 0.2) -> np.ndarray:
+    from scipy.signal.windows import tukey
+
+    return tukey(n, frac)
+
+
+def make_spike_recording(
+    fwd: np.ndarray,
+    ch_names: Sequence[str],
+    regions: Sequence[int],
+    times: Sequence[float],
+    *,
+    sfreq: float = 500.0,
+    duration: float | None = None,
+    clips: Mapping[int, np.ndarray] | None = None,
+    background: float = 0.05,
+    snr_db: float | None = 20.0,
+    peak_uv: float = 100.0,
+    seed: int = 0,
+    path: str | PathLike | None = None,
+    overwrite: bool = False,
+    ch_pos: np.ndarray | None = None,
+) -> SpikeRecording:
+    """Build (and optionally write as EDF) a recording with spikes at known regions and times.
+
+    Parameters
+    ----------
+    fwd : ndarray, shape (C, R)
+        Leadfield (any unit: the EEG is scaled to ``peak_uv``).
+    ch_names : sequence of str, length C
+    regions : sequence of int, length K
+        Spiking region of each spike.
+    times : sequence of float, length K
+        Peak times (s).
+    sfreq : float
+        Sampling rate (Hz).
+    duration : float, optional
+        Length (s); default: last spike + 2 s.
+    clips : mapping region -> ndarray (T, R), optional
+        NMM clips (e.g. :func:`clips_from_folder`): each spike is its region's clip (all
+        regions, mean removed, tapered at the ends) placed with the clip's peak at the
+        spike time. Default: :func:`spike_waveform` in the spiking region alone.
+    background : float
+        Source background (smooth noise in every region, 1-30 Hz) relative to the spike peak.
+    snr_db : float | None
+        Sensor white noise relative to the mean power of the spikes' sensor signal;
+        ``None``: noiseless.
+    peak_uv : float
+        Largest absolute spike value on any channel (microvolts).
+    seed : int
+    path : str | PathLike, optional
+        Write an EDF file (``mne.export.export_raw``, needs ``edfio``).
+    overwrite : bool
+        Replace an existing ``path``.
+    ch_pos : ndarray, shape (C, 3), optional
+        Channel positions (m) stored in the recording; default MNE's 10-05 where known.
+
+    Returns
+    -------
+    SpikeRecording
+    """
+    import mne
+    from scipy.ndimage import gaussian_filter1d
+
+    from .recording import standard_positions
+
+    fwd = np.asarray(fwd, dtype=np.float64)
+    n_ch, n_reg = fwd.shape
+    regions = np.asarray(regions, dtype=np.int64).ravel()
+    times = np.asarray(times, dtype=float).ravel()
+    if len(regions) != len(times):
+        raise ValueError(f"regions ({len(regions)}) and times ({len(times)}) differ in length")
+    if len(ch_names) != n_ch:
+        raise ValueError(f"{len(ch_names)} channel names for a leadfield of {n_ch} channels")
+    if ((regions < 0) | (regions >= n_reg)).any():
+        raise ValueError(f"regions must lie in [0, {n_reg}), got {regions.tolist()}")
+    duration = float(duration if duration is not None else times.max() + 2.0)
+    n = int(round(duration * sfreq))
+    rng = np.random.default_rng(seed)
+    spikes = np.zeros((n, n_reg))
+    for r, t in zip(regions, times):
+        if clips is not None:
+            clip = np.asarray(clips[int(r)], dtype=np.float64)
+            clip = (clip - clip.mean(axis=0)) * _taper(len(clip))[:, None]
+            peak = int(np.argmax(np.abs(clip[:, r])))
+            clip = clip / np.abs(clip[peak, r])
+        else:
+            w = spike_waveform(sfreq)
+            clip = np.zeros((len(w), n_reg))
+            clip[:, r] = w
+            peak = len(w) // 2
+        a = int(round(t * sfreq)) - peak
+        lo, hi = max(a, 0), min(a + len(clip), n)
+        if hi <= lo:
+            raise ValueError(f"spike at {t} s lies outside the recording (0-{duration} s)")
+        spikes[lo:hi] += clip[lo - a:hi - a]
+    # smooth background: white noise low-passed to about 30 Hz, high-passed by removing a slow trend
+    bg = gaussian_filter1d(rng.standard_normal((n, n_reg)), sfreq / (2 * np.pi * 30), axis=0)
+    bg -= gaussian_filter1d(bg, sfreq / (2 * np.pi * 1.0), axis=0)
+    bg *= background / max(np.abs(bg).max(), 1e-12)
+    eeg_spikes = spikes @ fwd.T
+    eeg = eeg_spikes + bg @ fwd.T
+    scale = peak_uv * 1e-6 / max(np.abs(eeg_spikes).max(), 1e-30)
+    eeg *= scale
+    if snr_db is not None:
+        on = np.abs(spikes).max(axis=1) > 0.05
+        power = np.mean((eeg_spikes[on] * scale) ** 2) if on.any() else np.mean(eeg ** 2)
+        eeg += rng.standard_normal(eeg.shape) * np.sqrt(power * 10 ** (-snr_db / 10))
+    info = mne.create_info(list(map(str, ch_names)), sfreq, "eeg")
+    raw = mne.io.RawArray(eeg.T, info, verbose="error")
+    pos = standard_positions(ch_names) if ch_pos is None else np.asarray(ch_pos, dtype=float)
+    known = np.isfinite(pos).all(axis=1)
+    if known.any():
+        raw.set_montage(mne.channels.make_dig_montage(
+            ch_pos={c: p for c, p, k in zip(ch_names, pos, known) if k}, coord_frame="head"), on_missing="ignore")
+    raw.set_annotations(mne.Annotations(times, np.zeros(len(times)), ["spike"] * len(times)))
+    out = None
+    if path is not None:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mne.export.export_raw(out, raw, fmt="edf", overwrite=overwrite, verbose="error")
+    return SpikeRecording(raw=raw, regions=regions, times=times, path=out)

@@ -1,3 +1,12 @@
 """esikit: DeepSIF-style EEG source imaging, trained from metadata on the fly."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``esikit.localize`` without importing torch and MNE on ``import esikit``
+    if name == "localize":
+        from .localization import localize
+
+        return localize
+    raise AttributeError(f"module 'esikit' has no attribute {name!r}")

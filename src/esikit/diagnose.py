@@ -61,10 +61,35 @@ def _check_paths(cfg: dict[str, Any], report: _Report) -> bool:
     return ok
 
 
+def _verify_packed_cache(nmm_dir: Any, metadata_path: Path, cache_dir: Any, done: set[tuple[str, str]],
+                         report: _Report) -> None:
+    """``--verify-clips`` on the fast path: every packed clip, projection and clip file
+    against the CRC32 recorded when the cache was built; anything wrong is rebuilt."""
+    from .data import find_clip_location, open_clip_store
+    from .data.packed import PackedClipCache
+
+    location = Path(nmm_dir) if nmm_dir is not None else find_clip_location(metadata_path)
+    key = (str(Path(location).resolve()), str(cache_dir))
+    if key in done:  # train and test usually share one store
+        return
+    done.add(key)
+    t0 = time.perf_counter()
+    cache = PackedClipCache.open(open_clip_store(location, cache_bytes=0), cache_dir, verify=True)
+    try:
+        for text in cache.repairs:
+            report.info(f"packed clip cache: found and rebuilt: {text}")
+        report.ok(f"packed clip cache {cache.generation}: {cache.n_clips} clips, their projections and clip files "
+                  f"match their checksums{' after the rebuild' if cache.repairs else ''} "
+                  f"({time.perf_counter() - t0:.1f} s)")
+    finally:
+        cache.close()
+
+
 def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = False) -> int:
     """Run every check on a validated configuration; return the number of failures."""
     from .config import dataset_options
     from .data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
+    from .data.packed import CacheError
 
     report = _Report()
     if not cfg.get("USE_METADATA_LOADER", True):
@@ -84,6 +109,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
         report.fail(str(exc), "point FWD_MATRIX_PATH at a file with a C x R matrix under fwd, forward, leadfield or L")
 
     datasets: dict[str, Any] = {}
+    verified: set[tuple[str, str]] = set()
     if fwd is not None:
         kwargs = dict(dataset_options(cfg), verify_clips=verify_clips)
         for name, key, len_key in (("train", "TRAIN_METADATA_PATH", "TRAIN_DATASET_LEN"),
@@ -92,6 +118,9 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
             if path is None or not Path(path).is_file():
                 continue
             try:
+                if verify_clips and kwargs.get("synthesis", "fast") == "fast":
+                    _verify_packed_cache(cfg.get("NMM_SPIKES_DIR"), Path(path), kwargs.get("cache_dir"), verified,
+                                         report)
                 t0 = time.perf_counter()
                 ds = SpikeEEGMetadataDataset(path, fwd, cfg.get("NMM_SPIKES_DIR"), dataset_len=cfg.get(len_key),
                                              seed=cfg.get("SEED", 0), **kwargs)
@@ -106,6 +135,8 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
                 )
             except MetadataError as exc:
                 report.fail(str(exc), f"regenerate or repair {path}; each line above names the field and samples")
+            except CacheError as exc:  # before OSError: it carries its own fix
+                report.fail(exc.problem, exc.fix or "see the message")
             except FileNotFoundError as exc:
                 report.fail(str(exc), "set NMM_SPIKES_DIR to the folder holding a{region}/nmm_{k}.mat, or "
                             "MISSING_CLIPS='zeros'/'drop' to train without the missing clips")

@@ -341,3 +341,50 @@ def test_h5_store_checksums(tmp_path):
     fixed = PackedClipCache.open(H5ClipStore(path), tmp_path / "c", verify=True)
     assert "x_nmm.h5[2]" in fixed.repairs[0]
     np.testing.assert_array_equal(fixed.clips[2], (data[2] * 2).T)
+
+
+# -- the data check (esikit.diagnose) ------------------------------------------------------------
+
+
+def _check_args(toy, cache_dir, *extra):
+    cfg = {"TRAIN_METADATA_PATH": toy["train_metadata"], "TEST_METADATA_PATH": toy["test_metadata"],
+           "FWD_MATRIX_PATH": toy["fwd_path"], "NMM_SPIKES_DIR": toy["nmm_spikes_dir"], "BATCH_SIZE": 4,
+           "CACHE_DIR": cache_dir}
+    return [f"{k}={v}" for k, v in cfg.items()] + list(extra)
+
+
+def test_data_check_verify_clips_finds_and_repairs_a_damaged_cache(tmp_path, capsys):
+    """Issue 10 case 3/5: the check with --verify-clips no longer passes over a wrong cache."""
+    from esikit.data.toy import make_toy_dataset
+    from esikit.diagnose import main
+
+    toy = make_toy_dataset(tmp_path / "d", n_regions=12, n_channels=5, n_train=8, n_test=4, seed=3)
+    folder = tmp_path / "c"
+    assert main(_check_args(toy, folder, "--verify-clips")) == 0
+    out = capsys.readouterr().out
+    assert "match their checksums" in out and "found and rebuilt" not in out
+    gen = folder / (folder / "current").read_text().strip()
+    data = np.fromfile(gen / "clips.f32", dtype=np.float32)
+    row = data.size // 24  # 24 clips; row 1 is not among the rows checked on every open
+    data[row: 2 * row] += 1.0
+    data.tofile(gen / "clips.f32")
+    assert main(_check_args(toy, folder, "--verify-clips")) == 0
+    out = capsys.readouterr().out
+    assert "found and rebuilt" in out and "1 packed clip(s) do not match their checksums" in out
+    store = FolderClipStore(toy["nmm_spikes_dir"])
+    fixed = PackedClipCache.open(store, folder, verify=True)
+    assert fixed.repairs == []
+    np.testing.assert_array_equal(fixed.clips[1], store.get(1).T)
+
+
+def test_data_check_names_the_cache_fix(tmp_path, capsys, monkeypatch):
+    from esikit.data.toy import make_toy_dataset
+    from esikit.diagnose import main
+
+    toy = make_toy_dataset(tmp_path / "d", n_regions=12, n_channels=5, n_train=8, n_test=4, seed=3)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(packed.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    assert main(_check_args(toy, tmp_path / "c")) != 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'c'}: not enough free disk space for the packed clip cache" in out
+    assert "fix: set CACHE_DIR" in out and "Traceback" not in out

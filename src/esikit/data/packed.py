@@ -81,11 +81,14 @@ class CacheError(OSError):
 
     Attributes
     ----------
+    problem : str
+        What went wrong, naming the folder.
     fix : str or None
         What to do about it (also at the end of the message).
     """
 
     def __init__(self, message: str, fix: str | None = None):
+        self.problem = message
         self.fix = fix
         super().__init__(f"{message}. Fix: {fix}" if fix else message)
 

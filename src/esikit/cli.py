@@ -6,6 +6,8 @@ Sub-commands:
 - ``esikit train [KEY=VALUE ...] [--resume]``: training then evaluation (``train.py``).
 - ``esikit evaluate CHECKPOINT``: metrics and baselines for a trained model.
 - ``esikit simulate OUT_DIR ...``: make a DeepSIF-style dataset without MATLAB.
+- ``esikit localize RECORDING --checkpoint CKPT``: localize a recording's events.
+- ``esikit noise-bank RECORDING OUT --forward FWD``: spike-free segments as DeepSIF's noise file.
 - ``esikit demo``: make the built-in dataset when missing, check it, train, evaluate.
 """
 
@@ -64,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .simulate._cli import add_parsers as add_simulate
 
     add_simulate(sub)
+
+    from .localization._cli import add_parsers as add_localization
+
+    add_localization(sub)
 
     p = sub.add_parser("demo", help="make the built-in dataset if missing, then check, train and evaluate")
     p.add_argument("--data", default="data/default", help="dataset folder")

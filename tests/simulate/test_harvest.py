@@ -107,20 +107,153 @@ def test_two_workers_and_batches_give_same_output(reference_run, tmp_path):
     _same(ref_dir, ref, out, rep)
 
 
-def test_crash_and_interruption_resume_to_same_output(reference_run, tmp_path):
+def _fail_after(monkeypatch, batch, setting, chunk):
+    """Make task (batch, setting, chunk) die after writing its outputs (as if killed)."""
+    import esikit.simulate.distributed as dist
+
+    real = dist.run_chunk_task
+
+    def task(spec):
+        res = real(spec)
+        if (spec["batch"], spec["setting"], spec["chunk"]) == (batch, setting, chunk):
+            raise RuntimeError("killed after writing")
+        return res
+
+    monkeypatch.setattr(dist, "run_chunk_task", task)
+
+
+def test_crash_resumes_to_same_output(reference_run, tmp_path, monkeypatch):
     ref_dir, ref = reference_run
     out = tmp_path / "nmm_spikes"
-    # a task dies after writing its clips and checkpoint, before reporting back
-    with pytest.raises(RuntimeError, match="injected failure"):
-        harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2,
-                      _fail_task=(0, 0, 1), **KW)
-    # the client stops after one more task (as if killed), leaving chains half done
-    partial = harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2, _max_tasks=1,
-                            max_chains_in_flight=1, **KW)
-    assert not partial["complete"] and partial["tasks"] == 1
+    # a task dies after writing its clips and checkpoint, before reporting back (its retry too)
+    _fail_after(monkeypatch, 0, 0, 1)
+    with pytest.raises(RuntimeError, match="killed after writing"):
+        harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2, **KW)
+    monkeypatch.undo()
     rep = harvest_clips(load_default_anatomy(), out, n_workers=2, batch_size=2, **KW)
     assert rep["complete"]
     _same(ref_dir, ref, out, rep)
+
+
+# region 3 stops at chunk 3 (its clip found), region 48 runs on to chunk 5
+KILL_KW = dict(clips_per_region=1, regions=[3, 48], settings=(2,), seed=5, chunk_s=2.0,
+               max_simulated_s=12.0, batch_size=2, n_workers=1, progress=False, processes=False)
+
+
+def test_first_rerun_after_kill_completes(tmp_path, monkeypatch):
+    """Issue 10 case 14: variants that stopped before a kill count in the first rerun."""
+    anat = load_default_anatomy()
+    ref = harvest_clips(anat, tmp_path / "ref" / "nmm_spikes", **KILL_KW)
+    assert ref["complete"] and ref["capped_variants"] == []
+    out = tmp_path / "run" / "nmm_spikes"
+    _fail_after(monkeypatch, 0, 2, 4)
+    with pytest.raises(RuntimeError, match="killed after writing"):
+        harvest_clips(anat, out, **KILL_KW)
+    monkeypatch.undo()
+    chain = out / ".harvest" / "chains" / "b00000_s2"
+    # the state a kill leaves: region 3 finished in an earlier chunk, the chain is not done
+    assert json.loads((chain / "finished_000003.json").read_text()) != {}
+    assert not (chain / "done.json").exists()
+    rep = harvest_clips(anat, out, **KILL_KW)
+    assert rep["complete"] and rep["tasks"] == 1
+    assert rep["clips_per_region"] == ref["clips_per_region"] == {"3": 1, "48": 1}
+    for r in (3, 48):
+        from esikit.io import load_mat_file
+
+        np.testing.assert_array_equal(load_mat_file(out / f"a{r}" / "nmm_1.mat")["data"],
+                                      load_mat_file(tmp_path / "ref" / "nmm_spikes" / f"a{r}" / "nmm_1.mat")["data"])
+    assert not list(chain.glob("chunk_*"))  # a finished chain keeps no checkpoint
+
+
+def test_sigkill_then_one_rerun_completes(tmp_path):
+    """A harvest process killed (SIGKILL) mid-chain: the first rerun finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "nmm_spikes"
+    code = ("from esikit.head.anatomy import load_default_anatomy\n"
+            "from esikit.simulate.distributed import harvest_clips\n"
+            f"harvest_clips(load_default_anatomy(), {str(out)!r}, **{KILL_KW!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    chain = out / ".harvest" / "chains" / "b00000_s2"
+    try:
+        deadline = time.monotonic() + 120
+        while not (chain / "finished_000003.json").exists():  # region 3 has stopped
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rep = harvest_clips(load_default_anatomy(), out, **KILL_KW)
+    assert rep["complete"] and rep["clips_per_region"] == {"3": 1, "48": 1}
+
+
+class _Payload:
+    """Unpickling this creates a marker file: stands for arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_crafted_checkpoints_run_no_code_and_are_recomputed(tmp_path, caplog):
+    """Issue 10 case 2: files planted in the checkpoint folder are never unpickled."""
+    import pickle
+
+    anat = load_default_anatomy()
+    ref = harvest_clips(anat, tmp_path / "ref" / "nmm_spikes", **KILL_KW)
+    out = tmp_path / "run" / "nmm_spikes"
+    chain = out / ".harvest" / "chains" / "b00000_s2"
+    chain.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    (chain / "chunk_000001.pkl").write_bytes(payload)       # the old format: ignored
+    (chain / "chunk_000002.npz").write_bytes(payload)       # a pickle under the new name
+    with caplog.at_level("WARNING", logger="esikit.simulate.distributed"):
+        rep = harvest_clips(anat, out, **KILL_KW)
+    assert not marker.exists()
+    assert "chunk_000002.npz: not a readable checkpoint" in caplog.text
+    assert "recomputing chain" in caplog.text
+    assert rep["complete"] and rep["clips_per_region"] == ref["clips_per_region"]
+
+
+def test_checkpoint_roundtrip_and_checks(tmp_path):
+    from esikit.simulate.harvest import CheckpointError, read_checkpoint, write_checkpoint
+
+    rng = np.random.default_rng(0)
+    stream = ClipStream(region=3)
+    stream.feed(rng.normal(1.0, 1.0, (700, 5)))
+    state = {"y": rng.normal(size=(6, 7, 1)), "ring": rng.normal(size=(7, 4, 1)),
+             "A": np.full((7, 1), 3.25), "step": 40}
+    path = write_checkpoint(tmp_path / "chunk_000001.npz", [3], [stream], [2], state)
+    assert [p.name for p in tmp_path.iterdir()] == ["chunk_000001.npz"]
+    regions, streams, found, got = read_checkpoint(path, 7, 4, 5, 40, [1, 3])
+    assert regions == [3] and found == [2] and got["step"] == 40
+    np.testing.assert_array_equal(got["ring"], state["ring"])
+    for k in ("buf", "peak_t", "peak_r", "buf_start", "scanned_to", "last_candidate", "pending"):
+        np.testing.assert_array_equal(getattr(streams[0], k), getattr(stream, k))
+    # every problem named at once, with the file
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path, 8, 4, 6, 80, [1, 2])
+    msg = str(info.value)
+    assert msg.startswith(str(path))
+    for part in ("field 'regions' is [3]", "field 'y' has shape (6, 7, 1), expected (6, 8, 1)",
+                 "field 'step' is 40, expected 80", "field 's0_buf' has shape"):
+        assert part in msg, part
+    # object arrays need pickle: refused
+    np.savez(tmp_path / "obj.npz", format=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "obj.npz", 7, 4, 5, 40, [3])
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cut.npz: not a readable checkpoint"):
+        read_checkpoint(tmp_path / "cut.npz", 7, 4, 5, 40, [3])
 
 
 def test_plan_extrapolates(tmp_path):

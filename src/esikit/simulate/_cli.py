@@ -100,6 +100,8 @@ def add_parsers(subparsers) -> None:
                    help="integrator (torch uses a GPU when present)")
     g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="address of an existing Dask scheduler (default: a LocalCluster)")
+    g.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds to wait for the --scheduler to answer before giving up")
     g.add_argument("--plan", action="store_true",
                    help="print the expected simulated time, wall time, disk and clips from a short "
                         "pilot run, then exit")
@@ -134,7 +136,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     if getattr(args, "clips_per_region", None) is not None:
         harvest_kw = {"max_simulated_s": args.max_simulated_s, "chunk_s": args.chunk_s,
                       "batch_size": args.batch_size, "backend": args.backend,
-                      "scheduler": args.scheduler}
+                      "scheduler": args.scheduler,
+                      "scheduler_timeout_s": getattr(args, "scheduler_timeout", 10.0)}
     try:
         summary = make_dataset(
             args.out_dir, anatomy=args.anatomy, regions=args.regions, duration_s=args.duration,
@@ -143,7 +146,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             coupling_scale=args.coupling_scale, r=args.r, force=args.force,
             progress=not args.no_progress, clips_per_region=getattr(args, "clips_per_region", None),
             harvest_kw=harvest_kw)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as err:
         print(f"esikit simulate: error: {err}")
         return 2
     n_regions = len(summary["config"]["regions"])

@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,14 +48,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
-from .harvest import _atomic_json, chain_dir, chunk_seconds_valid, latest_checkpoint, run_chunk_task
+from .harvest import (
+    CheckpointError, chain_dir, chunk_seconds_valid, latest_checkpoint, remove_checkpoints,
+    run_chunk_task)
 from .nmm import NOISE_SETTINGS, JansenRitParams
+from .spikes import write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HarvestConfig", "harvest_clips", "plot_clips_histogram"]
+__all__ = ["HarvestConfig", "connect_scheduler", "harvest_clips", "plot_clips_histogram"]
 
 _WORK = ".harvest"
+#: Seconds to wait for a Dask scheduler to answer before giving up.
+SCHEDULER_TIMEOUT_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +126,79 @@ def _anatomy_id(anat: Anatomy) -> str:
     return f"{anat.name}:{h.hexdigest()[:16]}"
 
 
-def _make_client(scheduler: str | None, n_workers: int | None, processes: bool):
+def connect_scheduler(address: str, timeout_s: float = SCHEDULER_TIMEOUT_S):
+    """A ``distributed.Client`` of the Dask scheduler at ``address``, or a clear error quickly.
+
+    ``Client(address)`` alone retries a closed port for its whole timeout and then shows
+    a traceback, waits forever on a service that accepts the connection but does not
+    answer, and fails obscurely on one that answers something else. Here the scheduler
+    is first asked for its identity, the whole exchange bounded by ``timeout_s``.
+
+    Parameters
+    ----------
+    address : str
+        ``tcp://HOST:PORT`` (any Dask address).
+    timeout_s : float
+        Seconds to wait for the connection and the scheduler's answer.
+
+    Raises
+    ------
+    ConnectionError
+        Naming the address: nothing listens there, no answer within ``timeout_s``, or
+        the service there is not a Dask scheduler.
+    """
+    import asyncio
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import Client
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    from distributed.comm.registry import get_backend
+    from distributed.core import rpc
+
+    timeout_s = float(timeout_s)
+    where = f"Dask scheduler at {address!r}"
+    try:
+        scheme, loc = parse_address(address)
+        get_backend(scheme)
+    except ValueError as err:
+        raise ConnectionError(f"{where}: not an address ({err}); expected tcp://HOST:PORT") from None
+    if scheme == "tcp":  # a refused connection is known at once; Dask would retry it for the timeout
+        try:
+            host, port = parse_host_port(loc)
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except (OSError, ValueError) as err:
+            raise ConnectionError(f"{where}: cannot connect ({err}); is the scheduler running "
+                                  "and the address right?") from None
+
+    async def identity():
+        async with rpc(address, timeout=timeout_s) as r:
+            return await r.identity()
+
+    async def bounded():
+        return await asyncio.wait_for(identity(), timeout_s)
+
+    try:  # own event loop in a thread: works whether or not the caller runs one
+        with ThreadPoolExecutor(1) as pool:
+            info = pool.submit(asyncio.run, bounded()).result()
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ConnectionError(f"{where}: no answer within {timeout_s:g} s; is it a Dask scheduler "
+                              "(dask scheduler, default port 8786)?") from None
+    except Exception as err:  # garbage on the wire surfaces as anything (even MemoryError)
+        raise ConnectionError(f"{where}: the service there does not speak Dask's protocol "
+                              f"({type(err).__name__}: {err})") from None
+    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+        kind = info.get("type") if isinstance(info, dict) else type(info).__name__
+        raise ConnectionError(f"{where}: answered as {kind!r}, expected a Dask scheduler")
+    try:
+        return Client(address, timeout=timeout_s)
+    except Exception as err:
+        raise ConnectionError(f"{where}: {type(err).__name__}: {err}") from None
+
+
+def _make_client(scheduler: str | None, n_workers: int | None, processes: bool,
+                 timeout_s: float = SCHEDULER_TIMEOUT_S):
     from distributed import Client, LocalCluster
 
     for name in ("distributed", "tornado", "bokeh"):  # their INFO lines drown the progress bar
@@ -128,7 +206,7 @@ def _make_client(scheduler: str | None, n_workers: int | None, processes: bool):
             logging.getLogger(name).setLevel(logging.WARNING)
 
     if scheduler:
-        return Client(scheduler), None
+        return connect_scheduler(scheduler, timeout_s), None
     from .spikes import default_n_workers
 
     n = n_workers or default_n_workers()
@@ -153,7 +231,7 @@ def _finalize_region(out_dir: Path, work: Path, region: int, stats: dict[int, di
         for stale in folder.glob("nmm_*.mat"):
             stale.unlink()
         manifest = {p.name: k for k, p in enumerate(staged, start=1)}
-        _atomic_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     for name, k in manifest.items():
         src = work / "clips" / f"a{region}" / name
         if src.exists():
@@ -163,7 +241,7 @@ def _finalize_region(out_dir: Path, work: Path, region: int, stats: dict[int, di
             "simulated_s_per_setting": [stats[s]["simulated_s"] for s in settings],
             "capped_settings": [s for s in settings if stats[s]["capped"]],
             "bytes": int(sum((folder / f"nmm_{k}.mat").stat().st_size for k in manifest.values()))}
-    _atomic_json(marker, info)
+    write_json(marker, info)
     manifest_path.unlink(missing_ok=True)
     return info
 
@@ -211,8 +289,7 @@ def harvest_clips(
     target_snr_db: float = 15.0,
     progress: bool = True,
     report_dir: str | Path | None = None,
-    _max_tasks: int | None = None,
-    _fail_task: tuple[int, int, int] | None = None,
+    scheduler_timeout_s: float = SCHEDULER_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Simulate until every region has ``clips_per_region`` clips (or hits the cap).
 
@@ -243,6 +320,9 @@ def harvest_clips(
     scheduler : str | None
         Address of an existing Dask scheduler (``tcp://HOST:PORT``); None starts a
         ``LocalCluster``.
+    scheduler_timeout_s : float
+        Seconds to wait for the scheduler at ``scheduler`` to answer
+        (:func:`connect_scheduler`).
     n_workers : int | None
         Local workers (None: the CPUs available). Ignored with ``scheduler``.
     processes : bool
@@ -304,34 +384,30 @@ def harvest_clips(
     anatomy_path = work / "anatomy.npz"
     if not anatomy_path.exists() or not cfg_path.exists():
         anat.save(anatomy_path)
-    _atomic_json(cfg_path, wanted)
+    write_json(cfg_path, wanted)
 
     batches = [regions[i:i + batch_size] for i in range(0, len(regions), batch_size)]
     base_spec = {"work_dir": str(work.resolve()), "anatomy": str(anatomy_path.resolve()),
                  "seed": cfg.seed, "params": cfg.params, "chunk_s": cfg.chunk_s,
                  "share": cfg.share, "max_chunks": cfg.max_chunks, "backend": backend,
                  "block": int(block), "dt_ms": cfg.dt_ms, "target_snr_db": cfg.target_snr_db}
-    # what is already done (resume)
-    finished: dict[tuple[int, int], dict] = {}
+    # what is already done (resume): the chains' files are the record
     todo: deque = deque()
-    for bid, regs in enumerate(batches):
+    for bid in range(len(batches)):
         for s in settings:
             cdir = chain_dir(work, bid, s)
             if (cdir / "done.json").exists():
-                for r, st in json.loads((cdir / "done.json").read_text()).items():
-                    finished[(int(r), s)] = st
+                remove_checkpoints(cdir)  # left when the driver stopped before removing them
             else:
                 todo.append((bid, s, latest_checkpoint(cdir) + 1))
 
     n_chains = len(batches) * len(settings)
     tasks_done = 0
     clips_found = 0
-    sim_s = 0.0
-    bar = tqdm(total=max(1, sum(cfg.max_chunks for _ in todo)), desc="harvest", unit="task",
+    bar = tqdm(total=max(1, cfg.max_chunks * len(todo)), desc="harvest", unit="task",
                disable=not progress)
-    interrupted = False
     if todo:
-        client, cluster = _make_client(scheduler, n_workers, processes)
+        client, cluster = _make_client(scheduler, n_workers, processes, scheduler_timeout_s)
         try:
             from distributed import as_completed
 
@@ -342,37 +418,51 @@ def harvest_clips(
 
             def submit(bid, s, chunk):
                 spec = dict(base_spec, batch=bid, regions=batches[bid], setting=s, chunk=chunk)
-                if _fail_task == (bid, s, chunk):
-                    spec["_fail_after_writing"] = True
-                return client.submit(run_chunk_task, spec, key=f"harvest-b{bid}-s{s}-c{chunk}",
-                                     pure=False, retries=1 if _fail_task is None else 0)
+                # a retry redoes the chunk from the previous checkpoint, which the task keeps;
+                # a unique key: a recomputed chain must not get an old erred result back
+                fut = client.submit(run_chunk_task, spec, pure=False, retries=1,
+                                    key=f"harvest-b{bid}-s{s}-c{chunk}-{uuid.uuid4().hex[:8]}")
+                chain_of[fut.key] = (bid, s)
+                return fut
 
             running = as_completed()
+            recomputed: set[tuple[int, int]] = set()
+            chain_of: dict[str, tuple[int, int]] = {}  # task key -> chain
             in_flight = 0
             while todo and in_flight < limit:
                 running.add(submit(*todo.popleft()))
                 in_flight += 1
             t_loop = time.perf_counter()
             for fut in running:
-                res = fut.result()
                 in_flight -= 1
+                try:
+                    res = fut.result()
+                except CheckpointError as err:
+                    # unusable checkpoint (corrupt, or not ours): the chain is recomputed from
+                    # its start; being deterministic it rewrites the same clips
+                    bid, s = chain_of[fut.key]
+                    if (bid, s) in recomputed:
+                        raise
+                    recomputed.add((bid, s))
+                    logger.warning("%s; recomputing chain (batch %d, setting %d) from its start",
+                                   err, bid, s)
+                    cdir = chain_dir(work, bid, s)
+                    shutil.rmtree(cdir, ignore_errors=True)
+                    running.add(submit(bid, s, 0))
+                    in_flight += 1
+                    continue
                 tasks_done += 1
                 clips_found += res["new_clips"]
-                sim_s += res["simulated_s"]
-                for r, st in res["finished"].items():
-                    finished[(int(r), res["setting"])] = st
                 key = (res["batch"], res["setting"])
                 if res["done"]:
                     chain_chunk.pop(key, None)
                     chunks_used.append(res["chunk"] + 1)
+                    remove_checkpoints(chain_dir(work, *key))
                 else:
                     chain_chunk[key] = res["chunk"]
-                if not res["done"] and (_max_tasks is None or tasks_done < _max_tasks):
                     running.add(submit(res["batch"], res["setting"], res["chunk"] + 1))
                     in_flight += 1
-                if _max_tasks is not None and tasks_done >= _max_tasks:
-                    interrupted = True
-                while todo and in_flight < limit and not interrupted:
+                while todo and in_flight < limit:
                     running.add(submit(*todo.popleft()))
                     in_flight += 1
                 # ETA: chains take as many chunks as the finished ones did (the cap before any)
@@ -384,14 +474,23 @@ def harvest_clips(
                 elapsed = time.perf_counter() - t_loop
                 bar.set_postfix(clips=clips_found, clips_per_s=f"{clips_found / max(elapsed, 1e-9):.2f}",
                                 chains_left=len(todo) + in_flight)
-                if interrupted and in_flight == 0:
-                    break
         finally:
             bar.close()
             client.close()
             if cluster is not None:
                 cluster.close()
+    else:
+        bar.close()
 
+    # every variant of a finished chain, including those that stopped in chunks done
+    # before an interruption, is in the chain's done.json
+    finished: dict[tuple[int, int], dict] = {}
+    for bid in range(len(batches)):
+        for s in settings:
+            done_path = chain_dir(work, bid, s) / "done.json"
+            if done_path.exists():
+                for r, st in json.loads(done_path.read_text()).items():
+                    finished[(int(r), s)] = st
     complete = all((r, s) in finished for r in regions for s in settings)
     report_dir = Path(report_dir) if report_dir is not None else out_dir.parent
     report: dict[str, Any] = {"config": wanted, "complete": complete, "tasks": tasks_done,
@@ -419,7 +518,7 @@ def harvest_clips(
     report_dir.mkdir(parents=True, exist_ok=True)
     report["histogram"] = str(plot_clips_histogram(clips, clips_per_region,
                                                    report_dir / "clips_per_region.png"))
-    _atomic_json(report_dir / "harvest_report.json", report)
+    write_json(report_dir / "harvest_report.json", report)
     # the chains' small JSON results stay (a rerun reuses them); staged clips are all moved
     shutil.rmtree(work / "clips", ignore_errors=True)
     logger.info("harvest complete: %d clips, %.0f simulated s, %d bytes, %d regions below %d",

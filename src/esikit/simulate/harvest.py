@@ -34,6 +34,14 @@ Tasks and seeds
     the number of workers or on restarts. Each task reads the previous chunk's
     checkpoint and writes its own atomically, so a crashed run resumes from the last
     finished chunk of every batch.
+
+Checkpoints
+    ``chains/b{batch}_s{setting}/chunk_{c}.npz``: plain arrays (the integrator state,
+    the clip streams, the clips found), read with ``allow_pickle=False`` and checked
+    field by field, so a file anyone can write into the (shared) folder cannot run code;
+    a malformed one raises :class:`CheckpointError` and the driver recomputes the chain.
+    A task keeps the previous chunk's checkpoint, so a retried task redoes its chunk
+    from it and writes the same files again.
 """
 
 from __future__ import annotations
@@ -42,34 +50,34 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
 from .nmm import JansenRitParams
-from .spikes import CLIP_LENGTH, _save_mat, rescale_spike_channel, spike_alpha
+from .spikes import (
+    CLIP_LENGTH, DISCARD_RAW, DOWNSAMPLE, rescale_spike_channel, save_clip, spike_alpha, write_json)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointError",
     "ClipStream",
     "DECIDE_AFTER",
     "chain_dir",
+    "read_checkpoint",
     "run_chunk_task",
     "variant_seed",
+    "write_checkpoint",
 ]
 
 #: A peak's clip is decided once the recording reaches ``block + DECIDE_AFTER`` samples.
 DECIDE_AFTER = 1000
 #: Context of the per-clip rescaling: ``block - CONTEXT_BEFORE .. block + DECIDE_AFTER``.
 CONTEXT_BEFORE = 500
-_DISCARD = 250      # downsampled samples of transient dropped (1000 raw samples)
-_DOWNSAMPLE = 4     # 2000 Hz -> 500 Hz
 _NOISE_BLOCK = 500  # steps of noise drawn at once, into one reused buffer
 
 
@@ -167,6 +175,23 @@ class ClipStream:
         self._trim()
         return decided
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The stream's state as plain arrays (for a checkpoint; see :meth:`from_arrays`)."""
+        buf = np.zeros((0, 0), np.float32) if self.buf is None else self.buf
+        return {"buf": buf, "peak_t": self.peak_t, "peak_r": self.peak_r,
+                "pending": np.asarray(self.pending, dtype=np.int64),
+                "ints": np.array([self.buf_start, self.scanned_to, self.last_candidate,
+                                  self.buf is None], dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, region: int, arrays: dict[str, np.ndarray]) -> "ClipStream":
+        """Inverse of :meth:`to_arrays` (the rule settings are the defaults)."""
+        buf_start, scanned_to, last_candidate, no_buf = (int(v) for v in arrays["ints"])
+        return cls(region=int(region), buf=None if no_buf else arrays["buf"], buf_start=buf_start,
+                   scanned_to=scanned_to, last_candidate=last_candidate,
+                   peak_t=arrays["peak_t"].astype(np.int64), peak_r=arrays["peak_r"].astype(np.int64),
+                   pending=[int(t) for t in arrays["pending"]])
+
     def _keep(self, t: int, block: int, T: int, final: bool) -> bool:
         if final and not (t + 1 + self.end_margin < T and block + CLIP_LENGTH <= T):
             return False
@@ -235,17 +260,112 @@ def staged_clip_path(work_dir: str | Path, region: int, setting: int, chunk: int
     return Path(work_dir) / "clips" / f"a{int(region)}" / f"s{int(setting)}_c{int(chunk):06d}_{int(j):03d}.mat"
 
 
-def _atomic_pickle(path: Path, obj: Any) -> None:
+class CheckpointError(ValueError):
+    """A chain checkpoint that cannot be used (unreadable, or fields of the wrong shape)."""
+
+
+#: Stream fields stored per variant ``b`` as ``s{b}_{field}``.
+_STREAM_FIELDS = ("buf", "peak_t", "peak_r", "pending", "ints")
+_CHECKPOINT_FORMAT = "esikit-harvest-checkpoint-1"
+
+
+def write_checkpoint(path: Path, regions: list[int], streams: list[ClipStream], found: list[int],
+                     state: dict) -> Path:
+    """Write a chain checkpoint: plain arrays in one ``.npz``, atomically.
+
+    Parameters
+    ----------
+    path : Path
+        ``chunk_{c}.npz`` in the chain's folder.
+    regions : list of int, length B
+        The variants still running.
+    streams : list of ClipStream, length B
+    found : list of int, length B
+        Clips written so far per variant.
+    state : dict
+        :meth:`BatchIntegrator.get_state` (``y``, ``ring``, ``A``, ``step``).
+    """
+    arrays = {"format": np.array(_CHECKPOINT_FORMAT), "regions": np.asarray(regions, np.int64),
+              "found": np.asarray(found, np.int64), "y": state["y"], "ring": state["ring"],
+              "A": state["A"], "step": np.int64(state["step"])}
+    for b, stream in enumerate(streams):
+        arrays.update({f"s{b}_{k}": v for k, v in stream.to_arrays().items()})
     tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
     with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        np.savez(f, **arrays)
     os.replace(tmp, path)
+    return path
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def read_checkpoint(path: Path, n_nodes: int, horizon: int, n_regions: int, step: int,
+                    regions: list[int]) -> tuple[list[int], list[ClipStream], list[int], dict]:
+    """Read and check a chain checkpoint written by :func:`write_checkpoint`.
+
+    Nothing in the file is unpickled (``allow_pickle=False``); every field is checked
+    against the chain's network (``n_nodes``, ``horizon``, ``n_regions`` of the
+    activity), the expected integration ``step`` and the chain's ``regions``.
+
+    Returns
+    -------
+    regions, streams, found, state
+        As given to :func:`write_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file and every field that is missing or wrong.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as err:  # not a zip, pickled objects, truncated: all unusable alike
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
+                              "expected an .npz of plain arrays") from None
+    problems = []
+
+    def field(name, ndim=None, shape=None, kind="if"):
+        if name not in data:
+            problems.append(f"field '{name}' is missing")
+            return None
+        v = data[name]
+        if v.dtype.kind not in kind:
+            problems.append(f"field '{name}' has dtype {v.dtype}, expected a numeric array")
+            return None
+        if (ndim is not None and v.ndim != ndim) or (shape is not None and v.shape != shape):
+            want = shape if shape is not None else f"{ndim} dimensions"
+            problems.append(f"field '{name}' has shape {v.shape}, expected {want}")
+            return None
+        return v
+
+    fmt = data.get("format")
+    if fmt is None or fmt.dtype.kind != "U" or str(fmt) != _CHECKPOINT_FORMAT:
+        problems.append(f"field 'format' is {None if fmt is None else str(fmt)!r}, "
+                        f"expected {_CHECKPOINT_FORMAT!r}")
+    regs = field("regions", ndim=1, kind="i")
+    nb = 0 if regs is None else len(regs)
+    if regs is not None and (nb == 0 or not set(regs.tolist()) <= set(regions)):
+        problems.append(f"field 'regions' is {regs.tolist()}, expected a non-empty subset of {regions}")
+    found = field("found", shape=(nb,), kind="i")
+    y = field("y", shape=(6, n_nodes, nb), kind="f")
+    ring = field("ring", shape=(n_nodes, horizon, nb), kind="f")
+    A = field("A", shape=(n_nodes, nb), kind="f")
+    st = field("step", shape=(), kind="i")
+    if st is not None and int(st) != step:
+        problems.append(f"field 'step' is {int(st)}, expected {step}")
+    streams = []
+    for b in range(nb):
+        f = {k: field(f"s{b}_{k}", ndim=1 if k != "buf" else 2, kind="f" if k == "buf" else "i")
+             for k in _STREAM_FIELDS}
+        if f["ints"] is not None and f["ints"].shape != (4,):
+            problems.append(f"field 's{b}_ints' has shape {f['ints'].shape}, expected (4,)")
+        elif f["buf"] is not None and f["buf"].size and f["buf"].shape[1] != n_regions:
+            problems.append(f"field 's{b}_buf' has shape {f['buf'].shape}, expected (n, {n_regions})")
+        elif all(v is not None for v in f.values()):
+            streams.append(ClipStream.from_arrays(int(regs[b]), f))
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    state = {"y": y, "ring": ring, "A": A, "step": int(st)}
+    return [int(r) for r in regs], streams, [int(n) for n in found], state
 
 
 _ANATOMY_CACHE: dict = {}
@@ -268,8 +388,18 @@ def latest_checkpoint(cdir: Path) -> int:
     """Chunk index of the newest checkpoint in ``cdir`` (-1 when none)."""
     if not cdir.is_dir():
         return -1
-    chunks = [int(p.stem.split("_")[1]) for p in cdir.glob("chunk_*.pkl")]
-    return max(chunks, default=-1)
+    return max(_checkpoints(cdir), default=-1)
+
+
+def _checkpoints(cdir: Path) -> dict[int, Path]:
+    """Chunk index -> checkpoint file of a chain folder (other files are ignored)."""
+    out = {}
+    for p in cdir.glob("chunk_*.npz"):
+        try:
+            out[int(p.stem.split("_")[1])] = p
+        except ValueError:
+            continue
+    return out
 
 
 def run_chunk_task(spec: dict) -> dict:
@@ -306,9 +436,9 @@ def run_chunk_task(spec: dict) -> dict:
     node_of_region = anat["node_of_region"]
     seed = int(spec["seed"])
     steps = int(round(float(spec["chunk_s"]) * 1000.0 / dt_ms))
-    if steps % _DOWNSAMPLE:
+    if steps % DOWNSAMPLE:
         raise ValueError(f"Invalid value for 'chunk_s': expected a multiple of "
-                         f"{_DOWNSAMPLE * dt_ms / 1000} s, got {spec['chunk_s']!r}.")
+                         f"{DOWNSAMPLE * dt_ms / 1000} s, got {spec['chunk_s']!r}.")
 
     if chunk == 0:
         regions = [int(r) for r in spec["regions"]]
@@ -320,14 +450,11 @@ def run_chunk_task(spec: dict) -> dict:
         streams = [ClipStream(region=r) for r in regions]
         found = [0] * len(regions)
     else:
-        with open(cdir / f"chunk_{chunk - 1:06d}.pkl", "rb") as f:
-            ck = pickle.load(f)
-        regions, streams, found = ck["regions"], ck["streams"], ck["found"]
-        integ = BatchIntegrator.from_state(structure, params, ck["state"], dt_ms, spec["backend"],
+        regions, streams, found, state = read_checkpoint(
+            cdir / f"chunk_{chunk - 1:06d}.npz", n_nodes, structure.horizon, len(node_of_region),
+            chunk * steps, [int(r) for r in spec["regions"]])
+        integ = BatchIntegrator.from_state(structure, params, state, dt_ms, spec["backend"],
                                            block=int(spec.get("block", 16)))
-    if integ.step != chunk * steps:
-        raise RuntimeError(f"{cdir}: checkpoint at step {integ.step}, expected {chunk * steps} "
-                           f"for chunk {chunk}")
 
     # integrate the chunk, noise drawn per variant from its own stream
     rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
@@ -335,10 +462,10 @@ def run_chunk_task(spec: dict) -> dict:
     for s0 in range(0, steps, _NOISE_BLOCK):
         m = min(_NOISE_BLOCK, steps - s0)
         buf = draw_noise(rngs, m, n_nodes, out=buf)
-        pieces.append(integ.advance(buf, record_every=_DOWNSAMPLE, out_dtype=np.float32))
+        pieces.append(integ.advance(buf, record_every=DOWNSAMPLE, out_dtype=np.float32))
     rec = np.concatenate(pieces, axis=1)  # (B, steps / 4, n_nodes)
-    first = chunk * steps // _DOWNSAMPLE  # downsampled index of rec[:, 0]
-    skip = max(0, _DISCARD - first)
+    first = chunk * steps // DOWNSAMPLE  # downsampled index of rec[:, 0]
+    skip = max(0, DISCARD_RAW // DOWNSAMPLE - first)
 
     share, max_chunks = int(spec["share"]), int(spec["max_chunks"])
     capped_now = chunk + 1 >= max_chunks
@@ -353,9 +480,7 @@ def run_chunk_task(spec: dict) -> dict:
             clip, _ = scale_clip(ctx, c0, peak, block, r, anat["fwd"], float(spec["target_snr_db"]))
             path = staged_clip_path(work, r, setting, chunk, j)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-            _save_mat(tmp, {"data": clip})
-            os.replace(tmp, path)
+            save_clip(path, clip)
             j += 1
             found[b] += 1
         new_clips += j
@@ -365,39 +490,40 @@ def run_chunk_task(spec: dict) -> dict:
         else:
             keep.append(b)
     # finished variants of this chunk are recorded with the chain: append-only per chunk
-    _atomic_json(cdir / f"finished_{chunk:06d}.json", {str(k): v for k, v in finished.items()})
+    write_json(cdir / f"finished_{chunk:06d}.json", {str(k): v for k, v in finished.items()})
     done = not keep
     if done:
-        _atomic_json(cdir / "done.json", _collect_finished(cdir))
+        write_json(cdir / "done.json", collect_finished(cdir))
     else:
         if len(keep) < len(regions):
             integ.select(keep)
-        _atomic_pickle(cdir / f"chunk_{chunk:06d}.pkl", {
-            "regions": [regions[b] for b in keep], "streams": [streams[b] for b in keep],
-            "found": [found[b] for b in keep], "state": integ.get_state()})
-    for old in cdir.glob("chunk_*.pkl"):
-        if int(old.stem.split("_")[1]) < chunk or done:
+        write_checkpoint(cdir / f"chunk_{chunk:06d}.npz", [regions[b] for b in keep],
+                         [streams[b] for b in keep], [found[b] for b in keep], integ.get_state())
+    # the previous checkpoint stays until the next chunk (a retry of this task redoes it);
+    # the driver removes those of a finished chain
+    for c, old in _checkpoints(cdir).items():
+        if c < chunk - 1:
             old.unlink(missing_ok=True)
-    if spec.get("_fail_after_writing"):  # tests: a crash after the outputs, before returning
-        raise RuntimeError("injected failure")
     return {"batch": batch, "setting": setting, "chunk": chunk, "n_active": len(regions),
             "new_clips": new_clips, "simulated_s": len(regions) * steps * dt_ms / 1000.0,
             "finished": finished, "done": done, "wall_s": time.perf_counter() - t_start}
 
 
-def _collect_finished(cdir: Path) -> dict:
+def collect_finished(cdir: Path) -> dict:
+    """Per-region stats of every variant of a chain that has finished so far (from its files)."""
     out = {}
     for p in sorted(cdir.glob("finished_*.json")):
         out.update(json.loads(p.read_text()))
     return out
 
 
-def expected_chunks(share: int, max_chunks: int) -> int:
-    """Upper bound of the chunks a chain can take (used before any rate is known)."""
-    return max(1, int(max_chunks)) if share > 0 else 1
+def remove_checkpoints(cdir: Path) -> None:
+    """Delete every checkpoint of a chain (when it is done, or to recompute it)."""
+    for p in _checkpoints(cdir).values():
+        p.unlink(missing_ok=True)
 
 
 def chunk_seconds_valid(chunk_s: float, dt_ms: float = 0.5) -> bool:
     """Whether ``chunk_s`` is a whole number of downsampled samples."""
     steps = chunk_s * 1000.0 / dt_ms
-    return math.isclose(steps, round(steps)) and round(steps) % _DOWNSAMPLE == 0
+    return math.isclose(steps, round(steps)) and round(steps) % DOWNSAMPLE == 0

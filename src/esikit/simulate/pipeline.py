@@ -30,7 +30,7 @@ import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
 from .nmm import NOISE_SETTINGS, JansenRitParams
-from .spikes import make_spike_clips
+from .spikes import make_spike_clips, plain_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +94,6 @@ def dataset_paths(out_dir: str | Path, anatomy: Anatomy) -> dict[str, Path]:
         "status": out / _STATUS_FILE,
         "progress": out / _PROGRESS_FILE,
     }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return None if np.isnan(obj) else float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj)}")
 
 
 def _clean_nan(x):
@@ -255,7 +237,7 @@ def make_dataset(
     paths = dataset_paths(out_dir, anat)
 
     status_path, progress_path = paths["status"], paths["progress"]
-    wanted = json.loads(json.dumps(config, default=_json_default))
+    wanted = plain_json(config)
     if not force:
         for path, what in ((status_path, "a dataset"), (progress_path, "an unfinished dataset")):
             if not path.exists():
@@ -277,7 +259,7 @@ def make_dataset(
             elif p.exists():
                 p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(progress_path, {"status": "in_progress", "config": config})
+    write_json(progress_path, {"status": "in_progress", "config": config})
 
     _write_anatomy(anat, paths)
     if clips_per_region is not None:
@@ -332,7 +314,7 @@ def make_dataset(
         "train_metadata": str(train_path),
         "test_metadata": str(test_path),
     }
-    _write_json(status_path, summary)
+    write_json(status_path, summary)
     progress_path.unlink(missing_ok=True)
     logger.info("Dataset complete in %s: %d clips from %d regions (%.0f s simulated, %.0f s wall)",
                 out_dir, summary["n_clips"], len(region_list) - len(without), simulated,
@@ -385,6 +367,6 @@ def _make_harvested_dataset(anat, config, paths, region_list, settings, seed, pa
         "harvest_report": str(Path(out_dir) / "harvest_report.json"),
         "histogram": report["histogram"],
     }
-    _write_json(paths["status"], summary)
+    write_json(paths["status"], summary)
     paths["progress"].unlink(missing_ok=True)
     return summary

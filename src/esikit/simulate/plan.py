@@ -9,7 +9,6 @@ take, and the disk the raw simulations would take if they were kept (they are no
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import tempfile
@@ -21,9 +20,9 @@ import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
 from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
-from .harvest import _DISCARD, _DOWNSAMPLE, ClipStream, scale_clip, variant_seed
+from .harvest import ClipStream, scale_clip, variant_seed
 from .nmm import JansenRitParams
-from .spikes import _save_mat
+from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +84,8 @@ def plan_harvest(
     settings = [int(s) for s in settings]
     n_cores = int(n_cores or default_n_workers())
     pick = sorted({regions[int(i)] for i in np.linspace(0, len(regions) - 1, min(pilot_regions, len(regions)))})
-    steps = int(round(pilot_s * 2000)) // _DOWNSAMPLE * _DOWNSAMPLE
-    if steps <= _DISCARD * _DOWNSAMPLE:
+    steps = int(round(pilot_s * 2000)) // DOWNSAMPLE * DOWNSAMPLE
+    if steps <= DISCARD_RAW:
         raise ValueError(f"Invalid value for 'pilot_s': expected more than 0.5 s, got {pilot_s!r}.")
     share = int(math.ceil(clips_per_region / len(settings)))
     rates, n_clips_pilot, wall, sim, clip_bytes = {}, 0, 0.0, 0.0, []
@@ -106,9 +105,9 @@ def plan_harvest(
             for s0 in range(0, steps, 500):
                 m = min(500, steps - s0)
                 buf = draw_noise(rngs, m, st.n_nodes, out=buf)
-                pieces.append(integ.advance(buf, record_every=_DOWNSAMPLE))
+                pieces.append(integ.advance(buf, record_every=DOWNSAMPLE))
             wall += time.perf_counter() - t0
-            rec = np.concatenate(pieces, axis=1)[:, _DISCARD:]
+            rec = np.concatenate(pieces, axis=1)[:, DISCARD_RAW // DOWNSAMPLE:]
             for b, r in enumerate(regs):
                 decided = ClipStream(region=r).feed(rec[b][:, anat.node_of_region], final=True)
                 found += len(decided)
@@ -161,7 +160,7 @@ def _args(decided):
 def _clip_size(clip: np.ndarray) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "nmm_1.mat"
-        _save_mat(path, {"data": np.asarray(clip, dtype=np.float32)})
+        save_clip(path, clip)
         return path.stat().st_size
 
 

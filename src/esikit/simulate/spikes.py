@@ -42,15 +42,20 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLIP_LENGTH",
+    "DISCARD_RAW",
+    "DOWNSAMPLE",
     "RegionClipResult",
     "downsample_raw",
     "find_spike_times",
     "make_region_clips",
     "make_spike_clips",
+    "plain_json",
     "rescale_spike_channel",
+    "save_clip",
     "select_clips",
     "spike_alpha",
     "write_clip",
+    "write_json",
 ]
 
 #: Samples per clip (1 s at 500 Hz).
@@ -58,13 +63,15 @@ CLIP_LENGTH = 500
 #: Name of the per-region marker written last (JSON with the counts).
 DONE_MARKER = ".done"
 
-_DISCARD_RAW = 1000   # raw samples dropped at the start (500 ms at 2000 Hz)
-_DOWNSAMPLE = 4       # 2000 Hz -> 500 Hz
+#: Raw samples dropped at the start of every simulation (500 ms at 2000 Hz).
+DISCARD_RAW = 1000
+#: Downsampling factor of the simulated activity (2000 Hz -> 500 Hz).
+DOWNSAMPLE = 4
 
 
 # --------------------------------------------------------------------------- rules
 def downsample_raw(raw: np.ndarray, node_of_region: np.ndarray | None = None,
-                   discard: int = _DISCARD_RAW, factor: int = _DOWNSAMPLE) -> np.ndarray:
+                   discard: int = DISCARD_RAW, factor: int = DOWNSAMPLE) -> np.ndarray:
     """Drop the transient, keep every ``factor``-th sample and map nodes to regions.
 
     Parameters
@@ -264,29 +271,53 @@ def rescale_spike_channel(nmm: np.ndarray, region: int, spike_times: np.ndarray,
 
 
 # --------------------------------------------------------------------------- files
-def _save_mat(path: Path, data: dict) -> None:
-    try:
-        from esikit.io import save_mat_file
-    except ImportError:  # io package missing: plain scipy writes the same MAT v5
-        import scipy.io
-
-        scipy.io.savemat(path, data, do_compression=True)
-        return
-    save_mat_file(path, data, format="v5")
-
-
-def write_clip(folder: Path, k: int, clip: np.ndarray) -> Path:
-    """Write ``folder/nmm_{k}.mat`` (field ``data``, float32) atomically.
+def save_clip(path: str | Path, clip: np.ndarray) -> Path:
+    """Write one clip to ``path`` (MAT v5, field ``data``, float32) atomically.
 
     The file is written under a temporary name in the same folder, then renamed, so
     readers never see half a file.
     """
-    folder = Path(folder)
-    final = folder / f"nmm_{k}.mat"
-    tmp = folder / f".tmp_{os.getpid()}_nmm_{k}.mat"
-    _save_mat(tmp, {"data": np.asarray(clip, dtype=np.float32)})
-    os.replace(tmp, final)
-    return final
+    from ..io import save_mat_file
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+    save_mat_file(tmp, {"data": np.asarray(clip, dtype=np.float32)}, format="v5")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj)}")
+
+
+def plain_json(data):
+    """``data`` as plain JSON values: what :func:`write_json` writes and ``json.load`` reads back."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (temporary name, then one rename).
+
+    NumPy scalars and arrays become numbers and lists, NaN becomes null, paths strings.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def write_clip(folder: Path, k: int, clip: np.ndarray) -> Path:
+    """Write ``folder/nmm_{k}.mat`` (field ``data``, float32) atomically (:func:`save_clip`)."""
+    return save_clip(Path(folder) / f"nmm_{k}.mat", clip)
 
 
 @dataclass
@@ -402,8 +433,8 @@ def make_region_clips(
         # Record only what is kept: every 4th sample, first one at raw sample 0.
         raw = simulate_network(weights, tract_lengths, excited, duration_s, setting=setting,
                                seed=_region_seed(seed, region, setting), params=params,
-                               backend=backend, record_every=_DOWNSAMPLE, dtype=np.float32)
-        nmm = raw[_DISCARD_RAW // _DOWNSAMPLE:][:, node_of_region]
+                               backend=backend, record_every=DOWNSAMPLE, dtype=np.float32)
+        nmm = raw[DISCARD_RAW // DOWNSAMPLE:][:, node_of_region]
         del raw
         times, regions = find_spike_times(nmm)
         spike_times, starts = select_clips(times, regions, region, nmm.shape[0])
@@ -429,9 +460,7 @@ def make_region_clips(
     info = asdict(result)
     info["alpha_per_setting"] = [a if np.isfinite(a) else None for a in result.alpha_per_setting]
     info.update(config)
-    tmp = folder / f".tmp_{os.getpid()}_done"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, marker)  # written last: the region is complete
+    write_json(marker, info)  # written last: the region is complete
     return result
 
 

@@ -31,6 +31,9 @@ class Key:
     optional: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    # True: changing it does not change the trained weights, so ``--resume`` accepts a
+    # new value without ``--force`` (see RESUME_FREE_KEYS).
+    resume_free: bool = False
 
 
 _PATH = (str, PathLike)
@@ -39,7 +42,7 @@ KEYS: dict[str, Key] = {
     "USE_METADATA_LOADER": Key(True, "train from metadata files (False: draw samples on the fly)", (bool,)),
     "TRAIN_METADATA_PATH": Key("data/default/source/train_sample_source1.mat", "training metadata file", _PATH),
     "TEST_METADATA_PATH": Key("data/default/source/test_sample_source1.mat", "test metadata file", _PATH,
-                              optional=True),
+                              optional=True, resume_free=True),
     "NMM_SPIKES_DIR": Key(None, "clip folder (a{region}/nmm_{k}.mat) or *_nmm.h5; None: beside the metadata",
                           _PATH, optional=True),
     "FWD_MATRIX_PATH": Key("data/default/anatomy/leadfield_63_76.mat", "forward matrix file (C x R)", _PATH),
@@ -47,7 +50,8 @@ KEYS: dict[str, Key] = {
                    "'default'; None: anatomy/anatomy.npz beside the forward matrix when present", _PATH,
                    optional=True),
     "TRAIN_DATASET_LEN": Key(None, "use only the first N training samples", (int,), optional=True, minimum=1),
-    "TEST_DATASET_LEN": Key(None, "use only the first N test samples", (int,), optional=True, minimum=1),
+    "TEST_DATASET_LEN": Key(None, "use only the first N test samples", (int,), optional=True, minimum=1,
+                            resume_free=True),
     "VAL_SPLIT": Key(0.1, "fraction of the training metadata held out for validation", (float, int),
                      minimum=0.0, maximum=0.99),
     "NMM_PER_REGION": Key(None, "clips per region used to make nmm_idx (None: inferred)", (int,), optional=True,
@@ -60,7 +64,7 @@ KEYS: dict[str, Key] = {
                      "raw float32 size of the clips); 'reference': read clips on demand", (str,),
                      choices=("fast", "reference")),
     "CACHE_DIR": Key(None, "where the packed clip cache goes (None: $ESIKIT_CACHE_DIR, else .esikit_cache beside "
-                     "the clips when writable, else ~/.cache/esikit)", _PATH, optional=True),
+                     "the clips when writable, else ~/.cache/esikit)", _PATH, optional=True, resume_free=True),
     "TARGET": Key("dense", "how batches carry the source target: 'dense' (B, T, R) or 'compact' (labelled "
                   "regions and waveforms, expanded on the training device)", (str,), choices=("dense", "compact")),
     "NORMALIZE": Key(True, "normalize EEG and source as DeepSIF does", (bool,)),
@@ -71,9 +75,10 @@ KEYS: dict[str, Key] = {
     "DYNAMIC_N_SOURCES": Key((1, 2), "dynamic mode: possible numbers of sources", (tuple, list)),
     # -- training ----------------------------------------------------------------------------
     "MODEL": Key("deepsif", "network (see esikit.models.MODELS)", (str,)),
-    "MODEL_KWARGS": Key({}, "extra model arguments, e.g. {'num_lstm_layers': 3}", (dict,)),
+    "MODEL_KWARGS": Key({}, "extra model constructor arguments, e.g. {'n_lstm_layers': 3} for 'deepsif' "
+                        "(names are checked against the model)", (dict,)),
     "BATCH_SIZE": Key(8, "samples per batch", (int,), minimum=1),
-    "NUM_EPOCHS": Key(100, "training epochs", (int,), minimum=1),
+    "NUM_EPOCHS": Key(100, "training epochs", (int,), minimum=1, resume_free=True),
     "LEARNING_RATE": Key(1e-4, "Adam learning rate", (float, int), minimum=0.0),
     "WEIGHT_DECAY": Key(0.0, "Adam weight decay", (float, int), minimum=0.0),
     "LOSS_REDUCTION": Key("sum", "MSE reduction: 'sum' (DeepSIF) or 'mean'", (str,), choices=("sum", "mean")),
@@ -82,20 +87,34 @@ KEYS: dict[str, Key] = {
     "LR_SCHEDULE": Key(None, "None, 'cosine' or 'plateau'", (str,), choices=("cosine", "plateau"),
                        optional=True),
     "EARLY_STOPPING_PATIENCE": Key(None, "stop after N epochs without validation improvement", (int,),
-                                   optional=True, minimum=1),
-    "NUM_WORKERS": Key(4, "DataLoader worker processes", (int,), minimum=0),
-    "PIN_MEMORY": Key(True, "pin host memory for faster GPU copies (ignored on CPU)", (bool,)),
-    "USE_AMP": Key(True, "mixed precision on GPU (fp16/bf16); bf16 on CPU only if faster", (bool,)),
+                                   optional=True, minimum=1, resume_free=True),
+    "NUM_WORKERS": Key(4, "DataLoader worker processes", (int,), minimum=0, resume_free=True),
+    "PIN_MEMORY": Key(True, "pin host memory for faster GPU copies (ignored on CPU)", (bool,), resume_free=True),
+    "USE_AMP": Key(True, "mixed precision: True = autocast on CUDA (bf16 where supported, else fp16), float32 on "
+                   "CPU; 'bf16' = bf16 autocast on any device; 'fp16' = fp16 on CUDA only; False = float32",
+                   (bool, str), choices=(True, False, "bf16", "fp16")),
     "DEVICE": Key("auto", "'auto', 'cpu', 'cuda' or 'cuda:N'", (str,)),
     "SEED": Key(0, "seed of the split, shuffling, sample draws and initialization", (int,), minimum=0),
-    "LOG_DIR": Key("logs", "TensorBoard logs", _PATH),
-    "CHECKPOINT_DIR": Key("checkpoints", "checkpoints (last.pt, best.pt) and results", _PATH),
-    "RUN_NAME": Key(None, "sub-folder of LOG_DIR and CHECKPOINT_DIR (None: 'MODEL')", (str,), optional=True),
+    "LOG_DIR": Key("logs", "TensorBoard logs", _PATH, resume_free=True),
+    "CHECKPOINT_DIR": Key("checkpoints", "checkpoints (last.pt, best.pt) and results", _PATH, resume_free=True),
+    "RUN_NAME": Key(None, "sub-folder of LOG_DIR and CHECKPOINT_DIR (None: 'MODEL')", (str,), optional=True,
+                    resume_free=True),
     # -- evaluation ----------------------------------------------------------------------------
-    "EVALUATE": Key(True, "evaluate on the test set after training", (bool,)),
-    "BASELINES": Key(("mne", "dspm", "sloreta", "eloreta"), "classical methods to compare with", (tuple, list)),
-    "EVAL_MAX_SAMPLES": Key(None, "evaluate on at most N test samples", (int,), optional=True, minimum=1),
+    "EVALUATE": Key(True, "evaluate on the test set after training", (bool,), resume_free=True),
+    "BASELINES": Key(("mne", "dspm", "sloreta", "eloreta"), "classical methods to compare with", (tuple, list),
+                     resume_free=True),
+    "EVAL_MAX_SAMPLES": Key(None, "evaluate on at most N test samples", (int,), optional=True, minimum=1,
+                            resume_free=True),
 }
+
+#: Keys that ``--resume`` lets change without ``--force``: where things go, how fast the
+#: data comes, how long to train and what is evaluated; none changes the weights an epoch
+#: produces. (NUM_EPOCHS is not free under LR_SCHEDULE = 'cosine', whose period it sets.)
+RESUME_FREE_KEYS: tuple[str, ...] = tuple(name for name, key in KEYS.items() if key.resume_free)
+
+#: Keys holding file or folder paths; relative ones are relative to the folder a run
+#: started in (recorded in the checkpoint as ``run_cwd``).
+PATH_KEYS: tuple[str, ...] = tuple(name for name, key in KEYS.items() if key.types == _PATH)
 
 
 class ConfigError(ValueError):
@@ -208,7 +227,10 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
                 problems.append(f"Invalid value for {name!r}: expected a value ({key.doc}), got None.")
             continue
         if key.choices:
-            if value not in key.choices:
+            # ``1 in (True, False)`` is true in Python: check the type as well.
+            typed = not key.types or (isinstance(value, key.types) and (bool in key.types
+                                                                        or not isinstance(value, bool)))
+            if not typed or value not in key.choices:
                 options = ", ".join(repr(c) for c in key.choices)
                 problems.append(f"Invalid value for {name!r}: expected one of {options}, got {value!r}.")
             continue
@@ -230,6 +252,8 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
         if cfg["MODEL"] not in MODELS:
             options = ", ".join(repr(m) for m in MODELS)
             problems.append(f"Invalid value for 'MODEL': expected one of {options}, got {cfg['MODEL']!r}.")
+        elif isinstance(cfg.get("MODEL_KWARGS"), dict):
+            problems += _model_kwargs_problems(cfg["MODEL"], cfg["MODEL_KWARGS"], MODELS[cfg["MODEL"]])
     for name in ("BASELINES",):
         allowed = ("mne", "dspm", "sloreta", "eloreta")
         bad = [b for b in cfg.get(name) or () if b not in allowed]
@@ -238,6 +262,51 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _model_kwargs_problems(model: str, kwargs: dict[str, Any], cls: type) -> list[str]:
+    """MODEL_KWARGS names the model's constructor does not take (with the valid names)."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p not in ("self", "n_channels", "n_regions")
+             and params[p].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    problems = []
+    for name in kwargs:
+        if name in ("n_channels", "n_regions"):
+            problems.append(f"Invalid value for 'MODEL_KWARGS': {name!r} is set by the data (forward matrix), "
+                            "not by MODEL_KWARGS.")
+        elif name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"Invalid value for 'MODEL_KWARGS': model {model!r} takes no argument {name!r}{hint}; "
+                            f"valid names: {', '.join(valid)}.")
+    return problems
+
+
+def resolve_config_paths(cfg: dict[str, Any], bases: Sequence[str | PathLike | None]) -> dict[str, Any]:
+    """A copy of ``cfg`` whose relative paths (:data:`PATH_KEYS`) are made absolute.
+
+    Each relative path is tried against each folder of ``bases`` in turn (e.g. the
+    folder a run started in, then the project folder a checkpoint sits in, then the
+    current folder); the first that exists wins, else the first base is used, so an
+    error message names the path where the file was expected. ``ANATOMY = 'default'``
+    (the built-in anatomy) is left alone.
+    """
+    folders = [Path(b) for b in bases if b is not None]
+    out = dict(cfg)
+    for name in PATH_KEYS:
+        value = cfg.get(name)
+        if value is None or not isinstance(value, (str, PathLike)) or (name == "ANATOMY" and value == "default"):
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute() or not folders:
+            continue
+        candidates = [(folder / path).resolve() for folder in folders]
+        found = next((c for c in candidates if c.exists()), None)
+        out[name] = str(found if found is not None else candidates[0])
+    return out
 
 
 def dataset_options(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -11,9 +13,10 @@ import torch
 
 from esikit.config import ConfigError, default_config, validate_config
 from esikit.data.toy import make_toy_dataset
-from esikit.train import NonFiniteLossError, load_checkpoint
-from esikit.train.cli import build_loaders, train
-from esikit.train.trainer import Trainer
+from esikit.train import CheckpointError, NonFiniteLossError, load_checkpoint
+from esikit.train.checkpoint import RunLockedError
+from esikit.train.cli import build_loaders, main, train
+from esikit.train.trainer import DataLoaderWorkerError, ResumeConfigError, Trainer, choose_amp
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +179,188 @@ def test_reference_synthesis_trains_like_the_fast_one(toy, tmp_path):
     assert build_loaders(cfg)[3]["train_dataset"]._fast is None
     ref = train(cfg, show_progress=False)["state"].history
     assert ref["train_loss"] == pytest.approx(fast["train_loss"], rel=1e-4)
+
+
+# -- issue 10: resume, locks, crashes, AMP, workers ---------------------------------------------
+
+
+def test_resume_refuses_a_changed_config_and_force_applies_and_records_it(toy, tmp_path):
+    first = _cfg(toy, tmp_path, NUM_EPOCHS=1)
+    _trainer(first).fit()
+    run = tmp_path / "ckpt" / "t"
+    changed = validate_config(dict(first, NUM_EPOCHS=2, LEARNING_RATE=1e-2, SEED=3, BATCH_SIZE=2))
+    with pytest.raises(ResumeConfigError) as err:
+        _trainer(changed).fit(resume=True)
+    text = str(err.value)
+    for line in ("LEARNING_RATE: 0.003 -> 0.01", "SEED: 0 -> 3", "BATCH_SIZE: 4 -> 2", "--resume --force"):
+        assert line in text, line
+    assert "NUM_EPOCHS" not in text and str(run / "last.pt") in text
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # nothing written
+
+    # Keys that do not change the weights may change freely; the change is recorded.
+    free = validate_config(dict(first, NUM_EPOCHS=2, EVAL_MAX_SAMPLES=3))
+    t = _trainer(free)
+    t.fit(resume=True)
+    assert t.state.epoch == 2
+    assert t.state.config_changes == [{"epoch": 1, "forced": False,
+                                       "changes": {"EVAL_MAX_SAMPLES": [None, 3], "NUM_EPOCHS": [1, 2]}}]
+
+    forced = validate_config(dict(free, NUM_EPOCHS=3, LEARNING_RATE=1e-2, WEIGHT_DECAY=1e-4))
+    t = _trainer(forced)
+    t.fit(resume=True, force=True)
+    assert t.state.history["lr"] == [3e-3, 3e-3, 1e-2]  # the new rate is really used from epoch 3
+    assert t.optimizer.param_groups[0]["weight_decay"] == 1e-4
+    state = load_checkpoint(run / "last.pt")
+    assert state["config"]["LEARNING_RATE"] == 1e-2
+    change = state["train_state"]["config_changes"][-1]
+    assert change["epoch"] == 2 and change["forced"] is True
+    assert change["changes"]["LEARNING_RATE"] == [3e-3, 1e-2] and change["changes"]["WEIGHT_DECAY"] == [0.0, 1e-4]
+    assert json.loads((run / "history.json").read_text())["config_changes"][-1] == change
+
+
+def test_resume_compares_paths_where_each_run_started(toy, tmp_path, monkeypatch):
+    monkeypatch.chdir(toy["fwd_path"].parent)
+    cfg = _cfg(toy, tmp_path, NUM_EPOCHS=1, FWD_MATRIX_PATH=toy["fwd_path"].name)
+    _trainer(cfg).fit()
+    monkeypatch.chdir(tmp_path)  # the same file by its absolute path, from elsewhere
+    t = _trainer(validate_config(dict(cfg, FWD_MATRIX_PATH=str(toy["fwd_path"]), NUM_EPOCHS=2)))
+    t.fit(resume=True)
+    assert t.state.epoch == 2
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_kill_between_the_best_and_last_writes_resumes_exactly(toy, tmp_path, monkeypatch, caplog):
+    t = _trainer(_cfg(toy, tmp_path / "a", NUM_EPOCHS=3))
+    t.fit()
+    reference = {k: v.clone() for k, v in t.model.state_dict().items()}
+
+    from esikit.train import trainer as trainer_module
+
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if path.name == "best.pt" and state["epoch"] >= 2:
+            raise _Killed  # after best.pt, before last.pt
+
+    cfg = _cfg(toy, tmp_path / "b", NUM_EPOCHS=3)
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        _trainer(cfg).fit()
+    monkeypatch.undo()
+    run = tmp_path / "b" / "ckpt" / "t"
+    killed_at = load_checkpoint(run / "best.pt")["epoch"]
+    assert load_checkpoint(run / "last.pt")["epoch"] == killed_at - 1  # the state a kill leaves
+
+    t2 = _trainer(cfg)
+    with caplog.at_level("WARNING"):
+        t2.fit(resume=True)
+    assert "stopped between the two writes" in caplog.text
+    for k, v in t2.model.state_dict().items():
+        assert torch.equal(v, reference[k]), k
+    for key in ("train_loss", "val_loss", "lr"):
+        assert t2.state.history[key] == t.state.history[key], key
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert last["epoch"] == 3 and last["train_state"]["best_epoch"] == best["epoch"]
+
+
+def test_best_behind_last_is_repaired_on_resume(toy, tmp_path):
+    """What the old write order left after a kill: last.pt says it is the best, best.pt is older."""
+    cfg = _cfg(toy, tmp_path, NUM_EPOCHS=1)
+    _trainer(cfg).fit()
+    run = tmp_path / "ckpt" / "t"
+    old_best = (run / "best.pt").read_bytes()
+    cfg2 = dict(cfg, NUM_EPOCHS=2)
+    t = _trainer(cfg2)
+    t.fit(resume=True)
+    assert t.state.best_epoch == 2, "the fixture's epoch 2 should improve"
+    (run / "best.pt").write_bytes(old_best)  # best.pt one epoch behind
+    _trainer(cfg2).fit(resume=True)  # nothing left to train; repairs
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+
+
+def test_truncated_last_falls_back_to_best_else_clear_error(toy, tmp_path, caplog):
+    cfg = _cfg(toy, tmp_path, NUM_EPOCHS=2)
+    _trainer(cfg).fit()
+    run = tmp_path / "ckpt" / "t"
+    best_epoch = load_checkpoint(run / "best.pt")["epoch"]
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 3])
+    t = _trainer(cfg)
+    with caplog.at_level("WARNING"):
+        t.fit(resume=True)
+    assert f"resuming from best.pt (epoch {best_epoch})" in caplog.text
+    assert t.state.epoch == 2 and load_checkpoint(run / "last.pt")["epoch"] == 2
+    for name in ("last.pt", "best.pt"):
+        (run / name).write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot resume, no readable checkpoint") as err:
+        _trainer(cfg).fit(resume=True)
+    assert "last.pt" in str(err.value) and "best.pt" in str(err.value)
+
+
+_HOLD = """
+import sys, time
+from esikit.train.checkpoint import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_locked_folder_stops_with_the_holder(toy, tmp_path, capsys):
+    cfg = _cfg(toy, tmp_path, NUM_EPOCHS=1)
+    run = tmp_path / "ckpt" / "t"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=rf"{run}: another training run \(PID {proc.pid}\)"):
+            train(cfg, show_progress=False)
+        args = [f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in cfg.items() if v is not None]
+        assert main(args) == 4
+        assert f"PID {proc.pid}" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (run / "last.pt").exists()
+    train(cfg, show_progress=False)  # released with the killed holder
+    assert (run / "last.pt").exists()
+
+
+def test_cpu_amp_is_one_rule_not_a_timing(toy, tmp_path):
+    cpu = torch.device("cpu")
+    assert choose_amp(cpu, True) is None and choose_amp(cpu, False) is None
+    assert choose_amp(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(ConfigError, match="'fp16' needs a CUDA device"):
+        choose_amp(cpu, "fp16")
+    runs = [train(_cfg(toy, tmp_path / str(i), NUM_EPOCHS=1, USE_AMP=True), show_progress=False) for i in range(2)]
+    a, b = (load_checkpoint(r["run_dir"] / "last.pt") for r in runs)
+    assert a["amp_dtype"] is None
+    for k, v in a["model_state"].items():
+        assert torch.equal(v, b["model_state"][k]), k
+    t = _trainer(_cfg(toy, tmp_path / "bf", NUM_EPOCHS=1, USE_AMP="bf16"))
+    t.fit()
+    assert t.amp_dtype is torch.bfloat16 and load_checkpoint(t.run_dir / "last.pt")["amp_dtype"] == "torch.bfloat16"
+
+
+class _DiesInWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does
+        return torch.zeros(100, 8), torch.zeros(100, 16)
+
+
+def test_killed_dataloader_worker_is_a_clear_error(toy, tmp_path):
+    cfg = _cfg(toy, tmp_path, NUM_WORKERS=1)
+    loader = torch.utils.data.DataLoader(_DiesInWorker(), batch_size=4, num_workers=1)
+    info = {"n_channels": 8, "n_regions": 16, "n_times": 100}
+    t = Trainer(cfg, loader, None, info, tmp_path / "run", tmp_path / "logs", show_progress=False)
+    with pytest.raises(DataLoaderWorkerError) as err:
+        t.fit()
+    text = str(err.value)
+    assert "DataLoader worker process died" in text and "NUM_WORKERS=0" in text and str(tmp_path / "run") in text

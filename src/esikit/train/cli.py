@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, dataset_options, get_config
+from ..config import ConfigError, dataset_options, get_config, resolve_config_paths
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
     sizes = cfg.get("DYNAMIC_PATCH_SIZE_RANGE")
     if sizes is None:  # the same fraction of the cortex as DeepSIF's 70 of 994 regions
         sizes = (1, max(1, int(round(70 * anatomy.n_regions / 994))))
+    opts = {**dataset_options(cfg), "normalize": normalize}  # every dataset option, for every set
     kw = dict(snr_range_db=tuple(cfg["DYNAMIC_SNR_RANGE"]), patch_size_range=tuple(sizes),
-              n_sources=tuple(cfg["DYNAMIC_N_SOURCES"]), normalize=normalize)
+              n_sources=tuple(cfg["DYNAMIC_N_SOURCES"]), target=cfg.get("TARGET", "dense"),
+              **{k: v for k, v in opts.items() if k in DynamicSpikeEEGDataset.DATASET_OPTIONS})
     train_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], cfg["FWD_MATRIX_PATH"], anatomy, n_train, seed=seed, **kw)
     n_val = int(round(n_train * float(val_split)))
     val_ds = None
@@ -74,7 +77,7 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
                                         clip_store=train_ds.store, **kw).subset(np.arange(n_val), freeze_epoch=True)
     if cfg.get("TEST_METADATA_PATH"):
         test_ds = SpikeEEGMetadataDataset(cfg["TEST_METADATA_PATH"], train_ds.fwd, cfg.get("NMM_SPIKES_DIR"),
-                                          dataset_len=cfg.get("TEST_DATASET_LEN"), seed=seed, normalize=normalize)
+                                          dataset_len=cfg.get("TEST_DATASET_LEN"), seed=seed, **opts)
     else:
         n_test = int(cfg.get("TEST_DATASET_LEN") or max(n_val, 100))
         test_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], train_ds.fwd, anatomy, n_test, seed=seed + 2,
@@ -96,10 +99,25 @@ def run_dirs(cfg: dict[str, Any]) -> tuple[Path, Path]:
     return Path(cfg["CHECKPOINT_DIR"]) / name, Path(cfg["LOG_DIR"]) / name
 
 
+def check_model_fits(model, fwd, *, checkpoint=None, fwd_path=None) -> None:
+    """Raise a ValueError naming both shapes when ``model`` cannot run on ``fwd`` (C x R)."""
+    shape = tuple(int(n) for n in np.shape(fwd))
+    want = (getattr(model, "n_channels", None), getattr(model, "n_regions", None))
+    if None in want:  # not an esikit model: nothing to compare
+        return
+    if shape != want:
+        where = f"{checkpoint}: " if checkpoint else ""
+        what = f"the forward matrix {fwd_path}" if fwd_path else "the forward matrix"
+        raise ValueError(f"{where}the model takes {want[0]} channels and gives {want[1]} regions (expects a "
+                         f"forward matrix of shape {want}), but {what} has shape {shape}; evaluate on data with "
+                         "the leadfield the model was trained with")
+
+
 def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], history=None, device="cpu",
                    fwd_path=None) -> dict[str, Any]:
     from ..evaluate.runner import evaluate_model, find_anatomy
 
+    check_model_fits(model, fwd, fwd_path=fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))
     anatomy = find_anatomy(cfg.get("ANATOMY"), fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))
     return evaluate_model(
         model, test_dataset, fwd, out_dir, anatomy=anatomy, baselines=tuple(cfg.get("BASELINES") or ()),
@@ -108,8 +126,24 @@ def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], histo
     )
 
 
-def train(cfg: dict[str, Any], *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Train (and evaluate, when ``EVALUATE``) with a validated configuration."""
+def train(cfg: dict[str, Any], *, resume: bool = False, force: bool = False,
+          show_progress: bool = True) -> dict[str, Any]:
+    """Train (and evaluate, when ``EVALUATE``) with a validated configuration.
+
+    The run folder stays locked from before the data is built until the evaluation is
+    written (a second run with the same RUN_NAME stops at once with the holder's PID).
+    ``force`` (with ``resume``) accepts a changed configuration (:meth:`Trainer.resume`).
+    """
+    from .checkpoint import RunLock
+    from .trainer import distributed_context
+
+    run_dir, _ = run_dirs(cfg)
+    rank = distributed_context()[0]
+    with RunLock(run_dir) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, resume=resume, force=force, show_progress=show_progress)
+
+
+def _train(cfg: dict[str, Any], *, resume: bool, force: bool, show_progress: bool) -> dict[str, Any]:
     from .trainer import Trainer, load_model
 
     t0 = time.perf_counter()
@@ -123,7 +157,7 @@ def train(cfg: dict[str, Any], *, resume: bool = False, show_progress: bool = Tr
               f"{info['n_train']} train / {info['n_val']} validation / {info['n_test']} test samples, "
               f"{info['n_channels']} channels x {info['n_regions']} regions")
     try:
-        state = trainer.fit(resume=resume)
+        state = trainer.fit(resume=resume, force=force)
     finally:
         trainer.close()
     result: dict[str, Any] = {"run_dir": run_dir, "state": state, "train_seconds": time.perf_counter() - t0}
@@ -147,32 +181,57 @@ def train(cfg: dict[str, Any], *, resume: bool = False, show_progress: bool = Tr
 
 
 def main(argv: Sequence[str] = (), default_config: str | os.PathLike | None = None) -> int:
-    """``python train.py [KEY=VALUE ...] [--config PATH] [--resume]``."""
+    """``python train.py [KEY=VALUE ...] [--config PATH] [--resume [--force]]``.
+
+    Exit status: 0 done, 1 data, checkpoint, disk or worker problem, 2 bad configuration
+    (or a changed one on ``--resume`` without ``--force``), 3 non-finite loss, 4 the run
+    folder is locked by another run.
+    """
+    from .checkpoint import CheckpointError, RunLockedError
+    from .trainer import DataLoaderWorkerError, ResumeConfigError, is_worker_death, worker_death_message
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv)
-    resume = "--resume" in argv
-    if resume:
-        argv.remove("--resume")
+    flags = {flag: flag in argv for flag in ("--resume", "--force")}
+    argv = [a for a in argv if a not in flags]
+    resume, force = flags["--resume"], flags["--force"]
     try:
+        if force and not resume:
+            raise ConfigError(["--force only goes with --resume (it accepts a changed configuration)"],
+                              "command line")
         cfg, rest = get_config(argv, default_config)
         if rest:
-            raise ConfigError([f"unknown arguments {rest} (expected KEY=VALUE, --config PATH or --resume)"],
-                              "command line")
+            raise ConfigError([f"unknown arguments {rest} (expected KEY=VALUE, --config PATH, --resume or "
+                               "--resume --force)"], "command line")
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _init_distributed()
     try:
-        result = train(cfg, resume=resume)
-    except ConfigError as exc:
+        result = train(cfg, resume=resume, force=force)
+    except RunLockedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except (ConfigError, ResumeConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CheckpointError as exc:  # unreadable checkpoints, disk full while saving
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}\nRun 'python test_metadata_loader.py' to check the data.", file=sys.stderr)
         return 1
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except DataLoaderWorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not is_worker_death(exc):  # e.g. a worker of the evaluation's loader
+            raise
+        print(f"error: {worker_death_message(exc)}", file=sys.stderr)
+        return 1
     ev = result.get("evaluation")
     if ev is not None:
         _print_evaluation(ev, result["run_dir"])
@@ -202,25 +261,49 @@ def evaluate_main(args) -> int:
 
     try:
         model, state = load_model(args.checkpoint)
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    cfg = dict(state["config"])
+    cfg = resolve_config_paths(dict(state["config"]), _path_bases(Path(args.checkpoint), state))
     if args.max_samples is not None:
         cfg["EVAL_MAX_SAMPLES"] = args.max_samples
     test_path = args.test_metadata or cfg.get("TEST_METADATA_PATH")
     if not test_path:
         print("error: the checkpoint's config has no TEST_METADATA_PATH; pass --test-metadata", file=sys.stderr)
         return 1
-    ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
-                                 dataset_len=cfg.get("TEST_DATASET_LEN") if not args.test_metadata else None,
-                                 seed=cfg.get("SEED", 0), **dataset_options(cfg))
+    try:
+        ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
+                                     dataset_len=cfg.get("TEST_DATASET_LEN") if not args.test_metadata else None,
+                                     seed=cfg.get("SEED", 0), **dataset_options(cfg))
+        check_model_fits(model, ds.fwd, checkpoint=args.checkpoint, fwd_path=cfg["FWD_MATRIX_PATH"])
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     ds = ds.subset(np.arange(len(ds)), freeze_epoch=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")
     ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history)
     _print_evaluation(ev, out)
     return 0
+
+
+def _path_bases(checkpoint: Path, state: dict[str, Any]) -> list[Path | None]:
+    """Where a checkpoint's relative config paths may be relative to, most likely first.
+
+    The folder training ran in (recorded as ``run_cwd``), then the folder that holds
+    ``CHECKPOINT_DIR`` judging by where the checkpoint file is now (a project moved or
+    copied as a whole), then the current folder.
+    """
+    bases: list[Path | None] = [Path(state["run_cwd"]) if state.get("run_cwd") else None]
+    ckpt_dir = state.get("config", {}).get("CHECKPOINT_DIR")
+    if isinstance(ckpt_dir, str) and not Path(ckpt_dir).is_absolute():
+        # <root>/<CHECKPOINT_DIR>/<run>/best.pt -> <root>
+        root = checkpoint.resolve().parent.parent
+        for _ in Path(ckpt_dir).parts:
+            root = root.parent
+        bases.append(root)
+    bases.append(Path.cwd())
+    return bases
 
 
 # -- the demo ---------------------------------------------------------------------------------

@@ -1,7 +1,15 @@
-"""The training loop: Adam on MSE, checkpoints, resume, TensorBoard, progress, AMP, DDP."""
+"""The training loop: Adam on MSE, checkpoints, resume, TensorBoard, progress, AMP, DDP.
+
+Resume rules: ``last.pt`` (or ``best.pt`` when it is newer, or when ``last.pt`` is
+unreadable) restores everything; a configuration that differs from the run's in a key
+that changes the weights (not in :data:`esikit.config.RESUME_FREE_KEYS`) is refused
+unless ``force``, which applies the new values and records the change. While a run
+trains, ``<run>/.lock`` is held so that a second run into the same folder stops at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,9 +25,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import KEYS, PATH_KEYS, RESUME_FREE_KEYS, ConfigError
 from ..data import set_loader_epoch
 from ..models import build_model, model_from_config
-from .checkpoint import cleanup_stale_temporaries, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    RunLock,
+    atomic_write_text,
+    cleanup_stale_temporaries,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 try:
     from tqdm.auto import tqdm as _tqdm
@@ -35,6 +51,28 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; names the batch and its samples."""
 
 
+class ResumeConfigError(ValueError):
+    """``--resume`` with a configuration that differs from the run's; lists each change."""
+
+
+class DataLoaderWorkerError(RuntimeError):
+    """A DataLoader worker process died (often killed for memory); says what to try."""
+
+
+def is_worker_death(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's error for a DataLoader worker that died."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
+        "exited unexpectedly" in text or "killed by signal" in text)
+
+
+def worker_death_message(exc: BaseException, run_dir: str | os.PathLike | None = None) -> str:
+    kept = f" The last complete checkpoint in {run_dir} is kept; continue with --resume." if run_dir else ""
+    return (f"a DataLoader worker process died ({exc}). This is usually the system running out of memory: lower "
+            "NUM_WORKERS or BATCH_SIZE, or set NUM_WORKERS=0 to load in the main process, where any error in the "
+            f"data shows itself.{kept}")
+
+
 @dataclass
 class TrainState:
     """What a checkpoint restores besides the weights."""
@@ -45,6 +83,9 @@ class TrainState:
     epochs_without_improvement: int = 0
     history: dict[str, list[float]] = field(default_factory=lambda: {
         "train_loss": [], "val_loss": [], "lr": [], "data_wait_fraction": [], "samples_per_s": []})
+    # One entry per resume that changed the configuration:
+    # {"epoch": n, "forced": bool, "changes": {key: [old, new]}}.
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -57,15 +98,30 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global RNG state as plain data (lists, numbers, tensors) for a checkpoint."""
+    version, internal, gauss = random.getstate()
+    npstate = np.random.get_state(legacy=False)
+    states: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"bit_generator": npstate["bit_generator"],
+                  "state": {"key": npstate["state"]["key"].tolist(), "pos": int(npstate["state"]["pos"])},
+                  "has_gauss": int(npstate["has_gauss"]), "gauss": float(npstate["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    """Undo :func:`rng_states` (also reads older checkpoints' tuple / numpy-array form)."""
+    version, internal, gauss = states["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    npstate = states["numpy"]
+    if isinstance(npstate, dict):
+        npstate = {**npstate, "state": {"key": np.asarray(npstate["state"]["key"], dtype=np.uint32),
+                                        "pos": int(npstate["state"]["pos"])}}
+    np.random.set_state(npstate)
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -88,37 +144,94 @@ def distributed_context() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def choose_amp(device: torch.device, use_amp: bool, model: nn.Module, batch: torch.Tensor) -> torch.dtype | None:
-    """The autocast dtype to train with, or None.
+_AMP_NAMES = {"torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
 
-    On a GPU: bf16 where supported, else fp16 (with a GradScaler). On a CPU: bf16 only
-    when a measured forward/backward pass is faster than float32 (often it is not).
+
+def choose_amp(device: torch.device, use_amp: bool | str) -> torch.dtype | None:
+    """The autocast dtype to train with (None: float32), by one fixed rule.
+
+    ``USE_AMP = True``: on CUDA bf16 where supported, else fp16 (with a GradScaler); on
+    the CPU float32. ``'bf16'``: bf16 autocast on any device. ``'fp16'``: CUDA only.
+    ``False``: float32. No timing is involved, so the same command and seed give the
+    same weights on the same machine.
+
+    Raises
+    ------
+    ConfigError
+        When the device cannot do what ``use_amp`` asks.
     """
-    if not use_amp:
+    if use_amp is False or use_amp is None:
         return None
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if use_amp == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ConfigError([f"Invalid value for 'USE_AMP': 'bf16', but {device} has no bf16 support; use True "
+                               "(fp16 on this GPU) or False."])
+        return torch.bfloat16
+    if use_amp == "fp16":
+        if not cuda:
+            raise ConfigError([f"Invalid value for 'USE_AMP': 'fp16' needs a CUDA device, training runs on {device}; "
+                               "use 'bf16' or False."])
+        return torch.float16
+    if cuda:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    x = batch[: min(4, batch.shape[0])].to(device)
+    return None
 
-    def timed(dtype: torch.dtype | None) -> float:
-        best = math.inf
-        for _ in range(3):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-                out = model(x)
-            out.float().sum().backward()
-            best = min(best, time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-        return best
 
-    try:
-        fp32, bf16 = timed(None), timed(torch.bfloat16)
-    except RuntimeError as exc:  # an op without a bf16 CPU kernel
-        logger.info("bf16 autocast unavailable on CPU (%s); training in float32", exc)
-        return None
-    faster = bf16 < 0.9 * fp32
-    logger.info("CPU step: float32 %.3f s, bf16 %.3f s -> %s", fp32, bf16, "bf16" if faster else "float32")
-    return torch.bfloat16 if faster else None
+def _comparable(value: Any) -> Any:
+    """Tuples as lists, paths as strings: how a value reads back from a checkpoint."""
+    if isinstance(value, (tuple, list)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _absolute(value: Any, cwd: str | None) -> Any:
+    if not isinstance(value, (str, os.PathLike)) or value == "default":
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and cwd:
+        path = Path(cwd) / path
+    return os.path.normpath(path)
+
+
+def config_changes(old: dict[str, Any], old_cwd: str | None, new: dict[str, Any], new_cwd: str | None
+                   ) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """The keys that differ between a run's configuration and a new one.
+
+    Paths are compared as absolute paths, each relative to the folder its run started
+    in. MODEL and MODEL_KWARGS are left out: the model itself is compared instead.
+
+    Returns
+    -------
+    guarded : dict
+        ``{key: [old, new]}`` for keys that change the trained weights.
+    free : dict
+        The same for :data:`~esikit.config.RESUME_FREE_KEYS` (NUM_EPOCHS counts as guarded
+        under ``LR_SCHEDULE = 'cosine'``, whose period it sets).
+    """
+    guarded: dict[str, list[Any]] = {}
+    free: dict[str, list[Any]] = {}
+    cosine = "cosine" in (old.get("LR_SCHEDULE"), new.get("LR_SCHEDULE"))
+    for key in sorted(set(old) | set(new)):
+        if key.startswith("_") or key in ("MODEL", "MODEL_KWARGS"):
+            continue
+        default = KEYS[key].default if key in KEYS else None
+        a, b = _comparable(old.get(key, default)), _comparable(new.get(key, default))
+        if key in PATH_KEYS:
+            a, b = _absolute(a, old_cwd), _absolute(b, new_cwd)
+        if a == b:
+            continue
+        if key in RESUME_FREE_KEYS and not (key == "NUM_EPOCHS" and cosine):
+            free[key] = [a, b]
+        else:
+            guarded[key] = [a, b]
+    return guarded, free
 
 
 # -- the trainer -------------------------------------------------------------------------------
@@ -183,10 +296,9 @@ class Trainer:
         return None
 
     def _setup_amp(self) -> None:
-        batch = next(iter(self.train_loader))[0]
-        self.amp_dtype = choose_amp(self.device, bool(self.cfg.get("USE_AMP")), self.model, batch)
+        self.amp_dtype = choose_amp(self.device, self.cfg.get("USE_AMP", True))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        # The probe above must not change what training draws next.
+        # Training draws start from the seed, whatever building the model consumed.
         seed_everything(int(self.cfg["SEED"]))
 
     def _writer(self):
@@ -222,6 +334,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
+        """Everything :meth:`resume` restores, as plain data (loads with ``weights_only=True``)."""
         cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.cfg.items()}
         return {
             "model_state": self.model.state_dict(),
@@ -234,6 +347,9 @@ class Trainer:
             "train_state": self.state.__dict__,
             "rng_states": rng_states(),
             "config": cfg,
+            # Relative paths in the config are relative to this folder (esikit evaluate
+            # resolves them from here when run elsewhere).
+            "run_cwd": os.getcwd(),
             "data": {k: v for k, v in self.data_info.items() if isinstance(v, (int, float, str, type(None)))},
         }
 
@@ -242,30 +358,153 @@ class Trainer:
             return None
         return save_checkpoint(self.checkpoint_state(), self.run_dir / name)
 
-    def resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Restore everything from ``last.pt`` (or ``path``); False when there is none."""
-        path = Path(path) if path is not None else self.run_dir / "last.pt"
-        cleanup_stale_temporaries(path.parent)
-        if not path.exists():
-            logger.warning("--resume: no checkpoint at %s; starting from scratch", path)
-            return False
-        state = load_checkpoint(path, map_location=self.device)
+    def _read_run_checkpoints(self, run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None,
+                                                            dict[str, str]]:
+        """``(last, best, problems)``: each state or None, and why a present file is unusable."""
+        states: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name in ("last.pt", "best.pt"):
+            path = run_dir / name
+            if path.exists():
+                try:
+                    states[name] = load_checkpoint(path, map_location=self.device)
+                except CheckpointError as exc:
+                    problems[name] = str(exc)
+        return states.get("last.pt"), states.get("best.pt"), problems
+
+    def resume(self, path: str | os.PathLike | None = None, *, force: bool = False) -> bool:
+        """Restore everything from the run's checkpoint; False when there is none.
+
+        Without ``path``: ``last.pt``, or ``best.pt`` when it is newer (a kill between the
+        two writes) or when ``last.pt`` is unreadable (a warning says which epochs are
+        trained again). The other file is rewritten so that the two agree again.
+
+        Raises
+        ------
+        CheckpointError
+            When no checkpoint of the run can be read.
+        ResumeConfigError
+            When the configuration changed in a key that changes the weights and not
+            ``force``; lists every changed key, old -> new.
+        ValueError
+            When the model (MODEL, MODEL_KWARGS or the data's channels/regions) differs.
+        """
+        if path is not None:
+            path = Path(path)
+            cleanup_stale_temporaries(path.parent)
+            if not path.exists():
+                logger.warning("--resume: no checkpoint at %s; starting from scratch", path)
+                return False
+            state, last, best, problems = load_checkpoint(path, map_location=self.device), None, None, {}
+        else:
+            path = self.run_dir / "last.pt"
+            cleanup_stale_temporaries(self.run_dir)
+            last, best, problems = self._read_run_checkpoints(self.run_dir)
+            if last is None and best is None:
+                if problems:
+                    raise CheckpointError(f"{self.run_dir}: cannot resume, no readable checkpoint:\n  - "
+                                          + "\n  - ".join(problems.values())
+                                          + "\nStart again without --resume (or with another RUN_NAME).")
+                logger.warning("--resume: no checkpoint at %s; starting from scratch", path)
+                return False
+            if last is None:
+                why = problems.get("last.pt", "missing")
+                logger.warning("%s: %s; resuming from best.pt (epoch %d) instead: the epochs after it are trained "
+                               "again", path, why, best["epoch"])
+                state, path = best, self.run_dir / "best.pt"
+            elif best is not None and best["epoch"] > last["epoch"]:
+                logger.warning("%s (epoch %d) is newer than last.pt (epoch %d): the run was stopped between the two "
+                               "writes; resuming from best.pt", self.run_dir / "best.pt", best["epoch"], last["epoch"])
+                state, path = best, self.run_dir / "best.pt"
+            else:
+                state = last
         if state["model_config"] != self.model_config:
             raise ValueError(
                 f"{path}: the checkpoint's model {state['model_config']} differs from the configured one "
-                f"{self.model_config}; use the same MODEL/MODEL_KWARGS or another RUN_NAME")
+                f"{self.model_config}; use the same MODEL/MODEL_KWARGS and data, or another RUN_NAME")
+        guarded, free = config_changes(state["config"], state.get("run_cwd"), self.cfg, os.getcwd())
+        if guarded and not force:
+            lines = "\n".join(f"  - {k}: {old!r} -> {new!r}" for k, (old, new) in guarded.items())
+            raise ResumeConfigError(
+                f"{path}: the configuration differs from the one this run was trained with (epoch {state['epoch']}):"
+                f"\n{lines}\nRestore the old values, use --resume --force to continue with the new ones (the change "
+                "is recorded in the checkpoint and history.json), or choose another RUN_NAME.")
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
-        if self.scheduler is not None and state.get("scheduler_state") is not None:
+        if (self.scheduler is not None and state.get("scheduler_state") is not None
+                and "LR_SCHEDULE" not in guarded):
             self.scheduler.load_state_dict(state["scheduler_state"])
-        self.scaler.load_state_dict(state["scaler_state"])
         self.state = TrainState(**state["train_state"])
         restore_rng_states(state["rng_states"])
-        dtype = state.get("amp_dtype")
-        self.amp_dtype = {"torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}.get(dtype) if dtype else None
+        self._restore_amp(state, path)
+        if guarded:
+            self._apply_forced(guarded)
+        if guarded or free:
+            self.state.config_changes.append({"epoch": self.state.epoch, "forced": bool(guarded),
+                                              "changes": {**free, **guarded}})
+            for k, (old, new) in free.items():
+                logger.info("--resume: %s %r -> %r (does not change the weights)", k, old, new)
+        self._repair_pair(state, last, best, problems)
         self._resumed = True
         logger.info("Resumed from %s after epoch %d", path, self.state.epoch)
         return True
+
+    def _restore_amp(self, state: dict[str, Any], path: Path) -> None:
+        """The autocast dtype by today's rule; the GradScaler state when fp16 continues."""
+        stored = _AMP_NAMES.get(state.get("amp_dtype") or "")
+        self.amp_dtype = choose_amp(self.device, self.cfg.get("USE_AMP", True))
+        if stored != self.amp_dtype:
+            logger.warning("%s: the run trained with %s autocast; continuing with %s (USE_AMP=%r on %s)", path,
+                           stored or "no", self.amp_dtype or "no", self.cfg.get("USE_AMP", True), self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if self.amp_dtype == torch.float16 and stored == torch.float16 and state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
+
+    def _apply_forced(self, guarded: dict[str, list[Any]]) -> None:
+        """Put what ``--force`` changed into the optimizer, scheduler and RNGs.
+
+        The data (paths, BATCH_SIZE, SEED of the samples, ...), the loss and GRAD_CLIP
+        already follow the new configuration; the optimizer, scheduler and global RNGs
+        were just restored from the checkpoint, so the new values are applied here.
+        """
+        logger.warning("--resume --force: continuing with a changed configuration: %s",
+                       ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in guarded.items()))
+        if "LEARNING_RATE" in guarded:
+            lr = float(self.cfg["LEARNING_RATE"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+            if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+                self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        if "WEIGHT_DECAY" in guarded:
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = float(self.cfg.get("WEIGHT_DECAY", 0.0))
+        if "NUM_EPOCHS" in guarded and isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.T_max = int(self.cfg["NUM_EPOCHS"])
+        if "SEED" in guarded:
+            seed_everything(int(self.cfg["SEED"]))
+
+    def _repair_pair(self, state: dict[str, Any], last: dict[str, Any] | None, best: dict[str, Any] | None,
+                     problems: dict[str, str]) -> None:
+        """Make ``last.pt`` and ``best.pt`` agree again after a kill between their writes."""
+        if self.rank != 0 or (last is None and best is None):
+            return
+        if state is not last:  # resumed from best.pt: last.pt is older or unreadable
+            self.save("last.pt")
+            logger.warning("%s rewritten from best.pt (epoch %d)", self.run_dir / "last.pt", state["epoch"])
+            return
+        best_epoch = self.state.best_epoch
+        best_file_epoch = best["epoch"] if best is not None else None
+        if best_epoch == self.state.epoch and best_file_epoch != best_epoch:
+            # last.pt is itself the best epoch, and best.pt missed it.
+            self.save("best.pt")
+            logger.warning("%s rewritten from last.pt (epoch %d, the best; it held %s)", self.run_dir / "best.pt",
+                           best_epoch, problems.get("best.pt") or f"epoch {best_file_epoch}")
+        elif best_epoch > 0 and best_file_epoch != best_epoch:
+            logger.warning("%s holds epoch %s but last.pt records epoch %d as the best; it cannot be rebuilt: it "
+                           "is replaced at the next improvement", self.run_dir / "best.pt", best_file_epoch,
+                           best_epoch)
 
     # -- epochs -------------------------------------------------------------------------------
     def _per_sample(self, loss: torch.Tensor, batch_size: int) -> float:
@@ -337,10 +576,37 @@ class Trainer:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
-    def fit(self, *, resume: bool = False) -> TrainState:
-        """Train for ``NUM_EPOCHS`` (continuing after the last completed epoch on resume)."""
+    def fit(self, *, resume: bool = False, force: bool = False) -> TrainState:
+        """Train for ``NUM_EPOCHS`` (continuing after the last completed epoch on resume).
+
+        Holds the run folder's lock throughout (:class:`~esikit.train.checkpoint.RunLock`).
+
+        Parameters
+        ----------
+        resume : bool
+            Continue from the run's checkpoint (see :meth:`resume`).
+        force : bool
+            With ``resume``: accept a changed configuration, apply and record it.
+
+        Raises
+        ------
+        RunLockedError
+            When another process trains into the same run folder.
+        DataLoaderWorkerError
+            When a DataLoader worker process died.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self.resume() if resume else False
+        lock = RunLock(self.run_dir) if self.rank == 0 else contextlib.nullcontext()
+        with lock:
+            try:
+                return self._fit(resume, force)
+            except RuntimeError as exc:
+                if is_worker_death(exc):
+                    raise DataLoaderWorkerError(worker_death_message(exc, self.run_dir)) from exc
+                raise
+
+    def _fit(self, resume: bool, force: bool) -> TrainState:
+        resumed = self.resume(force=force) if resume else False
         if not resumed:
             self._setup_amp()
         writer = self._writer()
@@ -375,12 +641,14 @@ class Trainer:
                 writer.add_scalar("data/wait_fraction", stats["data_wait_fraction"], epoch + 1)
                 writer.add_scalar("data/samples_per_s", stats["samples_per_s"], epoch + 1)
                 writer.flush()
-            # last.pt first: a kill between the two saves loses nothing of this epoch.
-            self.save("last.pt")
+            # best.pt first, then last.pt: both hold this epoch's full state, so after a kill
+            # between the writes the newer file is complete and resume() repairs the other.
             if improved:
                 self.save("best.pt")
+            self.save("last.pt")
             if self.rank == 0:
-                (self.run_dir / "history.json").write_text(json.dumps(st.history, indent=1))
+                record = dict(st.history, **({"config_changes": st.config_changes} if st.config_changes else {}))
+                atomic_write_text(self.run_dir / "history.json", json.dumps(record, indent=1), "training history")
                 logger.info("epoch %d: train %.5g, val %.5g, lr %.3g, %.1f samples/s, data wait %.1f%%",
                             epoch + 1, stats["train_loss"], val, lr, stats["samples_per_s"],
                             100 * stats["data_wait_fraction"])

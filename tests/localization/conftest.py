@@ -91,3 +91,12 @@ def make_checkpoint(path: Path, anat: Anatomy, *, montage: bool = True, model: n
 @pytest.fixture
 def checkpoint(tmp_path, anatomy) -> Path:
     return make_checkpoint(tmp_path / "ckpt" / "best.pt", anatomy)
+
+
+def spike_recording(anat: Anatomy, regions=(3, 7, 10), times=(2.0, 5.0, 8.0), **kw):
+    """A toy recording with spikes at known regions and times (noiseless unless ``snr_db`` is given)."""
+    from esikit.localization.synthetic import make_spike_recording
+
+    kw.setdefault("snr_db", None)
+    kw.setdefault("background", 0.02)
+    return make_spike_recording(anat.fwd, anat.channel_names, list(regions), list(times), **kw)

@@ -189,15 +189,17 @@ def montage_from_spec(spec: Any, n_channels: int | None = None, sfreq: float = 5
             mont = Montage(list(fm.ch_names), getattr(fm, "ch_pos", None), sfreq, source=str(path))
         elif ":" in text:
             name, chans = text.split(":", 1)
-            if name not in mne.channels.get_builtin_montages():
+            try:
+                std = mne.channels.make_standard_montage(name)
+            except ValueError as exc:
                 raise ValueError(f"Invalid value for 'montage': {name!r} is not an MNE montage name "
-                                 f"(expected one of {', '.join(mne.channels.get_builtin_montages())})")
+                                 f"(expected one of {', '.join(mne.channels.get_builtin_montages())})") from exc
             chan_path = Path(chans)
             if chan_path.is_file():
                 names = [ln.strip() for ln in chan_path.read_text().splitlines() if ln.strip()]
             else:
                 names = [c.strip() for c in chans.split(",") if c.strip()]
-            pos = standard_positions(names, name)
+            pos = standard_positions(names, std)
             unknown = [n for n, p in zip(names, pos) if not np.isfinite(p).all()]
             if unknown:
                 logger.warning("montage %s has no position for %s; interpolation will not use them",

@@ -388,3 +388,38 @@ def test_data_check_names_the_cache_fix(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert f"{tmp_path / 'c'}: not enough free disk space for the packed clip cache" in out
     assert "fix: set CACHE_DIR" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataset_and_new_workers_keep_their_clips_during_a_rebuild(tmp_path, context):
+    """Issue 10 case 4 end to end: samples of an open dataset, in the main process and in
+    workers started after another process rebuilt the cache, stay those it opened with."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from esikit.data import SpikeEEGMetadataDataset
+    from esikit.data.toy import make_toy_dataset
+
+    if context not in torch.multiprocessing.get_all_start_methods():
+        pytest.skip(f"no '{context}' start method here")
+    toy = make_toy_dataset(tmp_path / "d", n_regions=12, n_channels=5, n_train=6, n_test=2, seed=4)
+    folder = tmp_path / "c"
+    ds = SpikeEEGMetadataDataset(toy["train_metadata"], toy["fwd_path"], cache_dir=folder)
+    before = [ds[i] for i in range(4)]
+    for path in sorted(toy["nmm_spikes_dir"].glob("a*/nmm_*.mat")):  # another run rewrites every clip
+        arr = toy["clips"][(int(path.parent.name[1:]), int(path.stem.split("_")[1]))]
+        save_mat_file(path, {"data": arr + 1.0})
+    other = PackedClipCache.open(FolderClipStore(toy["nmm_spikes_dir"]), folder)
+    assert other.generation != ds._fast.cache.generation
+    for i in range(4):
+        for a, b in zip(ds[i], before[i]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context=context)
+    eeg, src = next(iter(loader))
+    torch.testing.assert_close(eeg, torch.stack([b[0] for b in before]), rtol=0, atol=0)
+    torch.testing.assert_close(src, torch.stack([b[1] for b in before]), rtol=0, atol=0)
+    del loader  # the worker has exited: the dataset's pin must outlive it
+    save_mat_file(toy["nmm_spikes_dir"] / "a0" / "nmm_1.mat", {"data": toy["clips"][(0, 1)] * 5})
+    third = PackedClipCache.open(FolderClipStore(toy["nmm_spikes_dir"]), folder)
+    assert (ds._fast.cache.generation / "clips.f32").is_file()
+    assert third.generation.name in _gens(folder)

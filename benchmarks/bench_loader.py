@@ -11,7 +11,9 @@ sources and patches of 1 to 70 regions, it measures samples per second of:
 (d) this project with 2 DataLoader workers (batches of 32; and with the compact target);
 (e) batched synthesis in one process (DataLoader, batches of 32, dense target; and
     with the compact target);
-(f) the torch synthesis path (on the GPU when there is one; on CPU here otherwise);
+(f) the dynamic mode (configurations drawn on the fly, patches grown on a ring of the
+    994 regions), batches of 32 in one process, by the reference function and (f') by
+    the fast kernel;
 
 and the dense write limit: zero-filling the same output arrays (500 x 994 target plus
 500 x 75 EEG per sample, float32). Then ratios to (a), (b) and the limit, the memory
@@ -230,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from esikit.data import SpikeEEGMetadataDataset
     from esikit.data.fast import collate_synthesized
-    from esikit.data.gpu import TorchSynthesizer
 
     if not args.fwd.exists():
         print(f"error: forward matrix not found: {args.fwd} (the DeepSIF anatomy in ../shared)", file=sys.stderr)
@@ -322,18 +323,23 @@ def main(argv: list[str] | None = None) -> int:
                                pids=tuple(w.pid for w in it2c["it"]._workers))
     del it2c, loader2c
 
-    print("(f) torch path ...", flush=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = TorchSynthesizer(ds, device)
+    print("(f) dynamic mode ...", flush=True)
+    from types import SimpleNamespace
 
-    def torch_batch() -> int:
-        e, _ = gen.synthesize_batch(next_positions(B))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return B
+    import scipy.sparse as sp
 
-    rates["f_" + device] = _rate(torch_batch, args.seconds)
-    del gen
+    from esikit.data.dynamic import DynamicSpikeEEGDataset
+
+    n_reg = int(prep["fwd"].shape[1])
+    ring = sp.diags([np.ones(n_reg - 1), np.ones(n_reg - 1)], [-1, 1], shape=(n_reg, n_reg), format="csr")
+    angle = np.arange(n_reg) * 2 * np.pi / n_reg
+    ring_anatomy = SimpleNamespace(adjacency=ring.astype(bool), centres=np.stack(
+        [80 * np.cos(angle), 80 * np.sin(angle), np.zeros(n_reg)], axis=1))
+    for key, mode in (("f", "reference"), ("f_fast", "fast")):
+        dyn = DynamicSpikeEEGDataset(nmm, args.fwd, ring_anatomy, N_SMALL, patch_size_range=(1, P_MAX),
+                                     synthesis=mode, cache_mb=0 if mode == "fast" else 512)
+        rates[key] = _rate(lambda: (dyn.synthesize_batch(next_positions(B)), B)[1], args.seconds)
+    del dyn
 
     print("dense write limit ...", flush=True)
     buf_y = np.empty((B, T, 994), dtype=np.float32)
@@ -380,8 +386,8 @@ def _report(res: dict) -> None:
         "d_compact": "(d') 2 workers, compact target",
         "e": "(e) esikit, batched synthesis, 1 process",
         "e_compact": "(e') batched, compact target, 1 process",
-        "f_cuda": "(f) torch synthesis on the GPU",
-        "f_cpu": "(f) torch synthesis on CPU (no GPU here)",
+        "f": "(f) dynamic mode, reference synthesis, 1 process",
+        "f_fast": "(f') dynamic mode, fast kernel, 1 process",
         "limit": "dense write limit (zero-fill outputs)",
         "limit_fresh": "dense write limit, fresh arrays",
     }
@@ -395,13 +401,11 @@ def _report(res: dict) -> None:
     print()
     print("| path | samples/s per core | wall samples/s | x (a) | x (b) | / limit |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for key in ("a", "b", "c", "d", "d_compact", "e", "e_compact", "f_cuda", "f_cpu", "limit", "limit_fresh"):
+    for key in ("a", "b", "c", "d", "d_compact", "e", "e_compact", "f", "f_fast", "limit", "limit_fresh"):
         if key in r:
             v = r[key]
             print(f"| {names[key]} | {v:,.1f} | {rw[key]['wall']:,.1f} | {v / a:,.1f} | {v / b:,.1f} | "
                   f"{v / lim:.2f} |")
-    if "f_cuda" not in r:
-        print("| (f) torch synthesis on the GPU | not measured: no GPU | | | | |")
     print()
     m = res["mem_main"]
     print(f"Memory (MiB), main process during (d): RSS {m['rss']:.0f}, PSS {m['pss']:.0f}, USS {m['uss']:.0f}")

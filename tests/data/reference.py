@@ -1,6 +1,6 @@
 """An independent, deliberately slow reference of the sample contract.
 
-Written from ``shared/docs/SAMPLE_CONTRACT.md`` alone: loops, float64, raw metadata
+Written from ``docs/SAMPLE_CONTRACT.md`` alone: loops, float64, raw metadata
 arrays as the generator wrote them (padding values included), clips from a dict. It
 shares no code with ``esikit.data`` so the two can check each other.
 """

@@ -174,9 +174,82 @@ def test_errors(clip_dir, anatomy, tmp_path):
     with pytest.raises(ValueError, match="'dataset_len'"):
         make(clip_dir, anatomy, dataset_len=0)
     with pytest.raises(ValueError, match="must match"):
-        DynamicSpikeEEGDataset(clip_dir, np.ones((12, 30)), anatomy, 4)
+        DynamicSpikeEEGDataset(clip_dir, np.random.default_rng(1).normal(size=(12, 30)), anatomy, 4)
     with pytest.raises(FileNotFoundError):
         DynamicSpikeEEGDataset(tmp_path / "none", None, anatomy, 4)
     ds = make(clip_dir, anatomy)
     with pytest.raises(IndexError):
         ds.sample_info(12)
+
+
+def _as_metadata(ds, n, epoch):
+    """The drawn configurations of samples 0..n-1 as raw DeepSIF metadata (15213 padding)."""
+    cfgs = [ds.sample_config(i, epoch) for i in range(n)]
+    width = max(len(p) for c in cfgs for p in c["patches"])
+    sel = np.full((n, 2, width), 15213.0)
+    mag = np.full((n, 2, width), 15213.0)
+    ks, scale = np.zeros((n, 2)), np.ones((n, 2, 1))
+    for i, c in enumerate(cfgs):
+        for s, (p, w, (_, k), a) in enumerate(zip(c["patches"], c["weights"], c["clips"], c["scales"])):
+            sel[i, s, :len(p)], mag[i, s, :len(p)], ks[i, s], scale[i, s, 0] = p, w, k, a
+    return {"selected_region": sel, "mag_change": mag, "random_samples": ks, "scale_ratio": scale,
+            "current_snr": np.array([c["snr_db"] for c in cfgs])}
+
+
+def test_fast_kernel_matches_reference_and_independent_oracle(clip_dir, anatomy, tmp_path):
+    from .reference import reference_sample
+
+    fast = make(clip_dir, anatomy, cache_dir=tmp_path / "cache")
+    ref = make(clip_dir, anatomy, synthesis="reference")
+    assert fast._fast is not None and ref._fast is None
+    fast.set_epoch(2)
+    ref.set_epoch(2)
+    meta = _as_metadata(ref, 12, 2)
+    clips = {(r, k): clip(r, k) for r in CLIP_REGIONS for k in (1, 2)}
+    eeg, src = fast.synthesize_batch(range(12))
+    for i in range(12):
+        assert fast.sample_config(i)["scales"] == ref.sample_config(i)["scales"]  # same clips, same peaks
+        re, ry = ref.synthesize(i)
+        oe, oy = reference_sample(meta, i, clips, anatomy.fwd, seed=4, epoch=2)
+        for got, want in ((eeg[i].numpy(), re), (src[i].numpy(), ry), (re, oe), (ry, oy)):
+            np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max(), rtol=0)
+    compact = make(clip_dir, anatomy, cache_dir=tmp_path / "cache", target="compact")
+    compact.set_epoch(2)
+    from esikit.data.fast import expand_compact_target
+
+    e2, (regions, values) = compact.synthesize_batch(range(12))
+    assert torch.equal(e2, eeg) and torch.equal(expand_compact_target(regions, values, N_REGIONS), src)
+    assert (tmp_path / "cache").is_dir()
+
+
+@pytest.mark.parametrize("synthesis", ["fast", "reference"])
+def test_unreadable_clip_policies(tmp_path, anatomy, synthesis, caplog):
+    import logging
+    import shutil
+
+    root = tmp_path / "nmm_spikes"
+    from esikit.io import save_mat_file
+
+    for r in CLIP_REGIONS[:3]:
+        (root / f"a{r}").mkdir(parents=True)
+        for k in (1, 2):
+            save_mat_file(root / f"a{r}" / f"nmm_{k}.mat", {"data": clip(r, k)})
+    (root / "a10" / "nmm_2.mat").write_bytes(b"MATLAB 5.0" + b"\0" * 100)
+    kw = dict(synthesis=synthesis, cache_dir=tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match=r"a10.nmm_2.mat.*missing_clips='error'"):
+        make(root, anatomy, missing_clips="error", **kw)
+    drop = make(root, anatomy, missing_clips="drop", dataset_len=40, **kw)
+    assert all((r, k) != (10, 2) for i in range(40) for r, k in drop.sample_config(i)["clips"])
+    with caplog.at_level(logging.WARNING):
+        zeros = make(root, anatomy, missing_clips="zeros", dataset_len=40, **kw)
+    if synthesis == "fast":  # the reference path finds unreadable clips when it meets them
+        assert any("cannot be read" in r.getMessage() for r in caplog.records)
+    hit = [i for i in range(40) if (10, 2) in zeros.sample_config(i)["clips"]]
+    assert hit
+    for i in hit[:2]:
+        cfg = zeros.sample_config(i)
+        eeg, src = zeros.synthesize(i)
+        assert np.isfinite(eeg).all() and np.isfinite(src).all()
+        dead = cfg["patches"][cfg["clips"].index((10, 2))]
+        assert not src[:, dead].any()  # that source contributes nothing, not even its labels
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The fast paths against the reference: draws, packed cache, batched, compact and torch synthesis."""
+"""The fast path against the reference: draws, packed cache, batched and compact synthesis."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from esikit.data import SpikeEEGMetadataDataset, create_dataloaders_from_metadata
 from esikit.data import _rng
 from esikit.data.fast import collate_synthesized, expand_compact_target
-from esikit.data.gpu import TorchSynthesizer
 from esikit.data.packed import PackedClipCache
 from esikit.data.toy import make_toy_dataset
 from esikit.io import save_mat_file
@@ -319,55 +318,6 @@ def test_h5_store_fast_path(tmp_path, toy):
         _close(src[i].numpy(), ry)
 
 
-# -- torch path (CPU here; the same code runs on a GPU) ----------------------------------------
-
-
-def test_torch_synthesizer_matches_reference_on_cpu(toy):
-    ds = SpikeEEGMetadataDataset(toy["train_metadata"], toy["fwd_path"], seed=6)
-    ds.set_epoch(1)
-    gen = TorchSynthesizer(ds, "cpu")
-    pos = list(range(0, 40, 3))
-    eeg, src = gen.synthesize_batch(pos)
-    assert eeg.shape == (len(pos), 500, 12) and src.shape == (len(pos), 500, 30)
-    for b, i in enumerate(pos):
-        re, ry = reference_sample(toy["train_meta"], i, toy["clips"], toy["fwd"], seed=6, epoch=1)
-        _close(eeg[b].numpy(), re)
-        _close(src[b].numpy(), ry)
-    with pytest.raises(ValueError, match="synthesis='fast'"):
-        TorchSynthesizer(SpikeEEGMetadataDataset(toy["train_metadata"], toy["fwd_path"], synthesis="reference"),
-                         "cpu")
-
-
-def test_torch_synthesizer_hand_rows(tmp_path, toy):
-    # Overlaps and duplicates through the tensor code as well.
-    pad = 999
-    sel = np.full((3, 2, 4), pad, dtype=float)
-    sel[0, 0, :3], sel[0, 1, :3] = [4, 5, 6], [6, 4, 9]
-    sel[1, 0, :4] = [12, 13, 13, 14]
-    sel[2, 0, :2], sel[2, 1, :1] = [20, 21], [21]
-    mag = np.where(sel != pad, 0.8, pad)
-    mag[:, :, 0] = np.where(sel[:, :, 0] != pad, 1.0, pad)
-    meta = {"selected_region": sel, "mag_change": mag,
-            "random_samples": np.where(sel[:, :, 0] != pad, 2, 0).astype(float),
-            "scale_ratio": np.tile([[1.0, 2.0]], (3, 2, 1)), "current_snr": np.array([5.0, 10.0, 20.0])}
-    save_mat_file(tmp_path / "hand.mat", meta)
-    ds = SpikeEEGMetadataDataset(tmp_path / "hand.mat", toy["fwd_path"], toy["nmm_spikes_dir"], seed=1)
-    eeg, src = TorchSynthesizer(ds, "cpu").synthesize_batch([0, 1, 2])
-    for i in range(3):
-        re, ry = reference_sample(meta, i, toy["clips"], toy["fwd"], seed=1)
-        _close(eeg[i].numpy(), re)
-        _close(src[i].numpy(), ry)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
-def test_torch_synthesizer_on_gpu_matches_cpu(toy):
-    ds = SpikeEEGMetadataDataset(toy["train_metadata"], toy["fwd_path"], seed=2)
-    e_gpu, y_gpu = TorchSynthesizer(ds, "cuda").synthesize_batch(range(8))
-    e_cpu, y_cpu = ds.synthesize_batch(range(8))
-    _close(e_gpu.cpu().numpy(), e_cpu.numpy())
-    _close(y_gpu.cpu().numpy(), y_cpu.numpy())
-
-
 def test_real_leadfield_fast_matches_reference(tmp_path, deepsif_anatomy_dir):
     from esikit.io import load_forward_matrix
 
@@ -376,11 +326,7 @@ def test_real_leadfield_fast_matches_reference(tmp_path, deepsif_anatomy_dir):
                            clip_regions=np.arange(0, 994, 97))
     ds = SpikeEEGMetadataDataset(toy["train_metadata"], deepsif_anatomy_dir / "leadfield_75_20k.mat")
     eeg, src = ds.synthesize_batch(range(4))
-    gen = TorchSynthesizer(ds, "cpu")
-    te, ty = gen.synthesize_batch(range(4))
     for i in range(4):
         re, ry = reference_sample(toy["train_meta"], i, toy["clips"], fwd)
         _close(eeg[i].numpy(), re)
         _close(src[i].numpy(), ry)
-        _close(te[i].numpy(), re)
-        _close(ty[i].numpy(), ry)

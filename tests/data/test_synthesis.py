@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from esikit.data import SpikeEEGMetadataDataset, draw_sample_randomness, synthesize_sample
+from esikit.data import SampleSpecs, SpikeEEGMetadataDataset, draw_sample_randomness, synthesize_sample, synthesize_spec
 from esikit.data.synthesis import normalize_eeg, scale_centre_waveform
 from esikit.data.toy import make_toy_dataset
 
@@ -126,3 +126,26 @@ def test_degenerate_inputs_never_give_nan():
     assert np.all(scale_centre_waveform(-np.ones(5), 3.0) == 0)
     z = np.zeros((5, 4), np.float32)
     assert np.all(normalize_eeg(z) == 0)
+
+
+def test_spec_row_gives_synthesize_sample():
+    # One spec row through synthesize_spec = the contract function on that row's lists.
+    rng = np.random.default_rng(3)
+    clips = {0: rng.standard_normal((40, 6)).astype(np.float32) + 1, 1: rng.standard_normal((40, 6)).astype(np.float32)}
+    fwd = rng.standard_normal((4, 6))
+    specs = SampleSpecs.from_sources([7], [[np.array([2, 3, 4]), np.array([5])]], [[np.array([1, .5, .2]), np.ones(1)]],
+                                     [[0, 1]], [[2.0, 3.0]], [10.0], n_sources=3)
+    assert specs.regions.shape == (1, 3, 3) and specs.regions[0, 2, 0] == -1 and specs.noise_segment[0] == -1
+    eeg, src = synthesize_spec(specs, 0, clips.get, fwd, seed=1, epoch=2, n_times=40)
+    _, noise = draw_sample_randomness(1, 2, 7, 3, 1, 40, 4)
+    want = synthesize_sample([clips[0], clips[1]], [np.array([2, 3, 4]), np.array([5])],
+                             [np.array([1, .5, .2]), np.ones(1)], [2.0, 3.0], fwd, 10.0, noise)
+    np.testing.assert_array_equal(eeg, want[0])
+    np.testing.assert_array_equal(src, want[1])
+    # A missing clip (None, or id -1) drops its source, as in the contract.
+    specs.clip_ids[0, 1] = -1
+    e2, _ = synthesize_spec(specs, 0, clips.get, fwd, seed=1, epoch=2, n_times=40)
+    want2 = synthesize_sample([clips[0]], [np.array([2, 3, 4])], [np.array([1, .5, .2])], [2.0], fwd, 10.0, noise)
+    np.testing.assert_array_equal(e2, want2[0])
+    c = specs.contiguous()
+    assert c.regions.dtype == np.int32 and c.clip_ids.dtype == np.int64 and c.regions.flags.c_contiguous

@@ -12,11 +12,11 @@ from .clips import (
 from .dataset import SpikeEEGMetadataDataset, find_clip_location, resolve_forward
 from .dynamic import DynamicSpikeEEGDataset
 from .fast import FastSynthesizer, collate_synthesized, expand_compact_target
-from .gpu import TorchSynthesizer
 from .packed import PackedClipCache
 from .loaders import EpochShuffleSampler, create_dataloaders_from_metadata, set_loader_epoch, split_indices
 from .metadata import DEEPSIF_PADDING, MetadataError, SampleMetadata, metadata_from_arrays, read_metadata
-from .synthesis import draw_sample_randomness, synthesize_sample
+from .noise import NOISE_MODES, load_noise_bank
+from .synthesis import SampleSpecs, draw_sample_randomness, synthesize_sample, synthesize_spec
 
 __all__ = [
     "ClipReadError",
@@ -24,7 +24,6 @@ __all__ = [
     "DynamicSpikeEEGDataset",
     "FastSynthesizer",
     "PackedClipCache",
-    "TorchSynthesizer",
     "collate_synthesized",
     "expand_compact_target",
     "EpochShuffleSampler",
@@ -46,4 +45,8 @@ __all__ = [
     "set_loader_epoch",
     "split_indices",
     "synthesize_sample",
+    "synthesize_spec",
+    "SampleSpecs",
+    "NOISE_MODES",
+    "load_noise_bank",
 ]

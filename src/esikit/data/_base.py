@@ -1,4 +1,10 @@
-"""What the metadata and dynamic datasets share: positions, a shared epoch, frozen views."""
+"""What the metadata and dynamic datasets share: positions, a shared epoch, frozen views,
+and the synthesis itself.
+
+A dataset is an adapter: it turns positions into a :class:`~esikit.data.synthesis.SampleSpecs`
+batch (:meth:`EpochIndexedDataset.specs`); everything after (the noise choice, the fast
+kernel or the reference function, single samples, batches) is here, once.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .clips import ClipReadError
+from .synthesis import SampleSpecs, synthesize_spec
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +38,15 @@ class EpochIndexedDataset(Dataset):
     Position ``i`` maps to a sample index ``indices[i]`` that, with the seed and the
     epoch, seeds every draw. The epoch lives in shared memory so that persistent
     DataLoader workers see :meth:`set_epoch`; frozen views (validation, test) keep
-    epoch 0. Subclasses define ``synthesize(i, epoch=None) -> (eeg, source)`` and set
-    ``fwd`` (C x R), ``store`` (a clip store) and ``missing_clips``.
+    epoch 0. Subclasses define :meth:`specs` and set ``fwd`` (C x R), ``store`` (a clip
+    store), ``seed``, ``normalize``, ``missing_clips`` and ``target``, then call
+    :meth:`_init_noise` and, for the fast path, :meth:`_open_fast_path`.
     """
 
     missing_clips: str = "zeros"
+    target: str = "dense"
     indices: np.ndarray
+    _fast: Any = None
 
     def _init_indexing(self, indices: np.ndarray) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -95,12 +105,84 @@ class EpochIndexedDataset(Dataset):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
         return int(self.indices[i])
 
-    def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    # -- synthesis --------------------------------------------------------------------------
+    def specs(self, positions: Sequence[int], epoch: int) -> SampleSpecs:  # pragma: no cover
+        """The configurations of the samples at ``positions`` (without the noise choice)."""
         raise NotImplementedError
+
+    def _init_noise(self, noise: str, noise_bank_path: Any, channel_names: Sequence[str] | None) -> None:
+        """Check the noise option and load the bank (at start-up, so errors come first)."""
+        from .._validation import check_option
+        from .noise import NOISE_MODES, load_noise_bank
+
+        self.noise = check_option("noise", noise, NOISE_MODES)
+        self.noise_bank = None
+        if noise != "white":
+            if noise_bank_path is None:
+                raise ValueError(f"Invalid value for 'noise_bank_path': noise={noise!r} needs a noise bank file "
+                                 "(NOISE_BANK_PATH), got None.")
+            self.noise_bank = load_noise_bank(noise_bank_path, self.n_channels, self.n_times, channel_names)
+
+    def _open_fast_path(self, cache_dir: Any) -> Any:
+        """Open (or build) the packed clip cache and the kernel's state; returns the cache."""
+        from .fast import FastSynthesizer
+        from .packed import PackedClipCache
+
+        cache = PackedClipCache.open(self.store, cache_dir)  # type: ignore[attr-defined]
+        self._fast = FastSynthesizer(cache, self.fwd, self.seed, self.normalize,  # type: ignore[attr-defined]
+                                     self.noise_bank)
+        return cache
+
+    def _noisy_specs(self, positions: Sequence[int], epoch: int) -> SampleSpecs:
+        specs = self.specs(positions, epoch)
+        if self.noise != "white":
+            from .noise import draw_noise_choice
+
+            specs.noise_segment, specs.noise_offset = draw_noise_choice(
+                self.noise, self.seed, epoch, specs.index, self.noise_bank, self.n_times)  # type: ignore[attr-defined]
+        return specs
+
+    noise: str = "white"
+    noise_bank: np.ndarray | None = None
+
+    def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._fast is not None:
+            eeg, src = self._fast.synthesize(self._noisy_specs([i], epoch), epoch, as_numpy=True)
+            return eeg[0], src[0]
+        return self.synthesize_reference(i, epoch)
+
+    def synthesize_reference(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` by the reference :func:`~esikit.data.synthesis.synthesize_spec`, clips from the store."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        return synthesize_spec(self._noisy_specs([i], epoch), 0, self._load_clip, self.fwd,  # type: ignore[attr-defined]
+                               self.seed, epoch, self.n_times, self.normalize, self.noise_bank)  # type: ignore[attr-defined]
+
+    def synthesize_batch(self, positions: Sequence[int] | np.ndarray, epoch: int | None = None,
+                         target: str | None = None) -> tuple[torch.Tensor, Any]:
+        """Samples at ``positions`` stacked: ``eeg (B, T, C)`` and the source (``(B, T, R)``,
+        or ``(regions, values)`` for the compact target)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        target = self.target if target is None else target
+        if self._fast is None:
+            pairs = [self.synthesize(int(i), epoch) for i in positions]
+            return (torch.from_numpy(np.stack([p[0] for p in pairs])),
+                    torch.from_numpy(np.stack([p[1] for p in pairs])))
+        return self._fast.synthesize(self._noisy_specs(positions, epoch), epoch, target=target)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         eeg, source = self.synthesize(int(i))
         return torch.from_numpy(eeg), torch.from_numpy(source)
+
+    def __getitems__(self, positions: list[int]) -> list[Any]:
+        """A whole batch in one call (DataLoader's batched fetch); see
+        :func:`esikit.data.fast.collate_synthesized`."""
+        if self._fast is None:
+            return [self[int(i)] for i in positions]
+        from .fast import SynthesizedBatch
+
+        return SynthesizedBatch(*self.synthesize_batch(positions))
 
     def _load_clip(self, clip_id: int) -> np.ndarray | None:
         """A clip, or None (with one warning) when it cannot be read and the policy is 'zeros'."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,12 +21,13 @@ from typing import Any, Union
 import numpy as np
 
 from .._validation import check_option, format_indices
+from ..head.layout import CLIP_FILE as _CLIP_FILE
+from ..head.layout import REGION_DIR as _REGION_DIR
+from ..head.layout import clip_relpath
 from .metadata import SampleMetadata
 
 logger = logging.getLogger(__name__)
 
-_REGION_DIR = re.compile(r"^a(\d+)$")
-_CLIP_FILE = re.compile(r"^nmm_(\d+)\.mat$")
 
 CLIP_RESOLUTIONS = ("auto", "random_samples", "formula", "h5", "mapping")
 MISSING_CLIP_POLICIES = ("zeros", "error", "drop")
@@ -185,7 +185,7 @@ class FolderClipStore(_CachedStore):
 
     def path(self, region: int, k: int) -> Path:
         """Where clip ``k`` of ``region`` lives (whether or not it exists)."""
-        return self.root / f"a{int(region)}" / f"nmm_{int(k)}.mat"
+        return self.root / clip_relpath(region, k)
 
     def describe(self, clip_id: int) -> str:
         return str(self.path(self.clip_regions[clip_id], self.clip_ks[clip_id]))

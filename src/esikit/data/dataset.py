@@ -24,20 +24,60 @@ from .clips import (
 )
 from ._base import EpochIndexedDataset
 from .metadata import SampleMetadata, read_metadata
-from .synthesis import draw_sample_randomness, synthesize_sample
+from .synthesis import SampleSpecs
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_forward(fwd: np.ndarray | str | PathLike) -> tuple[np.ndarray, str]:
-    """A ``(C, R)`` float32 forward matrix from an array (either orientation) or a file."""
+def resolve_forward(fwd: np.ndarray | str | PathLike, n_regions: int | None = None) -> tuple[np.ndarray, str]:
+    """A ``(C, R)`` float32 forward matrix from an array (either orientation) or a file.
+
+    ``n_regions`` (R of the clips, when known) decides the orientation; see
+    :func:`esikit.io.orient_forward_matrix`.
+    """
     from ..io import load_forward_matrix, orient_forward_matrix
 
     if isinstance(fwd, (str, PathLike)):
-        return np.asarray(load_forward_matrix(fwd), dtype=np.float32), str(fwd)
+        return np.asarray(load_forward_matrix(fwd, n_regions=n_regions), dtype=np.float32), str(fwd)
     if isinstance(fwd, torch.Tensor):
         fwd = fwd.detach().cpu().numpy()
-    return np.asarray(orient_forward_matrix(np.asarray(fwd)), dtype=np.float32), "<array>"
+    return np.asarray(orient_forward_matrix(np.asarray(fwd), n_regions=n_regions), dtype=np.float32), "<array>"
+
+
+def learn_clip_shape(store: ClipStore, n_probe: int = 7) -> tuple[int, int]:
+    """``(T, R)`` of a store's clips: the most common shape of a few spread over it.
+
+    The store then checks every clip against it, so a defect of the first clip makes
+    that clip unreadable (a missing clip, named) like the same defect anywhere else,
+    instead of setting the shape every other clip is compared with.
+
+    Raises
+    ------
+    ClipReadError
+        When none of the clips read can be read.
+    """
+    from collections import Counter
+
+    n = len(store)
+    if n == 0:
+        raise ValueError(f"{store}: holds no clips")
+    probe = np.unique(np.linspace(0, n - 1, min(n, n_probe)).round().astype(np.int64))
+    shapes, errors = [], []
+    for cid in probe:
+        try:
+            shapes.append(tuple(int(d) for d in store._read(int(cid)).shape))
+        except ClipReadError as exc:
+            errors.append(str(exc))
+    if not shapes:
+        raise ClipReadError(f"none of the {probe.size} clips read to learn T and R could be read: "
+                            + "; ".join(errors[:3]))
+    counts = Counter(shapes)
+    shape = counts.most_common(1)[0][0]
+    if len(counts) > 1:
+        logger.warning("%s: clips of shapes %s among %d read; using %s, the most common (the others count as "
+                       "unreadable)", store, dict(counts), len(shapes), shape)
+    store._shape = shape  # type: ignore[union-attr]  (what ClipStore.get and the packed cache check against)
+    return shape
 
 
 def find_clip_location(metadata_path: Path) -> Path:
@@ -61,9 +101,9 @@ def find_clip_location(metadata_path: Path) -> Path:
 class SpikeEEGMetadataDataset(EpochIndexedDataset):
     """EEG/source pairs synthesized on the fly from DeepSIF metadata.
 
-    Sample ``i`` is made by :func:`esikit.data.synthesis.synthesize_sample` from the
-    metadata row, its clips and the forward matrix, with every random draw seeded by
-    ``(seed, epoch, i)``: the same in any worker, process or order.
+    Sample ``i`` is metadata row ``i`` as a :class:`~esikit.data.synthesis.SampleSpecs`
+    row, made by the fast kernel or the reference function, with every random draw
+    seeded by ``(seed, epoch, i)``: the same in any worker, process or order.
 
     Parameters
     ----------
@@ -81,7 +121,7 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
     seed : int
         Seed of every random draw.
     clip_resolution : {'auto', 'random_samples', 'formula', 'h5', 'mapping'}
-        How a source finds its clip (see ``SAMPLE_CONTRACT.md``).
+        How a source finds its clip (see ``docs/SAMPLE_CONTRACT.md``).
     nper : int, optional
         Clips per region used when the metadata was made (``formula`` only); inferred
         when None.
@@ -108,6 +148,13 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
         :func:`esikit.data.fast.expand_compact_target`; single samples stay dense.
     cache_dir : path-like, optional
         Folder of the packed clip cache (default: see :mod:`esikit.data.packed`).
+    noise : {'white', 'recorded', 'mixed'}
+        Sensor noise (:mod:`esikit.data.noise`): DeepSIF's white noise, segments of
+        recorded EEG from ``noise_bank_path``, or either with probability 1/2.
+    noise_bank_path : path-like, optional
+        Noise bank file (``data`` K x L x C, optional ``ch_names``).
+    channel_names : sequence of str, optional
+        Names of the forward matrix's channels (to match the noise bank's by name).
 
     Examples
     --------
@@ -135,18 +182,25 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
         synthesis: str = "fast",
         target: str = "dense",
         cache_dir: str | PathLike | None = None,
+        noise: str = "white",
+        noise_bank_path: str | PathLike | None = None,
+        channel_names: Sequence[str] | None = None,
     ):
         from .fast import SYNTHESIS_MODES, TARGET_MODES
 
         check_option("missing_clips", missing_clips, MISSING_CLIP_POLICIES)
         check_option("synthesis", synthesis, SYNTHESIS_MODES)
-        check_option("target", target, TARGET_MODES)
-        if target == "compact" and synthesis != "fast":
-            raise ValueError("Invalid value for 'target': 'compact' needs synthesis='fast', got synthesis='reference'.")
+        check_option("target", target, TARGET_MODES if synthesis == "fast" else ("dense",))  # compact: fast only
         self.synthesis_mode = synthesis
         self.target = target
         self.metadata_path = Path(metadata_path)
-        self.fwd, self.fwd_source = resolve_forward(fwd)
+        if clip_store is None:
+            location = Path(nmm_spikes_dir) if nmm_spikes_dir is not None else find_clip_location(self.metadata_path)
+            clip_store = open_clip_store(location, cache_bytes=int(cache_mb * 2**20))
+        self.store: ClipStore = clip_store
+        # The clips' R decides the forward matrix's orientation (a 128 x 76 leadfield is
+        # C x R), and R decides which labels are regions: clips first, then the rest.
+        self.fwd, self.fwd_source = self._resolve_forward(fwd)
         self.normalize = bool(normalize)
         self.seed = int(seed)
         self.missing_clips = missing_clips
@@ -155,19 +209,14 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
         self.metadata: SampleMetadata = read_metadata(
             self.metadata_path, n_regions, require_clip_field=clip_mapping is None
         )
-        if clip_store is None:
-            location = Path(nmm_spikes_dir) if nmm_spikes_dir is not None else find_clip_location(self.metadata_path)
-            clip_store = open_clip_store(location, cache_bytes=int(cache_mb * 2**20))
-        self.store: ClipStore = clip_store
-        self._check_clip_shape()
         ids, missing_where, self.clip_resolution = resolve_clip_ids(
             self.metadata, self.store, clip_resolution, nper=nper, mapping=clip_mapping
         )
         if verify_clips:
             missing_where += self._verify_clips(ids)
-        self._fast = None
+        self._init_noise(noise, noise_bank_path, channel_names)
         if synthesis == "fast":
-            missing_where += self._open_fast_path(ids, cache_dir)
+            missing_where += self._pack_clips(ids, cache_dir)
         self.clip_ids = ids
         keep = self._apply_missing_policy(ids, missing_where)
 
@@ -183,22 +232,21 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
         self.metadata.share_memory()
         self._clip_ids_shared = torch.from_numpy(np.ascontiguousarray(self.clip_ids)).share_memory_()
         self.clip_ids = self._clip_ids_shared.numpy()
-        if self._fast is not None:
-            self._fast.clip_ids = self.clip_ids
         logger.info("%r", self)
 
     # -- start-up checks --------------------------------------------------------------------
-    def _check_clip_shape(self) -> None:
+    def _resolve_forward(self, fwd: np.ndarray | str | PathLike) -> tuple[np.ndarray, str]:
         try:
-            n_times, n_regions = self.store.shape
+            n_times, n_regions = learn_clip_shape(self.store)
         except ClipReadError as exc:
-            raise ClipReadError(f"cannot read the first clip to learn T and R: {exc}") from exc
-        if n_regions != self.fwd.shape[1]:
-            where = self.store.describe(0)
-            raise ValueError(
-                f"{where}: clip has {n_regions} regions (shape {(n_times, n_regions)}), but the forward matrix "
-                f"{self.fwd_source} has {self.fwd.shape[1]} (shape {self.fwd.shape}); they must match"
-            )
+            raise ClipReadError(f"cannot learn T and R from the clips: {exc}") from exc
+        try:
+            return resolve_forward(fwd, n_regions=n_regions)
+        except ValueError as exc:
+            if "neither dimension is" not in str(exc):  # a defect of the matrix itself
+                raise
+            raise ValueError(f"{exc} (the clips of {self.store} are {n_times} x {n_regions}: the forward matrix and "
+                             "the clips must come from the same anatomy)") from exc
 
     def _verify_clips(self, ids: np.ndarray) -> list[str]:
         """Read each referenced clip once; unreadable ones become missing (-1 in ``ids``)."""
@@ -235,16 +283,12 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
             )
         return [u.split(": cannot read")[0] for u in unreadable]
 
-    def _open_fast_path(self, ids: np.ndarray, cache_dir: str | PathLike | None) -> list[str]:
+    def _pack_clips(self, ids: np.ndarray, cache_dir: str | PathLike | None) -> list[str]:
         """Open (or build) the packed clip cache; referenced unreadable clips become missing."""
-        from .fast import FastSynthesizer
-        from .packed import PackedClipCache
-
-        cache = PackedClipCache.open(self.store, cache_dir)
+        cache = self._open_fast_path(cache_dir)
         bad = (ids >= 0) & ~cache.valid[np.clip(ids, 0, None)]
         where = [cache.errors[int(c)].split(": cannot read")[0] for c in ids[bad]]
         ids[bad] = -1
-        self._fast = FastSynthesizer(self.metadata, ids, cache, self.fwd, self.seed, self.normalize)
         return where
 
     def _apply_missing_policy(self, ids: np.ndarray, missing_where: list[str]) -> np.ndarray:
@@ -252,6 +296,7 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
         missing = present & (ids < 0)
         affected = np.nonzero(missing.any(axis=1))[0]
         n_all = self.metadata.n_samples
+        self.missing_clip_report = ""  # what the data check shows (it fails on missing clips)
         if affected.size == 0:
             return np.arange(n_all, dtype=np.int64)
         paths = list(dict.fromkeys(missing_where))
@@ -260,6 +305,7 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
             f"{self.metadata_path}: {missing.sum()} source(s) in {affected.size} of {n_all} samples reference "
             f"{len(paths)} missing or unreadable clip(s): {head}"
         )
+        self.missing_clip_report = text
         if self.missing_clips == "error":
             raise FileNotFoundError(text + " (missing_clips='error')")
         if self.missing_clips == "drop":
@@ -289,8 +335,6 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["clip_ids"] = state["_clip_ids_shared"].numpy()
         self.__dict__.update(state)
-        if self._fast is not None:
-            self._fast.clip_ids = self.clip_ids
 
     # -- epochs ----------------------------------------------------------------------------------
     def sample_info(self, i: int) -> dict[str, Any]:
@@ -307,60 +351,12 @@ class SpikeEEGMetadataDataset(EpochIndexedDataset):
             "n_sources": len(patches),
         }
 
-    def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
-        g = self.sample_index(i)
-        epoch = self.epoch if epoch is None else int(epoch)
-        if self._fast is not None:
-            eeg, src = self._fast.synthesize_batch(np.array([g]), epoch, as_numpy=True)
-            return eeg[0], src[0]
-        return self.synthesize_reference(i, epoch)
-
-    def synthesize_reference(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``i`` by :func:`~esikit.data.synthesis.synthesize_sample` from the clip files."""
-        g = self.sample_index(i)
-        epoch = self.epoch if epoch is None else int(epoch)
-        meta = self.metadata
-        choice, noise = draw_sample_randomness(
-            self.seed, epoch, g, meta.n_sources, meta.n_scale_options, self.n_times, self.n_channels
-        )
-        clips, patches, weights, scales = [], [], [], []
-        rows, w = meta.regions[g], meta.weights[g]
-        for s in range(meta.n_sources):
-            cid = int(self.clip_ids[g, s])
-            if rows[s, 0] < 0 or cid < 0:
-                continue
-            clip = self._load_clip(cid)
-            if clip is None:
-                continue
-            mask = rows[s] >= 0
-            clips.append(clip)
-            patches.append(rows[s][mask])
-            weights.append(w[s][mask])
-            scales.append(meta.scale_ratio[g, s, choice[s]])
-        return synthesize_sample(clips, patches, weights, scales, self.fwd, meta.snr_db[g], noise, self.normalize)
-
-    def synthesize_batch(self, positions: Sequence[int] | np.ndarray, epoch: int | None = None,
-                         target: str | None = None) -> tuple[torch.Tensor, Any]:
-        """Samples at ``positions`` stacked: ``eeg (B, T, C)`` and the source (``(B, T, R)``,
-        or ``(regions, values)`` for the compact target)."""
-        epoch = self.epoch if epoch is None else int(epoch)
-        target = self.target if target is None else target
-        if self._fast is None:
-            pairs = [self.synthesize(int(i), epoch) for i in positions]
-            return (torch.from_numpy(np.stack([p[0] for p in pairs])),
-                    torch.from_numpy(np.stack([p[1] for p in pairs])))
+    def specs(self, positions: Sequence[int] | np.ndarray, epoch: int) -> SampleSpecs:
+        """The metadata rows behind ``positions`` as a spec batch (rows seed the draws)."""
         rows = np.array([self.sample_index(int(i)) for i in positions], dtype=np.int64)
-        return self._fast.synthesize_batch(rows, epoch, target=target)
-
-    def __getitems__(self, positions: list[int]) -> list[Any]:
-        """A whole batch in one call (DataLoader's batched fetch); see
-        :func:`esikit.data.fast.collate_synthesized`."""
-        if self._fast is None:
-            return [self[int(i)] for i in positions]
-        from .fast import SynthesizedBatch
-
-        return SynthesizedBatch(*self.synthesize_batch(positions))
+        meta = self.metadata
+        return SampleSpecs(rows, meta.regions[rows], meta.weights[rows], self.clip_ids[rows], meta.scale_ratio[rows],
+                           meta.snr_db[rows])
 
 
 __all__ = ["SpikeEEGMetadataDataset", "resolve_forward", "find_clip_location", "FolderClipStore", "H5ClipStore"]

@@ -7,10 +7,13 @@ centre, patches grown over the region adjacency
 (:func:`esikit.simulate.patches.grow_patch` or DeepSIF's candidates), the
 ``mag_change``-style Gaussian weights, the sensor SNR and each source's peak amplitude
 (set, by default, for a source-to-background SNR drawn from ``scale_range`` with
-:func:`esikit.simulate.snr.find_alpha`). The sample itself is then made by
-:func:`esikit.data.synthesis.synthesize_sample`, the one contract function, with the
-noise of :func:`esikit.data.synthesis.draw_sample_randomness`: the same in any worker,
-process or order; a new epoch gives new configurations.
+:func:`esikit.simulate.snr.find_alpha`). Everything is drawn from
+generators seeded by ``(seed, epoch, index)``: the same in any worker, process or
+order; a new epoch gives new configurations.
+
+The drawn configurations of a batch become a :class:`~esikit.data.synthesis.SampleSpecs`
+(one scale option per source: the drawn peak), made by the same fast kernel or
+reference function as the metadata dataset's (``synthesis``).
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_option
-from .clips import ClipStore, FolderClipStore, open_clip_store
+from .._validation import check_option, check_positive_int
+from .clips import MISSING_CLIP_POLICIES, ClipReadError, ClipStore, FolderClipStore, open_clip_store
 from ._base import EpochIndexedDataset
-from .synthesis import draw_sample_randomness, synthesize_sample
+from .synthesis import SampleSpecs
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +98,11 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         Per-process clip cache.
     clip_store : FolderClipStore | None
         An already opened store (then ``nmm_spikes_dir`` is only used for messages).
+    synthesis, target, cache_dir, noise, noise_bank_path, channel_names
+        As for :class:`~esikit.data.SpikeEEGMetadataDataset`.
+    missing_clips : {'zeros', 'error', 'drop'}
+        Unreadable clips (found at start-up): a source drawing one contributes nothing
+        (one warning), raise, or never draw them.
 
     Examples
     --------
@@ -102,6 +110,10 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
     ...                             dataset_len=10000)  # doctest: +SKIP
     >>> eeg, source = ds[0]  # (T, C), (T, R) float32 tensors  # doctest: +SKIP
     """
+
+    #: Keys of :func:`esikit.config.dataset_options` this dataset takes (the others are
+    #: about metadata files).
+    DATASET_OPTIONS = ("normalize", "synthesis", "cache_dir", "missing_clips", "noise", "noise_bank_path")
 
     def __init__(
         self,
@@ -122,12 +134,24 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         min_centre_distance_mm: float = 0.0,
         cache_mb: float = 512,
         clip_store: ClipStore | None = None,
+        synthesis: str = "fast",
+        target: str = "dense",
+        cache_dir: str | PathLike | None = None,
+        missing_clips: str = "zeros",
+        noise: str = "white",
+        noise_bank_path: str | PathLike | None = None,
+        channel_names: Sequence[str] | None = None,
     ):
         from ..head.patches import as_adjacency
         from .dataset import resolve_forward
 
+        from .fast import SYNTHESIS_MODES, TARGET_MODES
+
         check_option("scale_mode", scale_mode, SCALE_MODES)
         check_option("patch_mode", patch_mode, PATCH_MODES)
+        check_option("synthesis", synthesis, SYNTHESIS_MODES)
+        self.target = check_option("target", target, TARGET_MODES if synthesis == "fast" else ("dense",))
+        self.missing_clips = check_option("missing_clips", missing_clips, MISSING_CLIP_POLICIES)
         if isinstance(anatomy, (str, PathLike)):
             from ..head.anatomy import load_anatomy
 
@@ -145,14 +169,9 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
                 f"anatomy has {self.adjacency.shape[0]} regions but the forward matrix {self.fwd_source} has "
                 f"{n_regions} (shape {self.fwd.shape}); they must match"
             )
-        dataset_len = int(dataset_len)
-        if dataset_len < 1:
-            raise ValueError(f"Invalid value for 'dataset_len': expected an integer >= 1, got {dataset_len}.")
-        self.dataset_len = dataset_len
-        options = (int(n_sources),) if np.isscalar(n_sources) else tuple(int(v) for v in n_sources)  # type: ignore[arg-type]
-        if not options or any(v not in (1, 2) for v in options):
-            raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or a sequence of them, got {n_sources!r}.")
-        self.n_sources_options = options
+        self.dataset_len = dataset_len = int(check_positive_int("dataset_len", dataset_len))  # type: ignore[arg-type]
+        options = (n_sources,) if np.isscalar(n_sources) else tuple(n_sources)  # type: ignore[arg-type]
+        self.n_sources_options = tuple(int(check_option("n_sources", v, (1, 2))) for v in options or (None,))
         self.snr_range_db = _pair("snr_range_db", snr_range_db)
         self.patch_size_range = _pair("patch_size_range", patch_size_range, int)
         if self.patch_size_range[0] < 1:
@@ -179,23 +198,53 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
                 f"{self.store.describe(0)}: clip has {clip_regions} regions (shape {(n_times, clip_regions)}), "
                 f"but the forward matrix {self.fwd_source} has {n_regions}; they must match"
             )
-        regions = self.store.regions_with_clips()
+        self._init_noise(noise, noise_bank_path, channel_names)
+        if synthesis == "fast":
+            cache = self._open_fast_path(cache_dir)
+            self._valid, errors = cache.valid, cache.errors
+        else:
+            self._valid, errors = self._read_every_clip() if missing_clips != "zeros" else (None, {})
+        self._pool = np.arange(len(self.store), dtype=np.int64)
+        if errors:
+            paths = [errors[c].split(": cannot read")[0] for c in sorted(errors)]
+            text = (f"{self.store.root}: {len(paths)} of {len(self.store)} clips cannot be read: "
+                    + ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else ""))
+            if missing_clips == "error":
+                raise FileNotFoundError(text + " (missing_clips='error')")
+            if missing_clips == "drop":
+                logger.warning("%s; never drawing them (missing_clips='drop')", text)
+                self._pool = np.flatnonzero(self._valid)
+            else:
+                logger.warning("%s; a source drawing one contributes nothing (missing_clips='zeros')", text)
+        pool_regions = self.store.clip_regions[self._pool]
+        regions = np.unique(pool_regions)
         outside = regions[(regions < 0) | (regions >= n_regions)]
         if outside.size:
             logger.warning("Ignoring clips of %d region(s) outside [0, %d)", outside.size, n_regions)
         self.clip_centres = regions[(regions >= 0) & (regions < n_regions)]
         if self.clip_centres.size == 0:
-            raise FileNotFoundError(f"{self.store.root}: no clip of a region in [0, {n_regions})")
-        if 2 in options and self.clip_centres.size < 2:
+            raise FileNotFoundError(f"{self.store.root}: no readable clip of a region in [0, {n_regions})")
+        if 2 in self.n_sources_options and self.clip_centres.size < 2:
             raise ValueError(f"{self.store.root}: two-source samples need clips of at least two regions")
         self._allowed = np.zeros(n_regions, dtype=bool)
         self._allowed[self.clip_centres] = True
-        # clip ids of region r are the contiguous range [first[r], first[r] + count[r])
-        self._first = np.searchsorted(self.store.clip_regions, self.clip_centres, side="left")
-        self._count = np.searchsorted(self.store.clip_regions, self.clip_centres, side="right") - self._first
+        # the pool's clips of region r are pool[first[r]:first[r] + count[r]]
+        self._first = np.searchsorted(pool_regions, self.clip_centres, side="left")
+        self._count = np.searchsorted(pool_regions, self.clip_centres, side="right") - self._first
         self._candidates = None
         self._init_indexing(np.arange(self.dataset_len, dtype=np.int64))
         logger.info("%r", self)
+
+    def _read_every_clip(self) -> tuple[np.ndarray, dict[int, str]]:
+        """Which clips can be read (reference path with missing_clips 'error' or 'drop')."""
+        valid = np.ones(len(self.store), dtype=bool)
+        errors: dict[int, str] = {}
+        for cid in range(len(self.store)):
+            try:
+                self.store.get(cid)
+            except ClipReadError as exc:
+                valid[cid], errors[cid] = False, str(exc)
+        return valid, errors
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -236,7 +285,13 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
 
     def _draw_clip(self, centre: int, rng: np.random.Generator) -> int:
         j = int(np.searchsorted(self.clip_centres, centre))
-        return int(self._first[j] + rng.integers(self._count[j]))
+        return int(self._pool[self._first[j] + rng.integers(self._count[j])])
+
+    def _clip(self, clip_id: int) -> np.ndarray | None:
+        """Clip ``clip_id`` (T, R) from the packed cache (fast path) or the store; None if unreadable."""
+        if self._fast is not None:
+            return self._fast.cache.clips[clip_id].T if self._valid[clip_id] else None
+        return self._load_clip(clip_id)
 
     def _peak(self, clip_id: int, patch: np.ndarray, weights: np.ndarray, value: float) -> float:
         """Peak amplitude for a drawn ``scale_range`` value."""
@@ -244,7 +299,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
             return value
         from ..head.snr import find_alpha
 
-        clip = self._load_clip(clip_id)
+        clip = self._clip(clip_id)
         if clip is None or not clip[:, patch[0]].max() > 0:
             return 0.0  # nothing to scale: the source contributes its clip's background only
         return float(find_alpha(clip, self._fwd64, patch, value, weights=weights))
@@ -308,19 +363,12 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         return self.sample_config(i, epoch)
 
     # -- samples -------------------------------------------------------------------------------
-    def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""
-        cfg = self.sample_config(i, epoch)
-        _, noise = draw_sample_randomness(
-            self.seed, cfg["epoch"], cfg["index"], self.n_source_slots, 1, self.n_times, self.n_channels
-        )
-        clips, patches, weights, scales = [], [], [], []
-        for cid, p, w, a in zip(cfg["clip_ids"], cfg["patches"], cfg["weights"], cfg["scales"]):
-            clip = self._load_clip(cid)
-            if clip is None:
-                continue
-            clips.append(clip)
-            patches.append(p)
-            weights.append(w)
-            scales.append(a)
-        return synthesize_sample(clips, patches, weights, scales, self.fwd, cfg["snr_db"], noise, self.normalize)
+    def specs(self, positions: Sequence[int] | np.ndarray, epoch: int) -> SampleSpecs:
+        """The drawn configurations of ``positions`` as a spec batch (one scale option: the peak)."""
+        cfgs = [self.sample_config(int(i), epoch) for i in positions]
+        specs = SampleSpecs.from_sources([c["index"] for c in cfgs], [c["patches"] for c in cfgs],
+                                         [c["weights"] for c in cfgs], [c["clip_ids"] for c in cfgs],
+                                         [c["scales"] for c in cfgs], [c["snr_db"] for c in cfgs], self.n_source_slots)
+        if self._fast is not None:  # unreadable clips contribute nothing, as in the reference
+            specs.clip_ids[(specs.clip_ids >= 0) & ~self._valid[np.clip(specs.clip_ids, 0, None)]] = -1
+        return specs

@@ -1,6 +1,6 @@
-"""The fast path of the metadata dataset: whole batches in one compiled call.
+"""The fast path of both datasets: a batch of sample specs made in one compiled call.
 
-It gives the samples of :func:`esikit.data.synthesis.synthesize_sample` (the contract,
+It gives the samples of :func:`esikit.data.synthesis.synthesize_spec` (the contract,
 kept as the readable reference) up to float32 rounding, with the same draws, but:
 
 - clips come from the :class:`~esikit.data.packed.PackedClipCache` (one memory map
@@ -28,10 +28,12 @@ import torch
 
 from . import _rng
 from .packed import PackedClipCache
-from .synthesis import draw_sample_randomness
+from .synthesis import SampleSpecs, draw_sample_randomness
 
 logger = logging.getLogger(__name__)
 
+#: ``fast``: this module's kernel over the packed clip cache; ``reference``: one
+#: :func:`~esikit.data.synthesis.synthesize_spec` call per sample from the clip files.
 SYNTHESIS_MODES = ("fast", "reference")
 TARGET_MODES = ("dense", "compact")
 
@@ -55,19 +57,24 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
 @nb.njit(cache=True, fastmath=_FASTMATH)
-def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, seed, epoch, draw,
-                      choice, noise, clips, proj, ft, normalize, dense, zeroed, eeg_out, src_out, lab_regions,
-                      lab_values):
-    """Fill a batch in place (see :meth:`FastSynthesizer.synthesize_batch`).
+def _synthesize_batch(spec, draws, model, out, flags):
+    """Fill a batch in place (see :meth:`FastSynthesizer.synthesize`).
 
-    regions (B, S, P) int32 (-1 padding); weights (B, S, P) float32; clip_ids (B, S)
-    int64 (-1: no clip); scale_ratio (B, S, K) float64; snr_db (B,); indices (B,) the
-    metadata rows (seed the draws); draw: make the draws here (else ``choice`` (B, S)
-    and ``noise`` (B, T, C) hold them); clips (n, R, T); proj (n, T, C); ft (R, C).
-    Outputs: eeg_out (B, T, C); dense: src_out (B, T, R) (``zeroed``: it holds zeros
-    already, only the labelled columns are written); else lab_regions (B, L) int64 (-1
-    padded) and lab_values (B, L, T).
+    spec: the :class:`~esikit.data.synthesis.SampleSpecs` arrays (index (B,) seeds the
+    draws; regions (B, S, P) int32, -1 padding; weights (B, S, P); clip_ids (B, S) int64,
+    -1: no clip; scale_ratio (B, S, K) float64; snr_db (B,); noise_segment (B,) -1:
+    white; noise_offset (B,)). draws: (seed, epoch, draw: make the draws here, else
+    ``choice`` (B, S) and ``noise`` (B, T, C) hold them). model: clips (n, R, T), proj
+    (n, T, C), ft (R, C), bank (n_segments, L, C) of recorded noise. out: eeg (B, T, C);
+    dense: src (B, T, R) (``zeroed``: it holds zeros already, only the labelled columns
+    are written); else lab_regions (B, L) int64 (-1 padded) and lab_values (B, L, T).
+    flags: (normalize, dense, zeroed).
     """
+    indices, regions, weights, clip_ids, scale_ratio, snr_db, noise_segment, noise_offset = spec
+    seed, epoch, draw, choice, noise = draws
+    clips, proj, ft, bank = model
+    eeg_out, src_out, lab_regions, lab_values = out
+    normalize, dense, zeroed = flags
     n_batch, n_src, n_pos = regions.shape
     n_times, n_ch = eeg_out.shape[1], eeg_out.shape[2]
     n_reg = ft.shape[0]
@@ -162,11 +169,26 @@ def _synthesize_batch(regions, weights, clip_ids, scale_ratio, snr_db, indices, 
                 v = np.float64(e[t, c])
                 power[c] += v * v
         scale_db = 10.0 ** (-snr_db[b] / 10.0)
-        for c in range(n_ch):
-            power[c] = np.float32(math.sqrt(scale_db * (power[c] / n_times) / 2.0))
-        for t in range(n_times):
+        seg = noise_segment[b]
+        if seg < 0:
             for c in range(n_ch):
-                e[t, c] += nz[t, c] * np.float32(power[c])
+                power[c] = np.float32(math.sqrt(scale_db * (power[c] / n_times) / 2.0))
+            for t in range(n_times):
+                for c in range(n_ch):
+                    e[t, c] += nz[t, c] * np.float32(power[c])
+        else:  # recorded noise at the full noise power (no / 2), DeepSIF's evaluation
+            rec = bank[seg]
+            off = noise_offset[b]
+            cmean[:] = 0.0
+            for t in range(n_times):
+                for c in range(n_ch):
+                    v = np.float64(rec[off + t, c])
+                    cmean[c] += v * v
+            for c in range(n_ch):
+                power[c] = np.float32(math.sqrt(scale_db * power[c] / cmean[c])) if cmean[c] > 0 else 0.0
+            for t in range(n_times):
+                for c in range(n_ch):
+                    e[t, c] += rec[off + t, c] * np.float32(power[c])
         top_y = 1.0
         if normalize:
             cmean[:] = 0.0
@@ -345,53 +367,42 @@ def expand_compact_target(regions: torch.Tensor, values: torch.Tensor, n_regions
 
 
 class FastSynthesizer:
-    """Batched synthesis over a packed clip cache (state for the compiled kernel).
+    """Batched synthesis over a packed clip cache: the compiled kernel and its inputs.
 
     Parameters
     ----------
-    metadata : SampleMetadata
-    clip_ids : array of int64, shape (N, S)
-        Clip of each source (-1: absent or missing).
     cache : PackedClipCache
+        Clips (ids as in the dataset's clip store) and their projections.
     fwd : array, shape (C, R)
     seed : int
     normalize : bool
+    noise_bank : array, shape (n_segments, L, C), optional
+        Recorded noise segments, in the forward matrix's channel order.
     """
 
-    def __init__(self, metadata: Any, clip_ids: np.ndarray, cache: PackedClipCache, fwd: np.ndarray, seed: int,
-                 normalize: bool = True):
-        self.metadata = metadata
-        self.clip_ids = clip_ids
+    def __init__(self, cache: PackedClipCache, fwd: np.ndarray, seed: int, normalize: bool = True,
+                 noise_bank: np.ndarray | None = None):
         self.cache = cache
         self.fwd = np.ascontiguousarray(fwd, dtype=np.float32)
         self.ft = np.ascontiguousarray(self.fwd.T)
         self.seed = int(seed)
         self.normalize = bool(normalize)
+        self.noise_bank = (np.zeros((1, 1, self.fwd.shape[0]), dtype=np.float32) if noise_bank is None
+                           else np.ascontiguousarray(noise_bank, dtype=np.float32))
         self.cache.projections(self.fwd)  # build now, in the main process
 
     @property
     def n_times(self) -> int:
         return self.cache.n_times
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["clip_ids"] = None  # the dataset hands workers its shared-memory copy
-        return state
-
-    def _inputs(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        meta = self.metadata
-        return (np.ascontiguousarray(meta.regions[rows]), np.ascontiguousarray(meta.weights[rows]),
-                np.ascontiguousarray(self.clip_ids[rows]), np.ascontiguousarray(meta.scale_ratio[rows]),
-                np.ascontiguousarray(meta.snr_db[rows], dtype=np.float64))
-
-    def synthesize_batch(self, rows: np.ndarray, epoch: int, *, target: str = "dense",
-                         as_numpy: bool = False) -> tuple[Any, Any]:
-        """Samples of metadata rows ``rows`` at ``epoch``.
+    def synthesize(self, specs: SampleSpecs, epoch: int, *, target: str = "dense",
+                   as_numpy: bool = False) -> tuple[Any, Any]:
+        """The samples of a spec batch at ``epoch``.
 
         Parameters
         ----------
-        rows : array of int, shape (B,)
-            Metadata rows (they seed the draws, as in the reference).
+        specs : SampleSpecs
+            B configurations (``specs.index`` seeds the draws, as in the reference).
         epoch : int
         target : {'dense', 'compact'}
             ``dense``: source ``(B, T, R)``; ``compact``: ``(regions (B, L) int64,
@@ -404,35 +415,35 @@ class FastSynthesizer:
         eeg : (B, T, C) float32
         source : (B, T, R) float32, or the compact pair
         """
-        rows = np.ascontiguousarray(rows, dtype=np.int64)
-        meta = self.metadata
-        n_b = rows.size
+        specs = specs.contiguous()
+        n_b, n_s = len(specs), specs.n_sources
         n_t, n_c, n_r = self.n_times, self.fwd.shape[0], self.fwd.shape[1]
-        regions, weights, cids, scale, snr = self._inputs(rows)
         draw = _rng.check_against_numpy()
         if draw:
-            choice = np.zeros((1, meta.n_sources), dtype=np.int64)
+            choice = np.zeros((1, n_s), dtype=np.int64)
             noise = np.zeros((1, 1, 1), dtype=np.float32)
         else:
-            choice = np.empty((n_b, meta.n_sources), dtype=np.int64)
+            choice = np.empty((n_b, n_s), dtype=np.int64)
             noise = np.empty((n_b, n_t, n_c), dtype=np.float32)
-            for b, g in enumerate(rows):
-                choice[b], noise[b] = draw_sample_randomness(self.seed, epoch, int(g), meta.n_sources,
-                                                             meta.n_scale_options, n_t, n_c)
+            for b, g in enumerate(specs.index):
+                choice[b], noise[b] = draw_sample_randomness(self.seed, epoch, int(g), n_s,
+                                                             specs.n_scale_options, n_t, n_c)
         eeg, eeg_t = _new_batch_array((n_b, n_t, n_c))
         if target == "dense":
             src, src_t = _new_batch_array((n_b, n_t, n_r))
             lab_r = np.empty((1, 1), dtype=np.int64)
             lab_v = np.empty((1, 1, 1), dtype=np.float32)
         else:
-            n_lab = meta.n_sources * meta.max_patch_size
+            n_lab = n_s * specs.regions.shape[2]
             src = np.empty((1, 1, 1), dtype=np.float32)
             lab_r = np.empty((n_b, n_lab), dtype=np.int64)
             lab_v, lab_v_t = _new_batch_array((n_b, n_lab, n_t))
+        spec = (specs.index, specs.regions, specs.weights, specs.clip_ids, specs.scale_ratio, specs.snr_db,
+                specs.noise_segment, specs.noise_offset)
+        model = (self.cache.clips, self.cache.projections(self.fwd), self.ft, self.noise_bank)
         with _BLAS_1:
-            _synthesize_batch(regions, weights, cids, scale, snr, rows, self.seed, int(epoch), draw, choice, noise,
-                              self.cache.clips, self.cache.projections(self.fwd), self.ft, self.normalize,
-                              target == "dense", True, eeg, src, lab_r, lab_v)
+            _synthesize_batch(spec, (self.seed, int(epoch), draw, choice, noise), model, (eeg, src, lab_r, lab_v),
+                              (self.normalize, target == "dense", True))
         if target == "dense":
             return (eeg, src) if as_numpy else (eeg_t, src_t)
         if as_numpy:

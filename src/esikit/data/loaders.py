@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .._validation import check_option, check_positive_int
 from .dataset import SpikeEEGMetadataDataset, resolve_forward
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,7 @@ class EpochShuffleSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, seed: int = 0, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"Invalid value for 'rank': expected 0 to {num_replicas - 1}, got {rank}")
+        check_option("rank", rank, range(num_replicas))
         self.n = int(n)
         self.seed = int(seed)
         self.num_replicas = int(num_replicas)
@@ -153,10 +153,8 @@ def create_dataloaders_from_metadata(
         ``fwd`` (C, R), ``n_channels``, ``n_regions``, ``n_times``, sample counts and
         the datasets themselves.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"Invalid value for 'BATCH_SIZE': expected an integer >= 1, got {batch_size!r}")
-    if int(num_workers) < 0:
-        raise ValueError(f"Invalid value for 'NUM_WORKERS': expected an integer >= 0, got {num_workers!r}")
+    check_positive_int("BATCH_SIZE", batch_size)
+    check_positive_int("NUM_WORKERS", num_workers, minimum=0)
     fwd, fwd_source = resolve_forward(fwd_matrix_path)
     full = SpikeEEGMetadataDataset(
         train_metadata_path, fwd, nmm_spikes_dir, dataset_len=train_dataset_len, normalize=normalize,

@@ -1,7 +1,7 @@
 """Reading and validating DeepSIF sample metadata (``*_sample_source*.mat``).
 
 The metadata of one sample describes its source patches (see
-``shared/docs/SAMPLE_CONTRACT.md``). This module turns a metadata file, in whatever
+``docs/SAMPLE_CONTRACT.md``). This module turns a metadata file, in whatever
 layout MATLAB, Octave or a Python tool saved it, into one normalized
 :class:`SampleMetadata` and checks every sample in one vectorized pass, reporting every
 problem at once.
@@ -19,17 +19,14 @@ import numpy as np
 import torch
 
 from .._validation import format_indices
+from ..head.layout import DEEPSIF_PADDING, PADDING_VALUES  # defined once there
 
 logger = logging.getLogger(__name__)
-
-#: Value DeepSIF writes for padded patch positions (other tools use 999 or NaN).
-DEEPSIF_PADDING = 15213
 
 #: Label values that mean "no region here" (besides NaN): DeepSIF's 15213, the 999 other
 #: tools write, and -1, the padding of esikit's own normalized labels
 #: (:attr:`SampleMetadata.regions`). Any other label outside ``[0, R)`` is an error, not
 #: padding: a typo there would silently drop a region or a whole source.
-PADDING_VALUES = (DEEPSIF_PADDING, 999, -1)
 _PADDING_TEXT = "15213, 999, -1 or NaN"
 
 SNR_FIELDS = ("current_snr", "sensor_snr")

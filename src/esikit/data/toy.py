@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..head.layout import CLIP_FIELD, DEEPSIF_PADDING, clip_relpath
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ def make_toy_metadata(
     max_sources: int = 2,
     max_patch: int = 8,
     n_scale_options: int = 3,
-    padding: float = 15213,
+    padding: float = DEEPSIF_PADDING,
     one_source_fraction: float = 0.3,
     regions_with_clips: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
@@ -98,7 +100,7 @@ def make_toy_dataset(
     n_test: int = 16,
     max_sources: int = 2,
     max_patch: int = 8,
-    padding: float = 15213,
+    padding: float = DEEPSIF_PADDING,
     metadata_format: str = "v5",
     fwd: np.ndarray | None = None,
     clip_regions: np.ndarray | None = None,
@@ -134,11 +136,12 @@ def make_toy_dataset(
     regions = np.arange(n_regions) if clip_regions is None else np.asarray(clip_regions)
     for r in regions:
         r = int(r)
-        (spikes / f"a{r}").mkdir(parents=True, exist_ok=True)
         for k in range(1, clips_per_region + 1):
             clip = toy_clip(rng, n_times, n_regions, r)
             clips[(r, k)] = clip
-            save_mat_file(spikes / f"a{r}" / f"nmm_{k}.mat", {"data": clip})
+            path = spikes / clip_relpath(r, k)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_mat_file(path, {CLIP_FIELD: clip})
     metas = {}
     paths = {}
     for name, n in (("train", n_train), ("test", n_test)):

@@ -1,7 +1,7 @@
 """DeepSIF training/test metadata without MATLAB (``generate_sythetic_source.m`` in Python).
 
 A metadata file lists, for every sample, its source patches and how to synthesize them
-from neural-mass clips (``shared/docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, ported:
+from neural-mass clips (``docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, ported:
 
 * every region that has clips is a centre; each centre gets ``n_variations`` variations
   (DeepSIF: 48 for training, 3 for testing) and each variation appears once per sensor
@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..head.layout import CLIP_FIELD, DEEPSIF_PADDING, clip_relpath
+from ..head.layout import CLIP_FILE as _CLIP_FILE
+from ..head.layout import REGION_DIR as _REGION_DIR
 from ..head.patches import CandidatePatches, as_adjacency, gaussian_magnitude, grow_patch, pick_second_patch
 from ..head.snr import deepsif_spike_window, find_alpha
 
@@ -65,8 +67,8 @@ __all__ = [
     "make_metadata_files",
 ]
 
-#: DeepSIF's padding value in ``selected_region`` and ``mag_change``.
-NAN_NUMBER = 15213
+#: DeepSIF's padding value in ``selected_region`` and ``mag_change`` (:mod:`esikit.head.layout`).
+NAN_NUMBER = DEEPSIF_PADDING
 #: Sensor SNR levels of ``current_snr`` (dB); every configuration appears once per level.
 SNR_LEVELS_DB = (5.0, 10.0, 15.0, 20.0)
 #: Source-to-background SNRs (dB) giving the ``scale_ratio`` options of training files.
@@ -77,8 +79,6 @@ TEST_SOURCE_SNR_DB = (10.0, 15.0)
 HALF_MAX_DISTANCE_MM = (40, 60)
 
 _CONFIG_TAG = 0xC0F
-_REGION_DIR = re.compile(r"^a(\d+)$")
-_CLIP_FILE = re.compile(r"^nmm_(\d+)\.mat$")
 
 ClipLoader = Callable[[int, int], np.ndarray]
 
@@ -118,11 +118,11 @@ def index_clips(nmm_spikes_dir: str | os.PathLike) -> dict[int, np.ndarray]:
     return dict(sorted(out.items()))
 
 
-def _folder_loader(root: Path, field: str = "data") -> ClipLoader:
+def _folder_loader(root: Path, field: str = CLIP_FIELD) -> ClipLoader:
     def load(region: int, k: int) -> np.ndarray:
         from esikit.io import load_mat_file
 
-        path = root / f"a{int(region)}" / f"nmm_{int(k)}.mat"
+        path = root / clip_relpath(region, k)
         content = load_mat_file(path, variable_names=[field])
         if field not in content:
             raise ValueError(f"{path}: no field '{field}' (fields: {sorted(content)})")

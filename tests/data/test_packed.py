@@ -63,6 +63,11 @@ def test_build_layout_checksums_and_reopen(clips, tmp_path, caplog):
         again = PackedClipCache.open(FolderClipStore(root), tmp_path / "c", verify=True)
     assert again.generation == cache.generation and again.repairs == []
     assert not any("Packing" in r.getMessage() or "Rebuilding" in r.getMessage() for r in caplog.records)
+    # Leftovers of a killed build are removed by the next open that can take the lock.
+    (cache.folder / "gen-0123456789ab.tmp").mkdir()
+    (cache.folder / "gen-0123456789ab.tmp" / "clips.f32").write_bytes(b"\0" * 64)
+    PackedClipCache.open(FolderClipStore(root), tmp_path / "c")
+    assert _gens(cache.folder) == [cache.generation.name]
 
 
 @pytest.mark.parametrize("step", ["_write_json", "_commit_folder", "_write_pointer"])
@@ -423,3 +428,39 @@ def test_dataset_and_new_workers_keep_their_clips_during_a_rebuild(tmp_path, con
     third = PackedClipCache.open(FolderClipStore(toy["nmm_spikes_dir"]), folder)
     assert (ds._fast.cache.generation / "clips.f32").is_file()
     assert third.generation.name in _gens(folder)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+from esikit.data import packed
+from esikit.data.clips import FolderClipStore
+
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+packed._write_json = kill  # clips.f32 of the new build is written; its manifest is next
+packed.PackedClipCache.open(FolderClipStore(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_sigkill_before_the_manifest_is_written(clips, tmp_path):
+    """Issue 10 case 3 with a real SIGKILL at the moment the issue names."""
+    import signal
+    import subprocess
+    import sys
+
+    root, values = clips
+    folder = tmp_path / "c"
+    PackedClipCache.open(FolderClipStore(root), folder).close()
+    new = values[(0, 1)] + 1.0
+    _write(root, 0, 1, new)
+    values[(0, 1)] = new
+    out = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(root), str(folder)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert any(p.name.endswith(".tmp") for p in folder.iterdir())  # the killed build's partial folder
+    store = FolderClipStore(root)
+    cache = PackedClipCache.open(store, folder)
+    np.testing.assert_array_equal(cache.clips, _expected(store, values))
+    assert cache.repairs == [] and not any(p.name.endswith(".tmp") for p in folder.iterdir())
+    assert _gens(folder) == [cache.generation.name]

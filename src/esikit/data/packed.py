@@ -455,8 +455,10 @@ class PackedClipCache:
                     _remove_if_unused(self.generation)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit module globals may be gone
+            pass
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -620,6 +622,7 @@ class PackedClipCache:
                 cache = cls(folder, manifest, folder / name)
                 if cache._pin():
                     cache.repairs = repairs
+                    cls._tidy(folder, name)
                     logger.info("%r", cache)
                     return cache
                 continue  # superseded and removed between reading the pointer and pinning
@@ -641,6 +644,18 @@ class PackedClipCache:
             return cache
         raise CacheError(f"{folder}: the packed clip cache changed 8 times while opening it",
                          "make sure one store's cache is not rebuilt in a loop by other processes, then run again")
+
+    @staticmethod
+    def _tidy(folder: Path, current: str) -> None:
+        """Remove what killed builds and closed users left (only when no build is running)."""
+        try:
+            extra = any(p.name not in (_LOCK, _POINTER, current) for p in folder.iterdir())
+        except OSError:
+            return
+        if extra:
+            with contextlib.suppress(OSError), _locked(folder, blocking=False) as got:
+                if got:
+                    _collect(folder, keep=_read_pointer(folder))
 
     @staticmethod
     def _load(folder: Path) -> tuple[str | None, dict[str, Any] | None, str]:

@@ -46,7 +46,7 @@ def test_channel_mismatch_and_missing_montage(tmp_path, anatomy, checkpoint):
     raw = spike_recording(anatomy).raw
     with pytest.raises(ValueError, match="--montage"):
         localize(raw, ck)
-    res = localize(raw, ck, montage="standard_1020:" + ",".join(CH_NAMES))
+    res = localize(raw, ck, montage="colin27_1020:" + ",".join(CH_NAMES))
     assert res.peak_region.tolist() == [3, 7, 10]
 
 

@@ -1,6 +1,9 @@
 """Train the configured model (configs/config.py), then evaluate it on the test set.
 
-    python train.py [KEY=VALUE ...] [--config PATH] [--resume]
+    python train.py [KEY=VALUE ...] [--config PATH] [--resume [--force]]
+
+--resume continues checkpoints/<RUN_NAME>/ and refuses a changed configuration unless
+--force (see configs/config.py).
 """
 
 import sys

@@ -6,6 +6,15 @@ file). Relative paths are relative to the folder you run from. The defaults poin
 the built-in dataset that ``make demo`` (or ``esikit simulate``) writes to
 ``data/default``. Every key, with its meaning and allowed values, is listed in
 ``esikit.config.KEYS``; values are checked before any data is touched.
+
+``python train.py --resume`` continues ``checkpoints/<RUN_NAME>/``; it refuses a
+configuration that differs from the run's (it lists each key, old -> new) unless
+``--resume --force``, which applies the new values (e.g. the learning rate goes into the
+optimizer) and records the change in the checkpoint and ``history.json``. Keys that do
+not change the weights may change freely on resume (``esikit.config.RESUME_FREE_KEYS``):
+TEST_METADATA_PATH, TEST_DATASET_LEN, CACHE_DIR, NUM_EPOCHS (except with
+LR_SCHEDULE = 'cosine'), EARLY_STOPPING_PATIENCE, NUM_WORKERS, PIN_MEMORY, LOG_DIR,
+CHECKPOINT_DIR, RUN_NAME, EVALUATE, BASELINES, EVAL_MAX_SAMPLES.
 """
 
 
@@ -22,10 +31,16 @@ class Config:
 
     # -- training ---------------------------------------------------------------------
     MODEL = "deepsif"  # see esikit.models.MODELS
+    # Constructor arguments of the model, checked against it (a wrong name is reported with
+    # the valid ones), e.g. {"n_hidden": 500, "n_lstm_layers": 3} for "deepsif".
+    MODEL_KWARGS = {}
     BATCH_SIZE = 8
     NUM_EPOCHS = 100
     LEARNING_RATE = 1e-4
     NUM_WORKERS = 4
     PIN_MEMORY = True
+    # Mixed precision, by a fixed rule (same command and seed -> same weights):
+    # True: autocast on CUDA (bf16 where supported, else fp16), float32 on the CPU;
+    # "bf16": bf16 autocast on any device (CPU too); "fp16": CUDA only; False: float32.
     USE_AMP = True
     SEED = 0

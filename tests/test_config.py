@@ -38,3 +38,57 @@ def test_get_config_with_other_file(tmp_path):
     assert len(err.value.problems) == 2 and str(path) in str(err.value)
     with pytest.raises(FileNotFoundError):
         get_config(["--config", str(tmp_path / "none.py")])
+
+
+def test_seed_config_file_is_valid(repo_root):
+    from esikit.config import validate_config
+
+    validate_config(load_config(repo_root / "configs" / "config.py"))
+
+
+def test_model_kwargs_names_are_checked_against_the_model():
+    from esikit.config import default_config, validate_config
+
+    cfg = dict(default_config(), MODEL="deepsif", MODEL_KWARGS={"num_lstm_layers": 3, "n_channels": 5, "n_hidden": 8})
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    text = str(err.value)
+    assert ("model 'deepsif' takes no argument 'num_lstm_layers' (did you mean 'n_lstm_layers'?); "
+            "valid names: n_hidden, n_lstm_layers, activation.") in text
+    assert "'n_channels' is set by the data" in text and len(err.value.problems) == 2
+    validate_config(dict(cfg, MODEL_KWARGS={"n_lstm_layers": 1}))
+    validate_config(dict(cfg, MODEL="tcn", MODEL_KWARGS={"n_blocks": 2, "kernel_size": 5}))
+    with pytest.raises(ConfigError, match="model 'tcn' takes no argument 'n_lstm_layers'"):
+        validate_config(dict(cfg, MODEL="tcn", MODEL_KWARGS={"n_lstm_layers": 1}))
+
+
+def test_use_amp_values():
+    from esikit.config import default_config, validate_config
+
+    for ok in (True, False, "bf16", "fp16"):
+        validate_config(dict(default_config(), USE_AMP=ok))
+    for bad in (1, "fp32", None):
+        with pytest.raises(ConfigError, match="'USE_AMP'"):
+            validate_config(dict(default_config(), USE_AMP=bad))
+
+
+def test_resume_free_keys_are_the_documented_ones():
+    from esikit.config import RESUME_FREE_KEYS
+
+    assert set(RESUME_FREE_KEYS) == {
+        "TEST_METADATA_PATH", "TEST_DATASET_LEN", "CACHE_DIR", "NUM_EPOCHS", "EARLY_STOPPING_PATIENCE", "NUM_WORKERS",
+        "PIN_MEMORY", "LOG_DIR", "CHECKPOINT_DIR", "RUN_NAME", "EVALUATE", "BASELINES", "EVAL_MAX_SAMPLES"}
+
+
+def test_relative_paths_resolve_against_the_first_folder_that_has_them(tmp_path):
+    from esikit.config import resolve_config_paths
+
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data" / "fwd.mat").write_bytes(b"")
+    cfg = {"FWD_MATRIX_PATH": "data/fwd.mat", "TRAIN_METADATA_PATH": "data/train.mat", "ANATOMY": "default",
+           "NMM_SPIKES_DIR": None, "TEST_METADATA_PATH": str(tmp_path / "abs.mat"), "BATCH_SIZE": 3}
+    out = resolve_config_paths(cfg, [tmp_path / "a", None, tmp_path / "b"])
+    assert out["FWD_MATRIX_PATH"] == str(tmp_path / "b" / "data" / "fwd.mat")  # where it exists
+    assert out["TRAIN_METADATA_PATH"] == str(tmp_path / "a" / "data" / "train.mat")  # nowhere: the first base
+    assert out["ANATOMY"] == "default" and out["NMM_SPIKES_DIR"] is None and out["BATCH_SIZE"] == 3
+    assert out["TEST_METADATA_PATH"] == str(tmp_path / "abs.mat")

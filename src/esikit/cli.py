@@ -3,7 +3,7 @@
 Sub-commands:
 
 - ``esikit check [KEY=VALUE ...]``: the data diagnostic (``test_metadata_loader.py``).
-- ``esikit train [KEY=VALUE ...] [--resume]``: training then evaluation (``train.py``).
+- ``esikit train [KEY=VALUE ...] [--resume [--force]]``: training then evaluation (``train.py``).
 - ``esikit evaluate CHECKPOINT``: metrics and baselines for a trained model.
 - ``esikit simulate OUT_DIR ...``: make a DeepSIF-style dataset without MATLAB.
 - ``esikit localize RECORDING --checkpoint CKPT``: localize a recording's events.
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run_check)
 
     p = sub.add_parser("train", help="train the configured model, then evaluate it (same as train.py)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY=VALUE config overrides, --config PATH, --resume")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY=VALUE config overrides, --config PATH, --resume, --resume --force "
+                   "(continue with a changed configuration)")
     p.set_defaults(func=_run_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on its test set against classical baselines")

@@ -66,6 +66,7 @@ def _verify_packed_cache(nmm_dir: Any, metadata_path: Path, cache_dir: Any, done
     """``--verify-clips`` on the fast path: every packed clip, projection and clip file
     against the CRC32 recorded when the cache was built; anything wrong is rebuilt."""
     from .data import find_clip_location, open_clip_store
+    from .data.dataset import learn_clip_shape
     from .data.packed import PackedClipCache
 
     location = Path(nmm_dir) if nmm_dir is not None else find_clip_location(metadata_path)
@@ -74,7 +75,9 @@ def _verify_packed_cache(nmm_dir: Any, metadata_path: Path, cache_dir: Any, done
         return
     done.add(key)
     t0 = time.perf_counter()
-    cache = PackedClipCache.open(open_clip_store(location, cache_bytes=0), cache_dir, verify=True)
+    store = open_clip_store(location, cache_bytes=0)
+    learn_clip_shape(store)  # as the dataset does: a bad first clip does not set the shape
+    cache = PackedClipCache.open(store, cache_dir, verify=True)
     try:
         for text in cache.repairs:
             report.info(f"packed clip cache: found and rebuilt: {text}")
@@ -85,8 +88,52 @@ def _verify_packed_cache(nmm_dir: Any, metadata_path: Path, cache_dir: Any, done
         cache.close()
 
 
-def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = False) -> int:
-    """Run every check on a validated configuration; return the number of failures."""
+def _clip_regions(cfg: dict[str, Any]) -> int | None:
+    """R of the configured clips (None when they cannot be read: the dataset check says why)."""
+    from .data import find_clip_location, open_clip_store
+    from .data.dataset import learn_clip_shape
+
+    try:
+        location = cfg.get("NMM_SPIKES_DIR") or find_clip_location(Path(cfg["TRAIN_METADATA_PATH"]))
+        return int(learn_clip_shape(open_clip_store(location, cache_bytes=0))[1])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.debug("clip shape not known before the dataset check: %s", exc)
+        return None
+
+
+def _centre_problems(ds: Any, positions: Sequence[int]) -> list[str]:
+    """Sources of the samples at ``positions`` whose centre waveform never rises above 0.
+
+    Such a clip cannot be scaled to a peak: the source would contribute nothing. Only
+    the clips these samples use are read (``--verify-clips`` reads every clip).
+    """
+    from .data.clips import ClipReadError
+
+    meta, found = ds.metadata, []
+    for i in positions:
+        g = ds.sample_index(int(i))
+        for s in range(meta.n_sources):
+            cid, centre = int(ds.clip_ids[g, s]), int(meta.regions[g, s, 0])
+            if centre < 0 or cid < 0:
+                continue
+            try:
+                peak = float(ds.store.get(cid)[:, centre].max())
+            except ClipReadError:
+                continue  # counted with the missing clips
+            if not peak > 0:
+                found.append(f"{ds.store.describe(cid)}: the waveform of centre region {centre} never rises above "
+                             f"zero (max {peak:g}; sample {g}, source {s})")
+    return found
+
+
+def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = False,
+               allow_missing_clips: bool = False) -> int:
+    """Run every check on a validated configuration; return the number of failures.
+
+    Missing or unreadable clips referenced by the metadata are a failure unless
+    ``allow_missing_clips`` (then they are reported and training goes on per
+    ``MISSING_CLIPS``).
+    """
     from .config import dataset_options
     from .data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
     from .data.packed import CacheError
@@ -98,15 +145,17 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
 
     paths_ok = _check_paths(cfg, report)
     fwd = None
+    # The clips' region count decides the leadfield's orientation (C x R even when C > R).
+    n_regions = _clip_regions(cfg)
     try:
-        fwd, _ = resolve_forward(cfg["FWD_MATRIX_PATH"])
-        report.ok(f"forward matrix: {fwd.shape[0]} channels x {fwd.shape[1]} regions")
-        if not np.isfinite(fwd).all():
-            report.fail("forward matrix has non-finite values", "recompute the leadfield")
+        fwd, _ = resolve_forward(cfg["FWD_MATRIX_PATH"], n_regions=n_regions)
+        how = f" (oriented by the clips' {n_regions} regions)" if n_regions is not None else ""
+        report.ok(f"forward matrix: {fwd.shape[0]} channels x {fwd.shape[1]} regions{how}")
     except FileNotFoundError:
         pass  # already reported with its fix
     except (ValueError, KeyError) as exc:
-        report.fail(str(exc), "point FWD_MATRIX_PATH at a file with a C x R matrix under fwd, forward, leadfield or L")
+        report.fail(str(exc), "point FWD_MATRIX_PATH at a file with a C x R matrix under fwd, forward, leadfield or L"
+                    + (f", R={n_regions} like the clips in NMM_SPIKES_DIR" if n_regions is not None else ""))
 
     datasets: dict[str, Any] = {}
     verified: set[tuple[str, str]] = set()
@@ -133,6 +182,17 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
                     f"{s['scale_options']} scale options; SNR levels (dB: count) {s['snr_levels_db']}; "
                     f"{s['distinct_centres']} distinct centres"
                 )
+                if ds.missing_clip_report:
+                    if allow_missing_clips:
+                        report.info(f"allowed by --allow-missing-clips (MISSING_CLIPS={ds.missing_clips!r}): "
+                                    f"{ds.missing_clip_report}")
+                    else:
+                        report.fail(
+                            f"{name}: {ds.missing_clip_report}",
+                            "restore those clip files or point NMM_SPIKES_DIR at the folder that has them; to train "
+                            "without them pass --allow-missing-clips (MISSING_CLIPS='zeros' keeps the samples "
+                            "without those sources, 'drop' leaves the samples out)",
+                        )
             except MetadataError as exc:
                 report.fail(str(exc), f"regenerate or repair {path}; each line above names the field and samples")
             except CacheError as exc:  # before OSError: it carries its own fix
@@ -150,11 +210,20 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
         t0 = time.perf_counter()
         bad = []
         count = min(n_samples, len(ds))
-        for i in np.linspace(0, len(ds) - 1, count).astype(int):
+        positions = np.linspace(0, len(ds) - 1, count).astype(int)
+        for i in positions:
             eeg, src = ds[int(i)]
             if not (np.isfinite(eeg.numpy()).all() and np.isfinite(src.numpy()).all()):
                 bad.append(int(i))
         dt = (time.perf_counter() - t0) / max(count, 1)
+        flat = _centre_problems(ds, sorted({0, *positions.tolist()}))
+        if flat:
+            report.fail(
+                f"{name}: {len(flat)} source(s) of the samples checked have a clip whose centre waveform is never "
+                f"above zero (it cannot be scaled to a peak, the source would be silent): " + "; ".join(flat[:3]),
+                "replace those clips (a clip is cut around a spike of its centre region); run with --verify-clips "
+                "to find every such clip",
+            )
         if bad:
             report.fail(f"{name}: non-finite values in samples {bad}", "check the clips and scale_ratio of those samples")
         else:
@@ -193,9 +262,11 @@ def main(argv: Sequence[str] = (), default_config: str | PathLike | None = None)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv)
-    verify = "--verify-clips" in argv
-    if verify:
-        argv.remove("--verify-clips")
+    flags = {}
+    for flag in ("--verify-clips", "--allow-missing-clips"):
+        flags[flag] = flag in argv
+        if flags[flag]:
+            argv.remove(flag)
     try:
         cfg, rest = get_config(argv, default_config)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
@@ -203,7 +274,10 @@ def main(argv: Sequence[str] = (), default_config: str | PathLike | None = None)
         print("       fix: correct configs/config.py or the command-line value")
         return 2
     if rest:
-        print(f"[FAIL] unknown arguments: {rest} (expected KEY=VALUE, --config PATH or --verify-clips)")
+        print(f"[FAIL] unknown arguments: {rest} (expected KEY=VALUE, --config PATH, --verify-clips or "
+              "--allow-missing-clips)")
         return 2
     print(f"esikit data check ({cfg.get('_CONFIG_FILE', 'defaults')})")
-    return 1 if run_checks(cfg, verify_clips=verify) else 0
+    failures = run_checks(cfg, verify_clips=flags["--verify-clips"],
+                          allow_missing_clips=flags["--allow-missing-clips"])
+    return 1 if failures else 0

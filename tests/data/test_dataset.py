@@ -141,7 +141,7 @@ def test_verify_clips_finds_unreadable_files(tmp_path):
 
 
 def test_clip_and_forward_mismatch_is_explained(toy):
-    with pytest.raises(ValueError, match=r"clip has 24 regions .* has 30"):
+    with pytest.raises(ValueError, match=r"shape \(10, 30\), expected \(C, R\).*R=24 .*clips of .* are 500 x 24"):
         SpikeEEGMetadataDataset(toy["train_metadata"], np.ones((10, 30)))
 
 

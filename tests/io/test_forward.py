@@ -51,7 +51,7 @@ def test_load_npy_and_npz(tmp_path, fwd, transposed):
 
 def test_key_priority_and_explicit_key(tmp_path, fwd):
     path = tmp_path / "two.mat"
-    other = np.ones((3, 7))
+    other = np.arange(21.0).reshape(3, 7) ** 2
     save_mat_file(path, {"L": other, "fwd": fwd, "G": fwd.T * 2})
     np.testing.assert_array_equal(load_forward_matrix(path), fwd)  # fwd before L
     np.testing.assert_array_equal(load_forward_matrix(path, key="L"), other)
@@ -131,3 +131,34 @@ def test_deepsif_leadfield(deepsif_anatomy_dir, tmp_path):
         flipped = tmp_path / f"lf_{fmt.replace('.', '')}.mat"
         save_mat_file(flipped, {"fwd": reference.T}, format=fmt)
         np.testing.assert_array_equal(load_forward_matrix(flipped), reference)
+
+
+def test_all_zero_forward_matrix_is_refused(tmp_path):
+    path = tmp_path / "zero.mat"
+    save_mat_file(path, {"fwd": np.zeros((8, 20))})
+    with pytest.raises(ValueError, match=r"zero\.mat field 'fwd': forward matrix \(shape \(8, 20\)\) is all zeros"):
+        load_forward_matrix(path)
+
+
+def test_constant_columns_are_listed(fwd):
+    bad = fwd.copy()
+    bad[:, 3] = 2.5  # the same gain on every channel
+    bad[:, 7] = 0.0
+    with pytest.raises(ValueError) as err:
+        orient_forward_matrix(bad.T, source="lf.mat")  # found after orienting: regions, not rows
+    text = str(err.value)
+    assert "lf.mat: forward matrix (shape (5, 12), C x R) has 2 of 12 region column(s) constant" in text
+    assert "(regions 3, 7, 0-based)" in text and "recompute the leadfield" in text
+
+
+def test_known_region_count_decides_the_orientation(tmp_path):
+    tall = np.random.default_rng(1).standard_normal((24, 20))  # 24 channels, 20 regions
+    np.testing.assert_array_equal(orient_forward_matrix(tall, n_regions=20), tall)
+    np.testing.assert_array_equal(orient_forward_matrix(tall.T, n_regions=20), tall)
+    assert orient_forward_matrix(tall).shape == (20, 24)  # unknown R: the contract's guess
+    path = tmp_path / "lf_24_20.mat"
+    save_mat_file(path, {"fwd": tall})
+    np.testing.assert_array_equal(load_forward_matrix(path, n_regions=20), tall)
+    with pytest.raises(ValueError, match=r"lf_24_20\.mat field 'fwd': forward matrix has shape \(24, 20\), "
+                                         r"expected \(C, R\) \(or \(R, C\)\) with R=19 regions; neither"):
+        load_forward_matrix(path, n_regions=19)

@@ -24,11 +24,13 @@ class ForwardMatrixKeyError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def orient_forward_matrix(arr: np.ndarray, source: str = "array") -> np.ndarray:
+def orient_forward_matrix(arr: np.ndarray, source: str = "array", *, n_regions: int | None = None) -> np.ndarray:
     """Check a forward matrix and orient it to channels x regions.
 
-    Regions always outnumber channels, so a matrix with more rows than columns is
-    transposed.
+    With ``n_regions`` known (from the clips or the anatomy), the dimension of that size
+    is the regions one, whatever the shape (a 128-channel, 76-region leadfield stays
+    128 x 76). Without it, regions are taken to outnumber channels (the sample
+    contract), so a matrix with more rows than columns is transposed.
 
     Parameters
     ----------
@@ -36,17 +38,22 @@ def orient_forward_matrix(arr: np.ndarray, source: str = "array") -> np.ndarray:
         The forward matrix (any real numeric dtype).
     source : str
         What the matrix is, for error messages (e.g. ``"anatomy/x.mat field 'fwd'"``).
+    n_regions : int, optional
+        R, when known: decides the orientation.
 
     Returns
     -------
     fwd : numpy.ndarray, shape (C, R), float64
-        C-contiguous, with C < R.
+        C-contiguous.
 
     Raises
     ------
     ValueError
         If the matrix is not 2-D, is square (the orientation cannot be told), is empty,
-        is not real numeric, or has non-finite entries (the message gives their count).
+        is not real numeric, has no dimension of size ``n_regions``, has non-finite
+        entries (the message gives their count), is all zeros, or has region columns
+        that are constant over channels (such a region is invisible in average-referenced
+        EEG; the message lists them).
     """
     if scipy.sparse.issparse(arr):
         arr = arr.toarray()
@@ -68,7 +75,17 @@ def orient_forward_matrix(arr: np.ndarray, source: str = "array") -> np.ndarray:
             f"{source}: forward matrix has square shape {arr.shape}: cannot tell channels "
             f"from regions (expected C x R with fewer channels than regions)"
         )
-    if n_rows > n_cols:
+    if n_regions is not None:
+        n_regions = int(n_regions)
+        if n_cols != n_regions and n_rows != n_regions:
+            raise ValueError(
+                f"{source}: forward matrix has shape {arr.shape}, expected (C, R) (or (R, C)) with "
+                f"R={n_regions} regions; neither dimension is {n_regions}"
+            )
+        if n_cols != n_regions:
+            logger.debug("%s: transposing forward matrix %s to C x R (R=%d)", source, arr.shape, n_regions)
+            arr = arr.T
+    elif n_rows > n_cols:
         logger.debug("%s: transposing forward matrix %s to C x R", source, arr.shape)
         arr = arr.T
     n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
@@ -76,6 +93,22 @@ def orient_forward_matrix(arr: np.ndarray, source: str = "array") -> np.ndarray:
         raise ValueError(
             f"{source}: forward matrix has {n_bad} non-finite entries (NaN or Inf) out of "
             f"{arr.size}, expected all finite"
+        )
+    if not np.any(arr):
+        raise ValueError(
+            f"{source}: forward matrix (shape {arr.shape}) is all zeros, expected channel gains of "
+            "each region (every sample's EEG would be zero): point at the real leadfield"
+        )
+    # A column constant over channels (zeros included) puts the same value on every
+    # channel: the average reference removes it, so the region can never be seen.
+    flat = np.flatnonzero(np.ptp(arr, axis=0) == 0)
+    if flat.size:
+        shown = ", ".join(str(int(r)) for r in flat[:5]) + (f" and {flat.size - 5} more" if flat.size > 5 else "")
+        raise ValueError(
+            f"{source}: forward matrix (shape {arr.shape}, C x R) has {flat.size} of {arr.shape[1]} region "
+            f"column(s) constant over channels (regions {shown}, 0-based), expected every region's "
+            "gains to differ between channels: such a region is invisible in average-referenced EEG; "
+            "recompute the leadfield"
         )
     return np.ascontiguousarray(arr, dtype=np.float64)
 
@@ -87,7 +120,7 @@ def _missing_key_error(path: str | os.PathLike, keys: list[str], expected: tuple
     )
 
 
-def load_forward_matrix(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+def load_forward_matrix(path: str | os.PathLike, key: str | None = None, *, n_regions: int | None = None) -> np.ndarray:
     """Load a forward (leadfield) matrix as channels x regions.
 
     Parameters
@@ -99,11 +132,14 @@ def load_forward_matrix(path: str | os.PathLike, key: str | None = None) -> np.n
         The variable holding the matrix. ``None``: the first of :data:`FORWARD_KEYS`
         (``fwd``, ``forward``, ``leadfield``, ``L``) present in the file. Ignored for
         ``.npy`` files. Only that variable is read from disk.
+    n_regions : int, optional
+        R, when known (clips, anatomy): decides the orientation
+        (see :func:`orient_forward_matrix`).
 
     Returns
     -------
     fwd : numpy.ndarray, shape (C, R), float64
-        Channels x regions, C < R (a file storing R x C is transposed).
+        Channels x regions (a file storing R x C is transposed).
 
     Raises
     ------
@@ -113,7 +149,8 @@ def load_forward_matrix(path: str | os.PathLike, key: str | None = None) -> np.n
         (a ``KeyError`` and a ``ValueError``) if no expected variable is present; the
         message lists the file's variables.
     ValueError
-        If the matrix is square, not 2-D, not numeric or not finite
+        If the matrix is square, not 2-D, not numeric, not finite, all zero, has
+        constant region columns or no dimension of size ``n_regions``
         (see :func:`orient_forward_matrix`).
 
     Examples
@@ -129,7 +166,7 @@ def load_forward_matrix(path: str | os.PathLike, key: str | None = None) -> np.n
     suffix = p.suffix.lower()
     if suffix == ".npy":
         arr = np.load(p, allow_pickle=False)
-        return orient_forward_matrix(arr, source=str(path))
+        return orient_forward_matrix(arr, source=str(path), n_regions=n_regions)
     if suffix == ".npz":
         with np.load(p, allow_pickle=False) as npz:
             keys = list(npz.files)
@@ -144,4 +181,4 @@ def load_forward_matrix(path: str | os.PathLike, key: str | None = None) -> np.n
             raise _missing_key_error(path, keys, expected)
         arr = load_mat_file(p, variable_names=[found])[found]
     logger.debug("Loaded forward matrix %s from %s field '%s'", np.shape(arr), path, found)
-    return orient_forward_matrix(arr, source=f"{path} field '{found}'")
+    return orient_forward_matrix(arr, source=f"{path} field '{found}'", n_regions=n_regions)

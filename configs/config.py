@@ -28,6 +28,8 @@ class Config:
     TRAIN_DATASET_LEN = None  # None: every sample of the file
     TEST_DATASET_LEN = None
     VAL_SPLIT = 0.1
+    NOISE = "white"  # sensor noise: "white" (DeepSIF's), "recorded" or "mixed" (needs NOISE_BANK_PATH)
+    NOISE_BANK_PATH = None  # e.g. DeepSIF's anatomy/realistic_noise.mat, or the output of 'esikit noise-bank'
 
     # -- training ---------------------------------------------------------------------
     MODEL = "deepsif"  # see esikit.models.MODELS

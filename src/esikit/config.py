@@ -68,6 +68,11 @@ KEYS: dict[str, Key] = {
     "TARGET": Key("dense", "how batches carry the source target: 'dense' (B, T, R) or 'compact' (labelled "
                   "regions and waveforms, expanded on the training device)", (str,), choices=("dense", "compact")),
     "NORMALIZE": Key(True, "normalize EEG and source as DeepSIF does", (bool,)),
+    "NOISE": Key("white", "sensor noise: 'white' (DeepSIF's), 'recorded' (segments of NOISE_BANK_PATH scaled to "
+                 "each sample's SNR) or 'mixed' (per sample either, 1/2 each); see docs/SAMPLE_CONTRACT.md", (str,),
+                 choices=("white", "recorded", "mixed")),
+    "NOISE_BANK_PATH": Key(None, "recorded noise for NOISE 'recorded' or 'mixed': DeepSIF's realistic_noise.mat "
+                           "layout (data K x L x C) or what 'esikit noise-bank' writes", _PATH, optional=True),
     # -- dynamic mode ----------------------------------------------------------------------
     "DYNAMIC_SNR_RANGE": Key((5.0, 20.0), "dynamic mode: sensor SNR range in dB", (tuple, list)),
     "DYNAMIC_PATCH_SIZE_RANGE": Key(None, "dynamic mode: patch size range (None: up to 70/994 of the regions)",
@@ -318,6 +323,8 @@ def dataset_options(cfg: dict[str, Any]) -> dict[str, Any]:
         "normalize": cfg.get("NORMALIZE", True),
         "synthesis": cfg.get("SYNTHESIS", "fast"),
         "cache_dir": cfg.get("CACHE_DIR"),
+        "noise": cfg.get("NOISE", "white"),
+        "noise_bank_path": cfg.get("NOISE_BANK_PATH"),
     }
 
 

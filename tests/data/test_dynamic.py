@@ -253,3 +253,20 @@ def test_unreadable_clip_policies(tmp_path, anatomy, synthesis, caplog):
         dead = cfg["patches"][cfg["clips"].index((10, 2))]
         assert not src[:, dead].any()  # that source contributes nothing, not even its labels
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_recorded_noise_in_the_dynamic_mode(clip_dir, anatomy, tmp_path):
+    from esikit.io import save_mat_file
+
+    bank = np.random.default_rng(5).standard_normal((3, N_TIMES, 12))
+    save_mat_file(tmp_path / "bank.mat", {"data": bank})
+    kw = dict(noise="recorded", noise_bank_path=tmp_path / "bank.mat")
+    fast = make(clip_dir, anatomy, cache_dir=tmp_path / "cache", **kw)
+    ref = make(clip_dir, anatomy, synthesis="reference", **kw)
+    white = make(clip_dir, anatomy, synthesis="reference")
+    eeg, src = fast.synthesize_batch(range(6))
+    for i in range(6):
+        re, ry = ref.synthesize(i)
+        np.testing.assert_allclose(eeg[i].numpy(), re, atol=2e-4 * np.abs(re).max(), rtol=0)
+        np.testing.assert_allclose(src[i].numpy(), ry, atol=2e-4 * np.abs(ry).max(), rtol=0)
+        assert not np.allclose(re, white.synthesize(i)[0], atol=1e-3)

@@ -45,6 +45,8 @@ class EpochIndexedDataset(Dataset):
 
     missing_clips: str = "zeros"
     target: str = "dense"
+    noise: str = "white"
+    noise_bank: np.ndarray | None = None
     indices: np.ndarray
     _fast: Any = None
 
@@ -113,7 +115,7 @@ class EpochIndexedDataset(Dataset):
     def _init_noise(self, noise: str, noise_bank_path: Any, channel_names: Sequence[str] | None) -> None:
         """Check the noise option and load the bank (at start-up, so errors come first)."""
         from .._validation import check_option
-        from .noise import NOISE_MODES, load_noise_bank
+        from .noise import NOISE_MODES, forward_channel_names, load_noise_bank
 
         self.noise = check_option("noise", noise, NOISE_MODES)
         self.noise_bank = None
@@ -121,6 +123,8 @@ class EpochIndexedDataset(Dataset):
             if noise_bank_path is None:
                 raise ValueError(f"Invalid value for 'noise_bank_path': noise={noise!r} needs a noise bank file "
                                  "(NOISE_BANK_PATH), got None.")
+            if channel_names is None and getattr(self, "fwd_source", "<array>") != "<array>":
+                channel_names = forward_channel_names(self.fwd_source)  # type: ignore[attr-defined]
             self.noise_bank = load_noise_bank(noise_bank_path, self.n_channels, self.n_times, channel_names)
 
     def _open_fast_path(self, cache_dir: Any) -> Any:
@@ -141,9 +145,6 @@ class EpochIndexedDataset(Dataset):
             specs.noise_segment, specs.noise_offset = draw_noise_choice(
                 self.noise, self.seed, epoch, specs.index, self.noise_bank, self.n_times)  # type: ignore[attr-defined]
         return specs
-
-    noise: str = "white"
-    noise_bank: np.ndarray | None = None
 
     def synthesize(self, i: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` as numpy arrays ``(eeg (T, C), source (T, R))``."""

@@ -156,6 +156,10 @@ def create_dataloaders_from_metadata(
     check_positive_int("BATCH_SIZE", batch_size)
     check_positive_int("NUM_WORKERS", num_workers, minimum=0)
     fwd, fwd_source = resolve_forward(fwd_matrix_path)
+    if dataset_kwargs.get("noise", "white") != "white" and isinstance(fwd_matrix_path, (str, PathLike)):
+        from .noise import forward_channel_names
+
+        dataset_kwargs.setdefault("channel_names", forward_channel_names(fwd_matrix_path))  # match the bank by name
     full = SpikeEEGMetadataDataset(
         train_metadata_path, fwd, nmm_spikes_dir, dataset_len=train_dataset_len, normalize=normalize,
         seed=seed, **dataset_kwargs,

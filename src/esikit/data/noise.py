@@ -48,6 +48,17 @@ def _names(value: object) -> list[str]:
     return [n.strip() for n in out]
 
 
+def forward_channel_names(fwd_path: str | PathLike) -> list[str] | None:
+    """``ch_names`` stored beside ``fwd`` in a leadfield file (esikit writes them), or None."""
+    from ..io import load_mat_file
+
+    try:
+        names = load_mat_file(fwd_path, variable_names=["ch_names"]).get("ch_names")
+    except (OSError, ValueError):
+        return None
+    return None if names is None else _names(names)
+
+
 def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
                     channel_names: Sequence[str] | None = None) -> np.ndarray:
     """Read, check and reorder a noise bank for a forward matrix.
@@ -86,7 +97,10 @@ def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
 
         raw = load_mat_file(path, variable_names=["data", "ch_names"])
     if "data" not in raw:
-        raise ValueError(f"{path}: no field 'data' (fields: {sorted(raw)}); expected K x L x C noise segments")
+        from ..io import list_mat_variables
+
+        present = sorted(raw) if path.suffix == ".npz" else sorted(list_mat_variables(path))
+        raise ValueError(f"{path}: no field 'data' (fields: {present}); expected K x L x C noise segments")
     data = np.asarray(raw["data"])
     if data.ndim == 2:  # one segment saved without its leading axis
         data = data[None]
@@ -167,4 +181,4 @@ def draw_noise_choice(mode: str, seed: int, epoch: int, indices: np.ndarray,
     return segment, offset
 
 
-__all__ = ["NOISE_MODES", "load_noise_bank", "draw_noise_choice"]
+__all__ = ["NOISE_MODES", "load_noise_bank", "draw_noise_choice", "forward_channel_names"]

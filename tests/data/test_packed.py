@@ -464,3 +464,21 @@ def test_sigkill_before_the_manifest_is_written(clips, tmp_path):
     np.testing.assert_array_equal(cache.clips, _expected(store, values))
     assert cache.repairs == [] and not any(p.name.endswith(".tmp") for p in folder.iterdir())
     assert _gens(folder) == [cache.generation.name]
+
+
+def test_damaged_pointer_or_manifest_is_rebuilt(clips, tmp_path):
+    root, values = clips
+    folder = tmp_path / "c"
+    store = FolderClipStore(root)
+    first = PackedClipCache.open(store, folder)
+    first.close()
+    (first.generation / "manifest.json").write_text('{"version": 2, "n_cl')  # torn by hand
+    second = PackedClipCache.open(store, folder)
+    assert "manifest.json is missing or unreadable" in second.repairs[0]
+    np.testing.assert_array_equal(second.clips, _expected(store, values))
+    second.close()
+    (folder / "current").write_text("../../etc")
+    third = PackedClipCache.open(store, folder)
+    assert "does not name a generation" in third.repairs[0]
+    np.testing.assert_array_equal(third.clips, _expected(store, values))
+    assert _gens(folder) == [third.generation.name]

@@ -609,7 +609,7 @@ class PackedClipCache:
         repairs: list[str] = []
         for _ in range(8):
             name, manifest, reason = cls._load(folder)
-            damaged, distrust = False, set()
+            damaged, distrust = reason.endswith("(damaged)"), set()
             if not reason:
                 reason, damaged = cls._check(manifest, entries, n_times, n_regions, folder / name)
             if not reason:

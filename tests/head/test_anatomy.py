@@ -10,6 +10,7 @@ import scipy.sparse
 from esikit.head.anatomy import (
     DEEPSIF_EXTRA_NODES,
     Anatomy,
+    AnatomyFileError,
     load_anatomy,
     load_deepsif_anatomy,
     load_default_anatomy,
@@ -153,3 +154,59 @@ def test_default_anatomy_is_ras(default_anatomy):
     assert c["rM1"][0] > 0 > c["lM1"][0]  # right hemisphere at positive x
     assert c["rPFCPOL"][1] > 0 > c["rV1"][1]  # frontal pole anterior, V1 posterior
     assert c["rM1"][2] > c["rPFCORB"][2]  # motor cortex above orbitofrontal
+
+
+def _small_anatomy(name="tvb76", seed=0) -> Anatomy:
+    rng = np.random.default_rng(seed)
+    n = 6
+    ring = scipy.sparse.diags([np.ones(n - 1), np.ones(n - 1)], [1, -1], shape=(n, n))
+    return Anatomy(name=name, fwd=rng.standard_normal((4, n)), channel_names=list("ABCD"),
+                   centres=rng.standard_normal((n, 3)), adjacency=ring, weights=rng.random((n, n)),
+                   tract_lengths=rng.random((n, n)), node_of_region=np.arange(n),
+                   region_labels=[f"r{i}" for i in range(n)])
+
+
+@pytest.mark.parametrize("cut", ["half", "tail", "empty"])
+def test_truncated_anatomy_file_is_named(tmp_path, cut):
+    path = _small_anatomy().save(tmp_path / "anat.npz")
+    data = path.read_bytes()
+    path.write_bytes({"half": data[: len(data) // 2], "tail": data[:-40], "empty": b""}[cut])
+    with pytest.raises(AnatomyFileError) as err:
+        load_anatomy(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: cannot read the anatomy file, it is truncated or damaged")
+    assert "esikit simulate" in text and isinstance(err.value, ValueError)
+
+
+def test_damaged_member_is_named(tmp_path):
+    path = _small_anatomy().save(tmp_path / "anat.npz")
+    data = bytearray(path.read_bytes())
+    i = data.index(b"fwd.npy") + 200  # inside the compressed fwd member
+    data[i:i + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    with pytest.raises(AnatomyFileError, match="truncated or damaged"):
+        Anatomy.load(path)
+
+
+def test_truncated_dataset_copy_is_rebuilt_from_its_record(tmp_path, monkeypatch, caplog):
+    import json
+
+    import esikit.head.anatomy as anatomy_module
+
+    source = _small_anatomy()
+    monkeypatch.setattr(anatomy_module, "load_default_anatomy", lambda: source)
+    path = source.save(tmp_path / "ds" / "anatomy" / "anatomy.npz")
+    (tmp_path / "ds" / "dataset.json").write_text(
+        json.dumps({"status": "complete", "config": {"anatomy": "tvb76", "anatomy_name": "tvb76"}}))
+    path.write_bytes(path.read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        anat = load_anatomy(tmp_path / "ds" / "anatomy")
+    assert "truncated or damaged" in caplog.text and "Rebuilt it" in caplog.text
+    np.testing.assert_array_equal(anat.fwd, source.fwd)
+    np.testing.assert_array_equal(Anatomy.load(path).fwd, source.fwd)  # rewritten, readable again
+    # recorded under another name: not rebuilt from a different anatomy, the error stays
+    (tmp_path / "ds" / "dataset.json").write_text(
+        json.dumps({"config": {"anatomy": "tvb76", "anatomy_name": "deepsif994"}}))
+    path.write_bytes(b"")
+    with pytest.raises(AnatomyFileError):
+        load_anatomy(path)

@@ -21,8 +21,10 @@ Two built-in sources exist:
 from __future__ import annotations
 
 import io
+import json
 import logging
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Anatomy",
+    "AnatomyFileError",
     "DEEPSIF_EXTRA_NODES",
     "load_anatomy",
     "load_deepsif_anatomy",
@@ -48,6 +51,17 @@ DEEPSIF_EXTRA_NODES: dict[int, int] = {7: 994, 325: 997, 921: 996, 949: 995}
 
 # Rows of tvb-data's 65-channel EEG projection that are all NaN (IO1, IO2).
 _TVB_EEG_NAN_ROWS = (18, 19)
+
+_ANATOMY_FILE_FIX = (
+    "It is a copy written from the source anatomy: delete it and run again the command that wrote it "
+    "('esikit simulate' writes a dataset's anatomy/anatomy.npz from its --anatomy, a harvest rewrites "
+    ".harvest/anatomy.npz when it is missing), or point ANATOMY at 'default' or the DeepSIF anatomy folder"
+)
+
+
+class AnatomyFileError(ValueError):
+    """An anatomy ``.npz`` that cannot be read: truncated, damaged or not written by
+    :meth:`Anatomy.save` (a ``ValueError``)."""
 
 
 @dataclass
@@ -233,32 +247,40 @@ class Anatomy:
         Anatomy
         """
         path = Path(path)
-        with np.load(path, allow_pickle=False) as z:
-            required = ("name", "fwd", "channel_names", "centres", "adjacency_indptr",
-                        "adjacency_indices", "adjacency_shape", "weights", "tract_lengths",
-                        "node_of_region", "region_labels")
-            missing = [k for k in required if k not in z.files]
-            if missing:
-                raise ValueError(f"{path}: not an Anatomy file, missing fields {missing} "
-                                 "(write one with Anatomy.save)")
-            n_ind = len(z["adjacency_indices"])
-            adj = scipy.sparse.csr_matrix(
-                (np.ones(n_ind, dtype=bool), z["adjacency_indices"], z["adjacency_indptr"]),
-                shape=tuple(int(s) for s in z["adjacency_shape"]))
-            optional = {k: (z[k] if k in z.files else None)
-                        for k in ("vertices", "triangles", "vertex_region")}
-            return cls(
-                name=str(z["name"]),
-                fwd=z["fwd"],
-                channel_names=[str(c) for c in z["channel_names"]],
-                centres=z["centres"],
-                adjacency=adj,
-                weights=z["weights"],
-                tract_lengths=z["tract_lengths"],
-                node_of_region=z["node_of_region"],
-                region_labels=[str(c) for c in z["region_labels"]],
-                **optional,
-            )
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such anatomy file")
+        try:
+            # Every member is read (and CRC-checked) here, so a truncated or damaged file
+            # fails in one place with one message, not as a zip or zlib traceback later.
+            with np.load(path, allow_pickle=False) as z:
+                z_ = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+            raise AnatomyFileError(f"{path}: cannot read the anatomy file, it is truncated or damaged "
+                                   f"({type(exc).__name__}: {exc}). {_ANATOMY_FILE_FIX}") from exc
+        required = ("name", "fwd", "channel_names", "centres", "adjacency_indptr",
+                    "adjacency_indices", "adjacency_shape", "weights", "tract_lengths",
+                    "node_of_region", "region_labels")
+        missing = [k for k in required if k not in z_]
+        if missing:
+            raise AnatomyFileError(f"{path}: not an Anatomy file, missing fields {missing} "
+                                   "(write one with Anatomy.save)")
+        n_ind = len(z_["adjacency_indices"])
+        adj = scipy.sparse.csr_matrix(
+            (np.ones(n_ind, dtype=bool), z_["adjacency_indices"], z_["adjacency_indptr"]),
+            shape=tuple(int(s) for s in z_["adjacency_shape"]))
+        optional = {k: z_.get(k) for k in ("vertices", "triangles", "vertex_region")}
+        return cls(
+            name=str(z_["name"]),
+            fwd=z_["fwd"],
+            channel_names=[str(c) for c in z_["channel_names"]],
+            centres=z_["centres"],
+            adjacency=adj,
+            weights=z_["weights"],
+            tract_lengths=z_["tract_lengths"],
+            node_of_region=z_["node_of_region"],
+            region_labels=[str(c) for c in z_["region_labels"]],
+            **optional,
+        )
 
 
 # ---------------------------------------------------------------- helpers
@@ -538,9 +560,52 @@ def load_anatomy(spec: "str | Path | Anatomy") -> Anatomy:
     path = Path(spec)
     if path.is_dir():
         if (path / "anatomy.npz").exists():  # a dataset's anatomy/ folder
-            return Anatomy.load(path / "anatomy.npz")
+            return _load_saved(path / "anatomy.npz")
         return load_deepsif_anatomy(path)
     if path.is_file() and path.suffix == ".npz":
-        return Anatomy.load(path)
+        return _load_saved(path)
     raise ValueError(f"Invalid value for 'anatomy': expected one of 'default', 'tvb76', "
                      f"a DeepSIF anatomy folder or an anatomy .npz file, got {str(spec)!r}.")
+
+
+def _load_saved(path: Path) -> Anatomy:
+    """:meth:`Anatomy.load`, rebuilding a damaged dataset copy from its recorded source.
+
+    ``esikit simulate`` writes ``OUT/anatomy/anatomy.npz`` from the anatomy named in
+    ``OUT/dataset.json`` (or ``OUT/.simulate_config.json`` while it runs): when that
+    source is the built-in anatomy or a DeepSIF folder that still exists, a truncated
+    copy is rebuilt from it (and rewritten atomically); otherwise the error names the fix.
+    """
+    try:
+        return Anatomy.load(path)
+    except AnatomyFileError as exc:
+        rebuilt = _rebuild_from_dataset_record(path)
+        if rebuilt is None:
+            raise
+        logger.warning("%s Rebuilt it from the anatomy recorded for the dataset (%s).", str(exc).split(" (")[0],
+                       rebuilt.name)
+        return rebuilt
+
+
+def _rebuild_from_dataset_record(path: Path) -> Anatomy | None:
+    if path.name != "anatomy.npz" or path.parent.name != "anatomy":
+        return None
+    for record in (path.parent.parent / "dataset.json", path.parent.parent / ".simulate_config.json"):
+        try:
+            config = json.loads(record.read_text()).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        spec, name = config.get("anatomy"), config.get("anatomy_name")
+        if not isinstance(spec, str):
+            continue
+        if spec.lower() in ("default", "tvb76"):
+            anat = load_default_anatomy()
+        elif Path(spec).is_dir() and not (Path(spec) / "anatomy.npz").exists():
+            anat = load_deepsif_anatomy(spec)
+        else:
+            return None  # another saved file: nothing to rebuild from
+        if name is not None and anat.name != name:
+            return None
+        anat.save(path)  # temporary name, then one rename
+        return anat
+    return None

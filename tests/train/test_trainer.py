@@ -301,12 +301,17 @@ def test_truncated_last_falls_back_to_best_else_clear_error(toy, tmp_path, caplo
     assert "last.pt" in str(err.value) and "best.pt" in str(err.value)
 
 
+# Another run's side of RunLock (flock on <run>/.lock holding the PID), without importing torch.
 _HOLD = """
-import sys, time
-from esikit.train.checkpoint import RunLock
-with RunLock(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(60)
+import fcntl, os, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+f = open(os.path.join(sys.argv[1], ".lock"), "a+")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+f.truncate(0)
+f.write(str(os.getpid()))
+f.flush()
+print("locked", flush=True)
+time.sleep(60)
 """
 
 
@@ -318,8 +323,7 @@ def test_a_second_run_into_a_locked_folder_stops_with_the_holder(toy, tmp_path, 
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError, match=rf"{run}: another training run \(PID {proc.pid}\)"):
             train(cfg, show_progress=False)
-        args = [f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in cfg.items() if v is not None]
-        assert main(args) == 4
+        assert main(_argv(cfg)) == 4
         assert f"PID {proc.pid}" in capsys.readouterr().err
     finally:
         proc.kill()
@@ -364,3 +368,31 @@ def test_killed_dataloader_worker_is_a_clear_error(toy, tmp_path):
         t.fit()
     text = str(err.value)
     assert "DataLoader worker process died" in text and "NUM_WORKERS=0" in text and str(tmp_path / "run") in text
+
+
+def _argv(cfg, **over):
+    return [f"{k}={v}" if isinstance(v, str) else f"{k}={v!r}" for k, v in {**cfg, **over}.items() if v is not None]
+
+
+def test_train_command_resume_force_and_disk_full(toy, tmp_path, capsys, monkeypatch):
+    cfg = _cfg(toy, tmp_path, NUM_EPOCHS=1)
+    assert main(_argv(cfg)) == 0
+    assert main(_argv(cfg, NUM_EPOCHS=2, LEARNING_RATE=1e-2) + ["--resume"]) == 2
+    assert "LEARNING_RATE: 0.003 -> 0.01" in capsys.readouterr().err
+    assert main(_argv(cfg) + ["--force"]) == 2
+    assert "--force only goes with --resume" in capsys.readouterr().err
+
+    from esikit.train import checkpoint
+
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_all", disk_full)
+    assert main(_argv(cfg, NUM_EPOCHS=2, LEARNING_RATE=1e-2) + ["--resume", "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "Traceback" not in err
+    monkeypatch.undo()
+    run = tmp_path / "ckpt" / "t"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # the previous checkpoint is intact
+    assert main(_argv(cfg, NUM_EPOCHS=2, LEARNING_RATE=1e-2) + ["--resume", "--force"]) == 0
+    assert load_checkpoint(run / "last.pt")["config"]["LEARNING_RATE"] == 1e-2

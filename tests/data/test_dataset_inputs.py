@@ -66,3 +66,16 @@ def test_labels_are_checked_against_the_clips_region_count(tmp_path):
     with pytest.raises(ValueError, match=r"neither a region in \[0, 20\) nor padding"):
         SpikeEEGMetadataDataset(tmp_path / "m.mat", toy["fwd"].T, nmm_spikes_dir=toy["nmm_spikes_dir"],
                                 cache_dir=tmp_path / "cache")
+
+
+def test_the_compiled_kernel_refuses_out_of_range_ids(toy, tmp_path):
+    ds = SpikeEEGMetadataDataset(toy["train_metadata"], toy["fwd_path"], cache_dir=tmp_path / "cache")
+    good = ds.specs([0, 1], 0)
+    ds._fast.synthesize(good, 0)  # in range: fine
+    for field, value, needle in (("regions", 20, r"region ids in \[-1, 20\], expected -1 \(none\) or \[0, 20\)"),
+                                 ("regions", -2, r"region ids in \[-2, "),
+                                 ("clip_ids", 40, r"clip ids in \[.*, 40\], expected -1 \(none\) or \[0, 40\)")):
+        bad = ds.specs([0, 1], 0)
+        getattr(bad, field)[0, 0, ...] = value
+        with pytest.raises(ValueError, match=needle):
+            ds._fast.synthesize(bad, 0)

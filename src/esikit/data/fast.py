@@ -418,6 +418,13 @@ class FastSynthesizer:
         specs = specs.contiguous()
         n_b, n_s = len(specs), specs.n_sources
         n_t, n_c, n_r = self.n_times, self.fwd.shape[0], self.fwd.shape[1]
+        # The kernel has no bounds checks: an index outside its arrays reads other memory
+        # (a segfault, or silently wrong samples). Metadata is validated when read; this
+        # guards every other spec source for a few comparisons per batch.
+        for name, ids, top in (("region", specs.regions, n_r), ("clip", specs.clip_ids, self.cache.n_clips)):
+            if ids.size and (ids.min() < -1 or ids.max() >= top):
+                raise ValueError(f"sample specs hold {name} ids in [{ids.min()}, {ids.max()}], expected -1 "
+                                 f"(none) or [0, {top})")
         draw = _rng.check_against_numpy()
         if draw:
             choice = np.zeros((1, n_s), dtype=np.int64)

@@ -396,3 +396,28 @@ def test_train_command_resume_force_and_disk_full(toy, tmp_path, capsys, monkeyp
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # the previous checkpoint is intact
     assert main(_argv(cfg, NUM_EPOCHS=2, LEARNING_RATE=1e-2) + ["--resume", "--force"]) == 0
     assert load_checkpoint(run / "last.pt")["config"]["LEARNING_RATE"] == 1e-2
+
+
+def test_resume_from_a_checkpoint_of_the_previous_esikit(toy, tmp_path, monkeypatch):
+    """Old checkpoints: numpy RNG state as arrays, python state as tuples, no run_cwd."""
+    import numpy as np
+
+    reference = _trainer(_cfg(toy, tmp_path / "a", NUM_EPOCHS=2))
+    reference.fit()
+    monkeypatch.chdir(toy["fwd_path"].parent)
+    cfg = _cfg(toy, tmp_path / "b", NUM_EPOCHS=1, FWD_MATRIX_PATH=toy["fwd_path"].name)
+    _trainer(cfg).fit()
+    path = tmp_path / "b" / "ckpt" / "t" / "last.pt"
+    state = load_checkpoint(path)
+    del state["run_cwd"]
+    rng = state["rng_states"]
+    version, internal, gauss = rng["python"]
+    npd = rng["numpy"]
+    rng["python"] = (version, tuple(internal), gauss)
+    rng["numpy"] = (npd["bit_generator"], np.asarray(npd["state"]["key"], dtype=np.uint32), npd["state"]["pos"],
+                    npd["has_gauss"], npd["gauss"])
+    torch.save(state, path)  # as the previous save_checkpoint wrote it
+    t = _trainer(dict(cfg, NUM_EPOCHS=2))
+    t.fit(resume=True)
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, reference.model.state_dict()[k]), k

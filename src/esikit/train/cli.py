@@ -282,7 +282,15 @@ def evaluate_main(args) -> int:
     ds = ds.subset(np.arange(len(ds)), freeze_epoch=True)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")
-    ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history)
+    try:
+        ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history)
+    except RuntimeError as exc:
+        from .trainer import is_worker_death, worker_death_message
+
+        if not is_worker_death(exc):
+            raise
+        print(f"error: {worker_death_message(exc)}", file=sys.stderr)
+        return 1
     _print_evaluation(ev, out)
     return 0
 

@@ -422,7 +422,8 @@ class Trainer:
             raise ValueError(
                 f"{path}: the checkpoint's model {state['model_config']} differs from the configured one "
                 f"{self.model_config}; use the same MODEL/MODEL_KWARGS and data, or another RUN_NAME")
-        guarded, free = config_changes(state["config"], state.get("run_cwd"), self.cfg, os.getcwd())
+        # Checkpoints of older esikit versions lack run_cwd: they ran where we run now.
+        guarded, free = config_changes(state["config"], state.get("run_cwd") or os.getcwd(), self.cfg, os.getcwd())
         if guarded and not force:
             lines = "\n".join(f"  - {k}: {old!r} -> {new!r}" for k, (old, new) in guarded.items())
             raise ResumeConfigError(

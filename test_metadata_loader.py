@@ -1,8 +1,9 @@
 """Check that everything configs/config.py points at can be trained from.
 
-    python test_metadata_loader.py [KEY=VALUE ...] [--config PATH] [--verify-clips]
+    python test_metadata_loader.py [KEY=VALUE ...] [--config PATH] [--verify-clips] [--allow-missing-clips]
 
-Exits non-zero, with what to fix, when anything is wrong.
+Exits non-zero, with what to fix, when anything is wrong (referenced clips that are missing
+or unreadable included, unless --allow-missing-clips).
 """
 
 import sys

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="check the configured data (same as test_metadata_loader.py)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY=VALUE config overrides, --config PATH")
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="KEY=VALUE config overrides, --config PATH, --verify-clips, --allow-missing-clips")
     p.set_defaults(func=_run_check)
 
     p = sub.add_parser("train", help="train the configured model, then evaluate it (same as train.py)")

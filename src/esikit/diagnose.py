@@ -136,6 +136,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
     """
     from .config import dataset_options
     from .data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
+    from .data.noise import NoiseBankError
     from .data.packed import CacheError
 
     report = _Report()
@@ -175,6 +176,9 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
                                              seed=cfg.get("SEED", 0), **kwargs)
                 datasets[name] = ds
                 report.ok(f"{name} dataset built in {time.perf_counter() - t0:.2f} s: {ds!r}")
+                if ds.noise_bank is not None:
+                    report.info(f"noise {ds.noise!r}: {ds.noise_bank.shape[0]} recorded segments of "
+                                f"{ds.noise_bank.shape[1]} time points from {cfg.get('NOISE_BANK_PATH')}")
                 s = ds.metadata.summary()
                 report.info(
                     f"{s['n_samples']} samples; sources per sample {s['sources_per_sample']}; patch size "
@@ -193,6 +197,9 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
                             "without them pass --allow-missing-clips (MISSING_CLIPS='zeros' keeps the samples "
                             "without those sources, 'drop' leaves the samples out)",
                         )
+            except NoiseBankError as exc:
+                report.fail(str(exc), "set NOISE_BANK_PATH to DeepSIF's anatomy/realistic_noise.mat or the output of "
+                            "'esikit noise-bank', or NOISE='white'")
             except MetadataError as exc:
                 report.fail(str(exc), f"regenerate or repair {path}; each line above names the field and samples")
             except CacheError as exc:  # before OSError: it carries its own fix

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from esikit.data import SpikeEEGMetadataDataset
-from esikit.data.noise import draw_noise_choice, load_noise_bank
+from esikit.data.noise import NoiseBankError, draw_noise_choice, load_noise_bank
 from esikit.data.synthesis import synthesize_sample
 from esikit.data.toy import make_toy_dataset
 from esikit.io import save_mat_file
@@ -121,7 +121,7 @@ def test_bad_banks_report_every_problem_at_once(tmp_path, toy):
     save_mat_file(tmp_path / "nodata.mat", {"noise": data})
     with pytest.raises(ValueError, match=r"no field 'data' \(fields: \['noise'\]\)"):
         load_noise_bank(tmp_path / "nodata.mat", 5, 40)
-    with pytest.raises(FileNotFoundError, match="NOISE_BANK_PATH"):
+    with pytest.raises(NoiseBankError, match="NOISE_BANK_PATH"):
         load_noise_bank(tmp_path / "none.mat", 5, 40)
     # At start-up, through the dataset and its options.
     with pytest.raises(ValueError, match="'noise_bank_path'"):
@@ -140,3 +140,17 @@ def test_config_keys_reach_the_dataset(toy, bank_path):
     assert opts["noise"] == "mixed" and Path(opts["noise_bank_path"]) == bank_path
     ds = _ds(toy, **{k: opts[k] for k in ("noise", "noise_bank_path")})
     assert ds.noise == "mixed" and ds.noise_bank.shape == (4, 530, N_CH)
+
+
+def test_data_check_validates_the_noise_bank(tmp_path, bank_path, capsys):
+    from esikit.diagnose import main
+
+    toy = make_toy_dataset(tmp_path / "ds", n_regions=20, n_channels=N_CH, n_train=8, n_test=4, seed=2)
+    args = [f"TRAIN_METADATA_PATH={toy['train_metadata']}", f"TEST_METADATA_PATH={toy['test_metadata']}",
+            f"FWD_MATRIX_PATH={toy['fwd_path']}", f"NMM_SPIKES_DIR={toy['nmm_spikes_dir']}", "BATCH_SIZE=4",
+            "NOISE=recorded"]
+    assert main([*args, f"NOISE_BANK_PATH={bank_path}"]) == 0
+    assert "noise 'recorded': 4 recorded segments of 530 time points" in capsys.readouterr().out
+    assert main([*args, f"NOISE_BANK_PATH={tmp_path / 'none.mat'}"]) != 0
+    out = capsys.readouterr().out
+    assert "Noise bank not found" in out and "set NOISE_BANK_PATH" in out

@@ -34,6 +34,11 @@ from .._validation import check_option
 logger = logging.getLogger(__name__)
 
 NOISE_MODES = ("white", "recorded", "mixed")
+
+
+class NoiseBankError(ValueError):
+    """A noise bank that cannot be used (missing file, bad field, shape, channels or values)."""
+
 #: Tag of the noise-choice stream (kept apart from the contract's ``(seed, epoch, index)``).
 _NOISE_STREAM = 0x4015E
 
@@ -82,12 +87,12 @@ def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
 
     Raises
     ------
-    ValueError
-        Naming the file, the field and every problem found.
+    NoiseBankError
+        A ValueError naming the file, the field and every problem found.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Noise bank not found: {path} (set NOISE_BANK_PATH to a file made by "
+        raise NoiseBankError(f"Noise bank not found: {path} (set NOISE_BANK_PATH to a file made by "
                                 "'esikit noise-bank' or DeepSIF's anatomy/realistic_noise.mat)")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
@@ -100,12 +105,12 @@ def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
         from ..io import list_mat_variables
 
         present = sorted(raw) if path.suffix == ".npz" else sorted(list_mat_variables(path))
-        raise ValueError(f"{path}: no field 'data' (fields: {present}); expected K x L x C noise segments")
+        raise NoiseBankError(f"{path}: no field 'data' (fields: {present}); expected K x L x C noise segments")
     data = np.asarray(raw["data"])
     if data.ndim == 2:  # one segment saved without its leading axis
         data = data[None]
     if data.ndim != 3 or data.dtype.kind not in "fiu" or 0 in data.shape:
-        raise ValueError(f"{path}: field 'data' has shape {np.shape(raw['data'])} ({data.dtype}), "
+        raise NoiseBankError(f"{path}: field 'data' has shape {np.shape(raw['data'])} ({data.dtype}), "
                          "expected (K, L, C) numbers: segments x time x channels")
     problems: list[str] = []
     n_seg, n_len, n_ch = data.shape
@@ -139,7 +144,7 @@ def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
                             "recorded noise in every channel")
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise ValueError(f"{path}: {len(problems)} problem(s) in the noise bank:\n{lines}")
+        raise NoiseBankError(f"{path}: {len(problems)} problem(s) in the noise bank:\n{lines}")
     bank = np.ascontiguousarray(data[:, :, order], dtype=np.float32)
     logger.info("%s: %d noise segments of %d time points, %d channels (%s)", path, n_seg, n_len, len(order),
                 "matched by name" if names is not None and channel_names is not None else "in order")
@@ -181,4 +186,4 @@ def draw_noise_choice(mode: str, seed: int, epoch: int, indices: np.ndarray,
     return segment, offset
 
 
-__all__ = ["NOISE_MODES", "load_noise_bank", "draw_noise_choice", "forward_channel_names"]
+__all__ = ["NOISE_MODES", "NoiseBankError", "load_noise_bank", "draw_noise_choice", "forward_channel_names"]

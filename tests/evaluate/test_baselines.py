@@ -9,8 +9,12 @@ import pytest
 import scipy.linalg
 
 from esikit.evaluate.baselines import (
-    BASELINES,
+    ADAPTIVE_BASELINES,
+    DEFAULT_LAMBDA2,
+    LINEAR_BASELINES,
+    Baselines,
     apply_inverse,
+    check_baselines,
     clear_kernel_cache,
     estimate_sources,
     lambda2_from_snr,
@@ -47,7 +51,7 @@ def test_invalid_arguments():
         apply_inverse(np.zeros((10, 5)), np.zeros((3, 4)))
 
 
-@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("method", LINEAR_BASELINES)
 def test_single_noiseless_source_random_gain(method, random_gain):
     kernel = make_inverse_kernel(random_gain, method, lambda2_from_snr(30))
     assert kernel.shape == (25, 40)
@@ -70,7 +74,7 @@ def test_zero_localization_error_real_leadfield(method, snr_db, deepsif_anatomy_
 
 
 def test_kernel_annihilates_common_mode(random_gain):
-    for method in BASELINES:
+    for method in LINEAR_BASELINES:
         kernel = make_inverse_kernel(random_gain, method, 0.1)
         np.testing.assert_allclose(kernel @ np.ones(40), 0.0, atol=1e-10 * np.abs(kernel).max())
         # so the reference of G does not matter
@@ -172,3 +176,105 @@ def test_agreement_with_mne_python(mne_setup, diagonal_cov):
             stc = mne.minimum_norm.apply_inverse(evoked, inv, lam2, method=mne_name, method_params=params)
             kernel = make_inverse_kernel(gain, ours, lam2, noise_cov=None if not diagonal_cov else cov_data, eps=1e-10, max_iter=200)
             np.testing.assert_allclose(kernel, stc.data, rtol=1e-7, atol=1e-9 * np.abs(stc.data).max(), err_msg=ours)
+
+
+def test_depth_prior_is_mne_compute_depth_prior(mne_setup, random_gain):
+    # MNE's fixed-orientation inverse needs a free-orientation forward for depth weighting;
+    # a region leadfield has none, so the prior is MNE's compute_depth_prior of the fixed gain.
+    from esikit.evaluate.baselines import depth_prior
+
+    mne, fwd, evoked, rng = mne_setup
+    with mne.utils.use_log_level("error"):
+        # the minimum-norm code calls it with limit_depth_chs=True (the C code's limit rule)
+        expected = mne.forward.compute_depth_prior(fwd, evoked.info, exp=0.8, limit=10.0, limit_depth_chs=True)
+    np.testing.assert_allclose(depth_prior(fwd["sol"]["data"], 0.8), expected, rtol=1e-6)  # MNE: float32
+    # and the kernel is the minimum norm with that source covariance (trace normalized)
+    lam2 = 0.05
+    prior = depth_prior(random_gain, 0.8)
+    q = scipy.linalg.null_space(np.ones((1, 40)))
+    gw = q.T @ random_gain
+    r = prior * gw.shape[0] / np.sum(gw**2 * prior)
+    expected_k = (r[:, None] * gw.T) @ np.linalg.inv((gw * r) @ gw.T + lam2 * np.eye(gw.shape[0])) @ q.T
+    np.testing.assert_allclose(make_inverse_kernel(random_gain, "mne", lam2, depth=0.8), expected_k, rtol=1e-8,
+                               atol=1e-12)
+    assert not np.allclose(make_inverse_kernel(random_gain, "mne", lam2, depth=0.8),
+                           make_inverse_kernel(random_gain, "mne", lam2))
+
+
+def test_depth_prior_limit():
+    from esikit.evaluate.baselines import depth_prior
+
+    G = np.diag([1.0, 0.5, 0.01])  # column norms^2: 1, 0.25, 1e-4 -> weights 1, 4, 1e4
+    # weights above 100 x the smallest are capped at the first such weight (MNE's C-code rule)
+    np.testing.assert_allclose(depth_prior(G, 1.0), [1e-4, 4e-4, 1.0])
+    np.testing.assert_allclose(depth_prior(G, 1.0, limit=None), [1.0, 4.0, 1e4])
+    np.testing.assert_allclose(depth_prior(G, 0.5, limit=None), [1.0, 2.0, 100.0])
+    with pytest.raises(ValueError, match="Invalid value for 'depth'"):
+        make_inverse_kernel(G, "mne", 0.1, depth=-1.0)
+
+
+def test_baselines_fixed_lambda_batches_and_oracle(random_gain):
+    eeg = np.random.default_rng(8).normal(size=(4, 30, 40))
+    snr = [5.0, 20.0, 5.0, 10.0]
+    fixed = Baselines(random_gain, ["mne", "sloreta"])
+    est = fixed.estimate(eeg, snr)
+    kernel = make_inverse_kernel(random_gain, "sloreta", DEFAULT_LAMBDA2)
+    np.testing.assert_allclose(est["sloreta"], eeg @ kernel.T)  # one kernel: the true SNR is not used
+    assert "not used" in fixed.describe()["mne"]
+    oracle = Baselines(random_gain, ["mne", "sloreta"], oracle=True, depth=0.8)
+    est = oracle.estimate(eeg, snr)
+    for b in range(4):
+        np.testing.assert_allclose(est["mne"][b], estimate_sources(eeg[b], random_gain, "mne", snr[b], depth=0.8))
+    assert "oracle" in oracle.describe()["mne"] and "depth weighting 0.8" in oracle.describe()["mne"]
+    with pytest.raises(ValueError, match="need 'snr_db'"):
+        oracle.estimate(eeg)
+
+
+def test_check_baselines_lists_every_unknown_name():
+    assert check_baselines(["MNE", "lcmv", "gamma-map"]) == ["mne", "lcmv", "gamma-map"]
+    with pytest.raises(ValueError, match=r"got \['nope', 'lcmvv'\]"):
+        check_baselines(["mne", "nope", "lcmvv"])
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    gain = rng.normal(size=(32, 16))
+    centres = np.c_[np.arange(16) * 10.0, np.zeros(16), np.zeros(16)]
+    adjacency = sp.diags([np.ones(15), np.ones(15)], [1, -1], shape=(16, 16))
+    return gain, centres, adjacency
+
+
+@pytest.mark.parametrize("method", ADAPTIVE_BASELINES)
+def test_invertmeeg_baselines_recover_one_noiseless_region(method, small_problem):
+    gain, centres, adjacency = small_problem
+    solvers = Baselines(gain, [method], centres=centres, adjacency=adjacency)
+    t = np.sin(np.linspace(0, 3, 120))
+    for r in (0, 7, 15):
+        eeg = np.outer(t, gain[:, r])[None]  # (1, T, C), noiseless, one region
+        est = solvers.estimate(eeg)[method]
+        assert est.shape == (1, 120, 16)
+        assert np.argmax(np.abs(est[0]).max(axis=0)) == r, (method, r)
+    assert "data-driven" in solvers.describe()[method]
+
+
+def test_region_forward_carries_the_adjacency(small_problem):
+    pytest.importorskip("invert")
+    from invert.util import build_source_adjacency
+
+    from esikit.evaluate.adaptive import region_forward
+
+    gain, centres, adjacency = small_problem
+    fwd, info = region_forward(gain, centres, adjacency)
+    np.testing.assert_allclose(fwd["sol"]["data"], gain - gain.mean(axis=0))  # average referenced
+    assert fwd["nsource"] == 16 and len(info.ch_names) == 32
+    np.testing.assert_allclose(fwd["source_rr"], centres / 1000.0)
+    import logging
+
+    logging.getLogger("invert").setLevel(logging.ERROR)
+    adj = build_source_adjacency(fwd["src"], adjacency_type="spatial")
+    assert (adj != 0).toarray().tolist() == (adjacency.toarray() != 0).tolist()
+    with pytest.raises(ValueError, match=r"'adjacency' has shape \(3, 3\)"):
+        region_forward(gain, centres, np.eye(3))

@@ -149,8 +149,10 @@ def test_no_identified_region_is_defined():
     true = _est({2: (1.0, 20)})
     rec = evaluate_sample(np.zeros((20, 6)), true, CENTRES, patches=[np.array([2])])
     assert rec["detected"] == 0.0 and rec["n_identified"] == 0 and rec["identified"] == []
-    assert rec["recall"] == 0.0
-    for key in ("precision", "le_mm", "spatial_dispersion_mm", "corr", "corr_identified"):
+    assert rec["sources_found"] == 0.0 and rec["dice"] == 0.0
+    # a missed source has no precision, recall, LE or correlation (DeepSIF's MATLAB: NaN)
+    for key in ("precision", "recall", "le_mm", "spatial_dispersion_mm", "corr", "corr_identified", "hd95_mm",
+                "peak_in_patch", "peak_distance_mm", "emd_mm"):
         assert math.isnan(rec[key]), key
     assert rec["auc"] == 0.5  # every region scores 0: ties count one half
     assert rec["mse"] == pytest.approx(np.mean(true**2))
@@ -221,7 +223,7 @@ def test_summarize_median_iqr_and_groups():
     recs = _records()
     summary = summarize(recs, by=("snr_db", "n_sources"))
     assert set(summary["methods"]) == {"deepsif", "mne"}
-    assert summary["metrics"] == ["le_mm", "precision"]
+    assert summary["metrics"] == ["precision", "le_mm"]  # METRIC_NAMES order
     mine = [r for r in recs if r["method"] == "mne"]
     le = np.array([r["le_mm"] for r in mine])
     st = summary["methods"]["mne"]["overall"]["stats"]["le_mm"]
@@ -289,3 +291,170 @@ def test_evaluate_batch_matches_per_sample():
             assert (v == recs[b][k]) or (isinstance(v, float) and math.isnan(v) and math.isnan(recs[b][k]))
     with pytest.raises(ValueError, match="'patches' has 2 samples, expected 3"):
         evaluate_batch(est, true, CENTRES, patches[:2])
+
+
+# ------------------------------------------------------------------ DeepSIF's rule and scoring
+def _deepsif_get_otsu_regions(out):
+    """DeepSIF's utils.get_otsu_regions for one sample, written out independently."""
+    thre_source = np.abs(out)
+    thre_source = (thre_source - np.min(thre_source)) / np.max(thre_source)
+    thresh = threshold_otsu(thre_source, nbins=100)
+    select_pixel = out > thresh
+    return np.where(np.sum(select_pixel, axis=0) > 7)[0]
+
+
+def _deepsif_matlab_scores(regions, labels, all_dis, out, nmm):
+    """eval_calculate_sim_results.m for one sample, loop for loop (0-based ids).
+
+    labels: list of per-source label arrays (padding removed); nmm: (K, T) centre activity.
+    Returns per-source precision, recall, le, corr (NaN when not scored).
+    """
+    k_src = len(labels)
+    res = {key: [math.nan] * k_src for key in ("precision", "recall", "le", "corr")}
+    if len(regions) == 0:
+        return res
+    all_label = np.concatenate(labels)
+    mapping = np.concatenate([np.full(len(lb), i) for i, lb in enumerate(labels)])
+    min_ind = np.argmin(all_dis[np.ix_(all_label, regions)], axis=0)  # MATLAB min(.., [], 1): first minimum
+    source_id = mapping[min_ind]
+    for k in range(source_id.max() + 1):
+        recon = regions[source_id == k]
+        lb = labels[k]
+        if len(recon):
+            interc = np.intersect1d(recon, lb)
+            res["precision"][k] = len(interc) / len(recon)
+            res["recall"][k] = len(interc) / len(lb)
+            res["corr"][k] = np.corrcoef(out[:, recon].mean(axis=1), nmm[k])[0, 1]
+            res["le"][k] = np.mean(np.min(all_dis[np.ix_(recon, lb)], axis=1))
+    return res
+
+
+def test_deepsif_rule_and_scoring_match_an_independent_implementation():
+    from esikit.evaluate.metrics import identify_regions_deepsif, score_sources
+
+    rng = np.random.default_rng(11)
+    n_reg, n_t = 30, 80
+    centres = rng.uniform(-60, 60, (n_reg, 3))
+    all_dis = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    n_checked = n_missed = n_differ = 0
+    for trial in range(40):
+        out = 0.15 * rng.standard_normal((n_t, n_reg))  # signed output: the two rules differ
+        bump = np.hanning(n_t)
+        patches = [np.array([3, 4, 5]), np.array([20, 21])] if trial % 2 else [np.array([10, 11, 12, 13])]
+        true = np.zeros((n_t, n_reg))
+        for k, p in enumerate(patches):
+            true[:, p] = bump[:, None] * (1.0 + k)
+            if trial % 5 != 0 or k == 0:  # sometimes the second source is missed
+                out[:, p] += rng.uniform(0.4, 1.0) * bump[:, None]
+        if trial % 7 == 0:
+            out[:, 25] -= 2.0 * bump  # strongly negative: never identified by DeepSIF's rule
+        expected = _deepsif_get_otsu_regions(out)
+        got, thr = identify_regions_deepsif(out)
+        assert got.tolist() == expected.tolist()
+        n_differ += identify_regions(out)[0].tolist() != expected.tolist()
+        ref = _deepsif_matlab_scores(expected, patches, all_dis, out, [true[:, p[0]] for p in patches])
+        mine = score_sources(got, patches, out, true, centres)
+        for k in range(len(patches)):
+            for key, name in (("precision", "precision"), ("recall", "recall"), ("le", "le_mm"), ("corr", "corr")):
+                a, b = ref[key][k], mine[k][name]
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-12), (trial, k, key)
+            n_missed += math.isnan(ref["precision"][k])
+            n_checked += 1
+        rec = evaluate_sample(out, true, centres, patches, rule="deepsif")
+        assert rec["identified"] == expected.tolist()
+        assert rec["precision_by_source"] == [s["precision"] for s in mine] or any(
+            math.isnan(s["precision"]) for s in mine)
+        assert rec["sources_found"] == np.mean([not math.isnan(ref["precision"][k]) for k in range(len(patches))])
+    assert n_missed > 0 and n_checked > 40 and n_differ > 0  # the cases were exercised
+
+
+def test_rule_names_are_checked():
+    with pytest.raises(ValueError, match="Invalid value for 'rule': expected one of 'deepsif', 'normalized'"):
+        evaluate_sample(_est({1: (1.0, 20)}), None, CENTRES, [[1]], rule="otsu")
+
+
+def test_per_source_scoring_by_hand():
+    # two sources: patch A = {0, 1}, patch B = {5}; identified {1, 2, 4}
+    est = _est({1: (1.0, 20), 2: (0.9, 20), 4: (0.8, 20)})
+    rec = evaluate_sample(est, None, CENTRES, [np.array([0, 1]), np.array([5])], rule="normalized")
+    assert rec["identified"] == [1, 2, 4]
+    # region 1 -> A (0 mm), region 2 -> A (10 mm from region 1), region 4 -> B (10 mm from 5)
+    assert rec["precision_by_source"] == [0.5, 0.0]
+    assert rec["recall_by_source"] == [0.5, 0.0]
+    assert rec["le_mm_by_source"] == [5.0, 10.0]
+    assert rec["precision"] == 0.25 and rec["recall"] == 0.25 and rec["le_mm"] == 7.5
+    assert rec["sources_found"] == 1.0
+    # Dice: found {1, 2, 4}, true {0, 1, 5}: 2 * 1 / 6
+    assert rec["dice"] == pytest.approx(1 / 3)
+    # HD95: d(found -> true) = [0, 10, 10], d(true -> found) = [10, 0, 10]; P95 of each = 10
+    assert rec["hd95_mm"] == pytest.approx(10.0)
+
+
+def test_peak_metrics_at_the_gfp_peak():
+    from esikit.evaluate.metrics import gfp_peak
+
+    eeg = np.zeros((10, 4))
+    eeg[6] = [1.0, -1.0, 2.0, -2.0]  # largest spread across channels at t = 6
+    eeg[2] = [5.0, 5.0, 5.0, 5.0]  # large but flat: zero GFP
+    assert gfp_peak(eeg) == 6
+    est = np.zeros((10, 6))
+    est[:, 4] = 3.0  # the largest region overall, but at t = 6 ...
+    est[6] = [0.0, 0.0, 0.6, 1.0, 0.5, 0.4]  # ... region 3 peaks; half-max set {2, 3, 4}
+    rec = evaluate_sample(est, None, CENTRES, [np.array([3, 2])], eeg=eeg, rule="normalized")
+    assert rec["peak_time"] == 6 and rec["peak_region"] == 3
+    assert rec["peak_in_patch"] == 1.0 and rec["peak_distance_mm"] == 0.0
+    assert rec["hm_precision"] == pytest.approx(2 / 3) and rec["hm_recall"] == 1.0
+    rec = evaluate_sample(est, None, CENTRES, [np.array([0])], eeg=eeg, rule="normalized")
+    assert rec["peak_in_patch"] == 0.0 and rec["peak_distance_mm"] == 30.0
+    assert rec["hm_precision"] == 0.0 and rec["hm_recall"] == 0.0
+    with pytest.raises(ValueError, match="'eeg' has shape"):
+        evaluate_sample(est, None, CENTRES, [[0]], eeg=eeg[:5])
+
+
+def test_average_precision_by_hand_and_against_sklearn():
+    from esikit.evaluate.metrics import average_precision
+
+    # ranking: pos, neg, pos, neg -> (1/1 + 2/3) / 2
+    assert average_precision([0.9, 0.8, 0.7, 0.1], [True, False, True, False]) == pytest.approx(5 / 6)
+    assert average_precision([0.1, 0.9], [True, False]) == pytest.approx(0.5)
+    assert average_precision([3.0, 2.0, 1.0], [True, True, False]) == 1.0
+    assert math.isnan(average_precision([1.0, 2.0], [False, False]))
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        scores = rng.random(40)  # no ties: the two definitions agree
+        labels = rng.random(40) < 0.3
+        if labels.any():
+            assert average_precision(scores, labels) == pytest.approx(skm.average_precision_score(labels, scores))
+
+
+def test_earth_movers_distance_by_hand():
+    from esikit.evaluate.metrics import earth_movers_distance
+
+    ground = np.abs(CENTRES[:, None, 0] - CENTRES[None, :, 0])
+    a = np.array([1.0, 0, 0, 0, 0, 0])
+    b = np.array([0, 0, 0, 2.0, 0, 0])
+    assert earth_movers_distance(a, b, ground) == pytest.approx(30.0)  # all mass moves 30 mm
+    # half the mass moves 10 mm; values under 0.25 of the max are dropped first
+    c = np.array([1.0, 1.0, 0.2, 0, 0, 0])
+    d = np.array([1.0, 0, 1.0, 0, 0, 0.1])
+    assert earth_movers_distance(c, d, ground) == pytest.approx(5.0)
+    assert earth_movers_distance(a, a, ground) == 0.0
+    assert math.isnan(earth_movers_distance(np.zeros(6), a, ground))
+    true = np.zeros((10, 6))
+    true[:, 0] = 1.0
+    est = np.zeros((10, 6))
+    est[:, 3] = 5.0
+    rec = evaluate_sample(est, true, CENTRES, [[0]], rule="normalized")
+    assert rec["emd_mm"] == pytest.approx(30.0)
+
+
+def test_dice_hd95_percentile():
+    from esikit.evaluate.metrics import dice_hd95
+
+    centres = np.c_[np.arange(30) * 1.0, np.zeros(30), np.zeros(30)]
+    found = np.arange(0, 21)  # 21 regions, distances to {0}: 0 .. 20
+    dice, hd = dice_hd95(found, np.array([0]), centres)
+    assert dice == pytest.approx(2 / 22)
+    assert hd == pytest.approx(np.percentile(np.arange(21.0), 95))  # 19.0
+    assert math.isnan(dice_hd95([], [], centres)[0])

@@ -10,7 +10,7 @@ import torch
 
 from esikit.data import SpikeEEGMetadataDataset
 from esikit.data.toy import make_toy_dataset
-from esikit.evaluate.runner import comparison_table, evaluate_model
+from esikit.evaluate.runner import evaluate_model
 
 
 class _Oracle(torch.nn.Module):
@@ -25,49 +25,51 @@ class _Oracle(torch.nn.Module):
 
 
 def test_evaluate_model_writes_results_and_compares(tmp_path):
+    import csv
+
+    import scipy.sparse as sp
+
     toy = make_toy_dataset(tmp_path / "d", n_regions=20, n_channels=10, n_train=4, n_test=6, seed=3)
     ds = SpikeEEGMetadataDataset(toy["test_metadata"], toy["fwd_path"])
     truth = [ds[i][1].numpy() for i in range(len(ds))]
     centres = np.c_[np.arange(20) * 10.0, np.zeros(20), np.zeros(20)]
 
-    class Anat:  # centres only: no mesh, plots fall back to region dots
+    class Anat:  # centres and adjacency only: no mesh, plots fall back to region dots
         vertices = triangles = vertex_region = None
 
     Anat.centres = centres
+    Anat.adjacency = sp.diags([np.ones(19), np.ones(19)], [1, -1], shape=(20, 20))
     ev = evaluate_model(_Oracle(truth), ds, toy["fwd"], tmp_path / "out", anatomy=Anat(),
-                        baselines=("mne", "sloreta"), batch_size=4, model_name="oracle", show_progress=False)
-    assert ev["n_samples"] == 6
+                        baselines=("mne", "sloreta", "lcmv"), batch_size=4, model_name="oracle", show_progress=False,
+                        n_boot=50)
+    assert ev["n_samples"] == 6  # the whole test set by default
     assert {len(v) for v in ev["records"].values()} == {6}
+    assert ev["rules"] == {"oracle": "deepsif", "mne": "normalized", "sloreta": "normalized", "lcmv": "normalized"}
     oracle = ev["records"]["oracle"]
-    assert all(r["le_mm"] == 0 and r["precision"] == 1 for r in oracle)  # the truth localizes perfectly
-    for name in ("results.json", "results.md", "comparison.md", "metric_distributions.png", "example_0_cortex.png",
-                 "example_0_timecourses.png"):
+    # the truth localizes perfectly under DeepSIF's rule and at the GFP peak
+    assert all(r["le_mm"] == 0 and r["precision"] == 1 and r["peak_in_patch"] == 1 for r in oracle)
+    assert all(r["rule"] == "normalized" for r in ev["records"]["lcmv"])
+    for name in ("results.json", "results.md", "results_samples.csv", "comparison.md", "metric_distributions.png",
+                 "example_0_cortex.png", "example_0_timecourses.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(data["summary"]["methods"]) == {"oracle", "mne", "sloreta"}
-    assert "network best" in ev["comparison"]
+    assert set(data["summary"]["methods"]) == {"oracle", "mne", "sloreta", "lcmv"}
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results_samples.csv")))
+    assert len(rows) == 4 * 6 and {"method", "snr_db", "n_sources", "peak_in_patch", "ap"} <= set(rows[0])
+    assert "| all (n=6) | oracle (deepsif) |" in ev["comparison"]
+    assert "Winners over all samples" in ev["comparison"] and "oracle vs lcmv:" in ev["comparison"]
+    assert "the true SNR is not used" in ev["comparison"]  # how the baselines were regularized
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "region rule `deepsif`" in md and "## By SNR and number of sources" in md
 
 
-def _summary(own_le, other_le, own_p, other_p):
-    def stats(le, p):
-        return {"le_mm": {"median": le}, "precision": {"median": p}}
-
-    def method(le, p):
-        return {"overall": {"stats": stats(le, p)},
-                "marginals": {"snr_db": [{"key": {"snr_db": 5.0}, "stats": stats(le, p)}]}}
-
-    return {"methods": {"net": method(own_le, own_p), "mne": method(other_le, other_p)}}
-
-
-@pytest.mark.parametrize("own_le,other_le,own_p,other_p,expected", [
-    (5.0, 10.0, 0.9, 0.5, True),    # better on both
-    (5.0, 10.0, 0.4, 0.5, False),   # worse precision
-    (12.0, 10.0, 0.9, 0.5, False),  # worse localization
-])
-def test_comparison_verdict(own_le, other_le, own_p, other_p, expected):
-    table, verdict = comparison_table(_summary(own_le, other_le, own_p, other_p), "net")
-    assert verdict == {"5.0": expected, "all": expected}
-    assert table.count("\n") == 3
+def test_evaluate_model_rejects_bad_names(tmp_path):
+    toy = make_toy_dataset(tmp_path / "d", n_regions=20, n_channels=10, n_train=4, n_test=2, seed=3)
+    ds = SpikeEEGMetadataDataset(toy["test_metadata"], toy["fwd_path"])
+    with pytest.raises(ValueError, match="Invalid value for 'rule'"):
+        evaluate_model(_Oracle([]), ds, toy["fwd"], tmp_path / "o", rule="otsu", show_progress=False)
+    with pytest.raises(ValueError, match="Invalid value for 'baselines'"):
+        evaluate_model(_Oracle([]), ds, toy["fwd"], tmp_path / "o", baselines=("mne", "nope"), show_progress=False)
 
 
 def test_distances_use_the_folded_cortex(deepsif_anatomy_dir):

@@ -1,4 +1,10 @@
-"""Classical linear inverse solutions on a region gain matrix: MNE, dSPM, sLORETA, eLORETA.
+"""Classical inverse solutions on a region gain matrix.
+
+The minimum-norm family (MNE, dSPM, sLORETA, eLORETA) is computed here as linear kernels
+(one matrix product for a whole batch); the data-dependent methods (LCMV, Champagne,
+FlexChampagne and any other invertmeeg solver) run through invertmeeg
+(:mod:`esikit.evaluate.adaptive`). :class:`Baselines` runs a chosen set of both on a
+batch and says how each one's regularization was chosen.
 
 MNE-Python's :func:`mne.minimum_norm.apply_inverse` needs an ``Info``, a ``Forward`` with
 a source space and a ``Covariance``; a region leadfield (one fixed-orientation "source"
@@ -36,6 +42,14 @@ absolute value, so only relative amplitudes matter there.
 
 ``lambda2 = 1 / snr^2`` with the amplitude SNR ``snr = 10 ** (snr_db / 20)``
 (MNE's rule, ``lambda2 = 1 / 9`` for its default SNR of 3): see :func:`lambda2_from_snr`.
+An evaluation does not know the true SNR of real data, so :class:`Baselines` uses MNE's
+default ``lambda2 = 1 / 9`` unless the run asks for the oracle (the sample's own SNR).
+
+Depth weighting (``depth``, MNE's ``depth`` exponent, 0.8 in MNE) follows MNE's
+``compute_depth_prior`` for a fixed-orientation EEG gain: ``w_r = 1 / ||g_r||^2`` on the
+unreferenced gain, limited to ``limit^2 = 100`` times the smallest weight, raised to
+``depth``; it sets the source covariance before the trace normalization. eLORETA
+computes its own weights and ignores it (as MNE does).
 """
 
 from __future__ import annotations
@@ -44,14 +58,22 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.linalg import null_space
 
 logger = logging.getLogger(__name__)
 
-#: Names of the available classical inverse methods.
-BASELINES = ("mne", "dspm", "sloreta", "eloreta")
+#: The linear (minimum-norm family) methods computed here as kernels.
+LINEAR_BASELINES = ("mne", "dspm", "sloreta", "eloreta")
+#: Data-dependent methods run through invertmeeg (any other invertmeeg solver name works too).
+ADAPTIVE_BASELINES = ("lcmv", "champagne", "flexchampagne")
+#: The default set of baselines of an evaluation.
+BASELINES = LINEAR_BASELINES + ADAPTIVE_BASELINES
+#: MNE's default regularization (SNR 3), used when the true SNR is not given to the methods.
+DEFAULT_LAMBDA2 = 1.0 / 9.0
 
 _CACHE_SIZE = 32
 _kernel_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -59,8 +81,8 @@ _kernel_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 def _check_method(method: str) -> str:
     m = str(method).lower()
-    if m not in BASELINES:
-        allowed = ", ".join(repr(b) for b in BASELINES)
+    if m not in LINEAR_BASELINES:
+        allowed = ", ".join(repr(b) for b in LINEAR_BASELINES)
         raise ValueError(f"Invalid value for 'method': expected one of {allowed}, got {method!r}.")
     return m
 
@@ -116,6 +138,36 @@ def _whitener(n_channels: int, noise_cov: np.ndarray | None) -> np.ndarray:
     return (vec[:, keep] / np.sqrt(eig[keep])).T @ q.T
 
 
+def depth_prior(G: np.ndarray, depth: float, limit: float | None = 10.0) -> np.ndarray:
+    """MNE's depth prior of a fixed-orientation EEG gain (``compute_depth_prior``).
+
+    Parameters
+    ----------
+    G : array, shape (C, R)
+        Gain as given (MNE computes the prior before the average reference).
+    depth : float
+        Exponent (MNE's default 0.8).
+    limit : float or None
+        Weights are limited to ``limit**2`` times the smallest one (MNE's 10).
+
+    Returns
+    -------
+    prior : array, shape (R,)
+        Source variances before trace normalization.
+    """
+    d = np.sum(np.asarray(G, dtype=np.float64) ** 2, axis=0)
+    if np.any(d > 0):
+        d[d == 0.0] = np.min(d[d != 0.0])
+    w = 1.0 / d
+    if limit is not None:
+        ws = np.sort(w)
+        cap = ws[-1]
+        if ws[-1] > limit**2 * ws[0]:
+            cap = ws[np.flatnonzero(ws > limit**2 * ws[0])[0]]
+        w = np.minimum(w / cap, 1.0)
+    return w ** float(depth)
+
+
 def _eloreta_weights(gw: np.ndarray, lambda2: float, eps: float, max_iter: int) -> np.ndarray:
     """eLORETA source variances for a whitened gain ``gw`` (rank x R), trace-normalized."""
     rank = gw.shape[0]
@@ -140,16 +192,21 @@ def _eloreta_weights(gw: np.ndarray, lambda2: float, eps: float, max_iter: int) 
 
 
 def _compute_kernel(
-    gain: np.ndarray, method: str, lambda2: float, noise_cov: np.ndarray | None, eps: float, max_iter: int
+    gain: np.ndarray, method: str, lambda2: float, noise_cov: np.ndarray | None, eps: float, max_iter: int,
+    depth: float | None = None,
 ) -> np.ndarray:
     n_channels = gain.shape[0]
     whitener = _whitener(n_channels, noise_cov)  # (rank, C)
     gw = whitener @ gain
     rank = gw.shape[0]
     if method == "eloreta":
+        if depth is not None:
+            logger.info("eLORETA computes its own source weights: depth=%s is ignored (as in MNE)", depth)
         source_var = _eloreta_weights(gw, lambda2, eps, max_iter)
     else:
-        source_var = np.full(gain.shape[1], rank / float(np.sum(gw**2)))
+        prior = np.ones(gain.shape[1]) if depth is None else depth_prior(gain, depth)
+        # trace normalization: trace(G_w R G_w^T) = rank makes lambda2 relative
+        source_var = prior * (rank / float(np.sum(gw**2 * prior)))
     source_std = np.sqrt(source_var)
     u, s, vt = np.linalg.svd(gw * source_std, full_matrices=False)
     reginv = s / (s**2 + lambda2)
@@ -168,6 +225,7 @@ def make_inverse_kernel(
     lambda2: float,
     noise_cov: np.ndarray | None = None,
     *,
+    depth: float | None = None,
     eps: float = 1e-6,
     max_iter: int = 100,
 ) -> np.ndarray:
@@ -189,6 +247,9 @@ def make_inverse_kernel(
         :func:`lambda2_from_snr`.
     noise_cov : array, shape (C, C), optional
         Sensor noise covariance in the recording's reference; identity when omitted.
+    depth : float, optional
+        Depth weighting exponent (MNE's ``depth``, e.g. 0.8; see :func:`depth_prior`);
+        None for none (ignored by eLORETA).
     eps : float
         eLORETA convergence threshold on the relative change of the weights.
     max_iter : int
@@ -215,13 +276,16 @@ def make_inverse_kernel(
     lambda2 = float(lambda2)
     if not (lambda2 > 0 and math.isfinite(lambda2)):
         raise ValueError(f"Invalid value for 'lambda2': expected a finite positive number, got {lambda2}.")
-    key = (_digest(G), m, lambda2, _digest(noise_cov), (eps, max_iter) if m == "eloreta" else None)
+    if depth is not None and not (float(depth) >= 0 and math.isfinite(float(depth))):
+        raise ValueError(f"Invalid value for 'depth': expected None or a finite number >= 0, got {depth}.")
+    depth = None if depth is None or m == "eloreta" else float(depth)
+    key = (_digest(G), m, lambda2, _digest(noise_cov), (eps, max_iter) if m == "eloreta" else None, depth)
     hit = _kernel_cache.get(key)
     if hit is not None:
         _kernel_cache.move_to_end(key)
         return hit
     logger.info("Computing %s inverse kernel for a %d x %d gain (lambda2=%.3g)", m, *G.shape, lambda2)
-    kernel = _compute_kernel(G, m, lambda2, noise_cov, eps, max_iter)
+    kernel = _compute_kernel(G, m, lambda2, noise_cov, eps, max_iter, depth)
     kernel.setflags(write=False)
     _kernel_cache[key] = kernel
     while len(_kernel_cache) > _CACHE_SIZE:
@@ -263,6 +327,7 @@ def estimate_sources(
     method: str,
     snr_db: float,
     noise_cov: np.ndarray | None = None,
+    depth: float | None = None,
 ) -> np.ndarray:
     """Classical source estimate of one sample: cached kernel for ``snr_db``, then apply.
 
@@ -275,9 +340,125 @@ def estimate_sources(
     snr_db : float
         The sample's SNR in dB (``lambda2 = 10 ** (-snr_db / 10)``).
     noise_cov : array, shape (C, C), optional
+    depth : float, optional
+        Depth weighting exponent (see :func:`make_inverse_kernel`).
 
     Returns
     -------
     estimate : array, shape (T, R) or (B, T, R)
     """
-    return apply_inverse(eeg, make_inverse_kernel(G, method, lambda2_from_snr(snr_db), noise_cov))
+    return apply_inverse(eeg, make_inverse_kernel(G, method, lambda2_from_snr(snr_db), noise_cov, depth=depth))
+
+
+def check_baselines(names: Sequence[str]) -> list[str]:
+    """Validate baseline names: :data:`LINEAR_BASELINES` or any invertmeeg solver name.
+
+    Returns the lower-cased names; raises one ``ValueError`` listing every unknown name.
+    """
+    out, bad = [], []
+    adaptive = None
+    for name in names:
+        n = str(name).lower()
+        if n not in LINEAR_BASELINES and n not in ADAPTIVE_BASELINES:
+            if adaptive is None:
+                from .adaptive import invertmeeg_solver_names
+
+                adaptive = set(invertmeeg_solver_names())
+            if n not in adaptive:
+                bad.append(name)
+                continue
+        out.append(n)
+    if bad:
+        raise ValueError(f"Invalid value for 'baselines': expected names among {BASELINES} or invertmeeg solver "
+                         f"names (invert.list_solvers()), got {bad}.")
+    return out
+
+
+class Baselines:
+    """A set of classical inverse methods run on the same batches.
+
+    Parameters
+    ----------
+    fwd : array, shape (C, R)
+        Region gain matrix (any reference; the EEG is assumed average referenced).
+    names : sequence of str
+        Methods (:func:`check_baselines`).
+    oracle : bool
+        Give the linear methods each sample's true SNR (``lambda2 = 10**(-snr_db/10)``)
+        instead of MNE's default ``lambda2 = 1/9``. The invertmeeg methods always
+        choose their regularization from the data.
+    depth : float, optional
+        Depth weighting exponent of the linear methods (None: none).
+    centres : array, shape (R, 3), optional
+        Region positions in mm (the invertmeeg source space).
+    adjacency : sparse or dense array, shape (R, R), optional
+        Region adjacency (FlexChampagne's neighbourhoods).
+    """
+
+    def __init__(self, fwd: np.ndarray, names: Sequence[str], *, oracle: bool = False,
+                 depth: float | None = None, centres: np.ndarray | None = None, adjacency=None) -> None:
+        self.fwd = np.asarray(fwd, dtype=np.float64)
+        self.names = check_baselines(names)
+        self.oracle = bool(oracle)
+        self.depth = depth
+        self._adaptive = None
+        others = [n for n in self.names if n not in LINEAR_BASELINES]
+        if others:
+            from .adaptive import InvertmeegBaselines
+
+            self._adaptive = InvertmeegBaselines(self.fwd, others, centres=centres, adjacency=adjacency)
+
+    def __repr__(self) -> str:
+        return f"Baselines({', '.join(self.names)}; oracle={self.oracle}, depth={self.depth})"
+
+    def describe(self) -> dict[str, str]:
+        """How each method's regularization was chosen (for the report)."""
+        out = {}
+        depth = "" if self.depth is None else f", depth weighting {self.depth:g}"
+        for n in self.names:
+            if n in LINEAR_BASELINES:
+                reg = ("lambda2 from the sample's true SNR (oracle)" if self.oracle
+                       else "lambda2 = 1/9 (MNE's default SNR 3; the true SNR is not used)")
+                out[n] = reg + (depth if n != "eloreta" else "")
+            else:
+                out[n] = self._adaptive.describe(n)
+        return out
+
+    def estimate(self, eeg: np.ndarray, snr_db: Sequence[float] | None = None,
+                 progress: Any = None) -> dict[str, np.ndarray]:
+        """Estimates of every method for a batch.
+
+        Parameters
+        ----------
+        eeg : array, shape (B, T, C)
+        snr_db : sequence of B floats, optional
+            Needed with ``oracle=True``.
+        progress : callable, optional
+            Called with no argument after each invertmeeg solve (progress bars).
+
+        Returns
+        -------
+        estimates : dict of name -> array, shape (B, T, R)
+        """
+        eeg = np.asarray(eeg, dtype=np.float64)
+        if eeg.ndim != 3 or eeg.shape[2] != self.fwd.shape[0]:
+            raise ValueError(f"'eeg' has shape {eeg.shape}, expected (B, T, C) with C={self.fwd.shape[0]}")
+        if self.oracle and (snr_db is None or len(snr_db) != eeg.shape[0]):
+            raise ValueError("oracle baselines need 'snr_db' for every sample of the batch")
+        out: dict[str, np.ndarray] = {}
+        for n in self.names:
+            if n not in LINEAR_BASELINES:
+                continue
+            if not self.oracle:  # one kernel, one matrix product for the whole batch
+                out[n] = apply_inverse(eeg, make_inverse_kernel(self.fwd, n, DEFAULT_LAMBDA2, depth=self.depth))
+                continue
+            est = np.empty(eeg.shape[:2] + (self.fwd.shape[1],))
+            levels = np.asarray(snr_db, dtype=np.float64)
+            for level in np.unique(levels):  # one product per SNR level
+                sel = levels == level
+                est[sel] = apply_inverse(eeg[sel], make_inverse_kernel(self.fwd, n, lambda2_from_snr(level),
+                                                                       depth=self.depth))
+            out[n] = est
+        if self._adaptive is not None:
+            out.update(self._adaptive.estimate(eeg, progress=progress))
+        return {n: out[n] for n in self.names}

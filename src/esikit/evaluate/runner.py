@@ -11,14 +11,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .baselines import BASELINES, estimate_sources
-from .metrics import evaluate_sample, region_centres_from_mesh, summarize
+from .baselines import BASELINES, Baselines
+from .metrics import check_rule, evaluate_sample, region_centres_from_mesh, summarize
 from .plots import plot_cortex_activity, plot_metric_distributions, plot_time_courses, plot_training_curves
-from .report import results_table_markdown, write_results
+from .report import (
+    COMPARISON_COLUMNS,
+    N_BOOT,
+    comparison,
+    comparison_markdown,
+    results_table_markdown,
+    verdict_text,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 
-PLOTTED_METRICS = ("le_mm", "precision", "recall", "spatial_dispersion_mm", "corr", "auc")
+PLOTTED_METRICS = ("peak_distance_mm", "precision", "recall", "le_mm", "corr", "auc", "ap", "emd_mm")
 
 
 def find_anatomy(spec: str | os.PathLike | None, fwd_path: str | os.PathLike | None):
@@ -73,6 +81,10 @@ def evaluate_model(
     *,
     anatomy: Any = None,
     baselines: Sequence[str] = BASELINES,
+    oracle: bool = False,
+    depth: float | None = None,
+    rule: str = "deepsif",
+    baseline_rule: str = "normalized",
     max_samples: int | None = None,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
@@ -80,6 +92,7 @@ def evaluate_model(
     n_examples: int = 3,
     model_name: str = "model",
     show_progress: bool = True,
+    n_boot: int = N_BOOT,
 ) -> dict[str, Any]:
     """Metrics of the model and each baseline on the samples of ``dataset``.
 
@@ -92,22 +105,38 @@ def evaluate_model(
     fwd : array, shape (C, R)
         Forward matrix, for the baselines.
     out_dir : path-like
-        Where ``results.json``, ``results.md`` and the PNG figures go.
+        Where ``results.json``, ``results.md``, ``results_samples.csv``,
+        ``comparison.md`` and the PNG figures go.
     anatomy : Anatomy, optional
-        Region centres (localization error, dispersion) and the cortex mesh (plots).
+        Region centres (distances), adjacency (FlexChampagne) and cortex mesh (plots).
     baselines : sequence of str
-        Subset of ``('mne', 'dspm', 'sloreta', 'eloreta')``.
+        Classical methods (:func:`~esikit.evaluate.baselines.check_baselines`): the
+        minimum-norm family, ``lcmv``, ``champagne``, ``flexchampagne`` or any
+        invertmeeg solver name.
+    oracle : bool
+        Give the minimum-norm family each sample's true SNR (default: MNE's fixed
+        ``lambda2 = 1/9``; the invertmeeg methods always choose from the data).
+    depth : float, optional
+        Depth weighting exponent of the minimum-norm family.
+    rule, baseline_rule : str
+        Region rule of the network (``"deepsif"``, DeepSIF's) and of the baselines
+        (``"normalized"``: their units differ).
     max_samples : int, optional
-        Evaluate on at most this many samples (evenly spread over the set).
+        Evaluate on at most this many samples (evenly spread); default: all of them.
+    n_boot : int
+        Bootstrap resamples of the intervals.
 
     Returns
     -------
     dict
-        ``summary``, ``records`` (method -> list of per-sample dicts), ``paths``,
-        ``table`` (Markdown).
+        ``summary``, ``comparison_data``, ``records`` (method -> list of per-sample
+        dicts), ``paths``, ``table`` (Markdown), ``comparison`` (the printed table and
+        verdict), ``n_samples``, ``rules``, ``regularization``.
     """
     from tqdm.auto import tqdm
 
+    check_rule(rule)
+    check_rule(baseline_rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
@@ -117,38 +146,45 @@ def evaluate_model(
     centres = None if anatomy is None else anatomy_centres(anatomy, n_regions)
     distances = None
     if centres is None:
-        logger.warning("no anatomy: localization error and spatial dispersion are not available (NaN)")
+        logger.warning("no anatomy: localization error and other distances are not available (NaN)")
         distances = np.full((n_regions, n_regions), np.nan)
-    records: dict[str, list[dict[str, Any]]] = {model_name: [], **{m: [] for m in baselines}}
+    solvers = Baselines(fwd, baselines, oracle=oracle, depth=depth, centres=centres,
+                        adjacency=None if anatomy is None else getattr(anatomy, "adjacency", None))
+    names = [model_name] + [b for b in solvers.names if b != model_name]
+    rules = {m: (rule if m == model_name else baseline_rule) for m in names}
+    regularization = solvers.describe()
+    records: dict[str, list[dict[str, Any]]] = {m: [] for m in names}
     examples: list[dict[str, Any]] = []
     example_at = set(positions[np.linspace(0, len(positions) - 1, min(n_examples, len(positions))).astype(int)])
+    example_baseline = "sloreta" if "sloreta" in solvers.names else (solvers.names[0] if solvers.names else None)
     bar = tqdm(total=len(positions), desc="evaluating", unit="sample", disable=not show_progress, leave=False)
     for start in range(0, len(positions), batch_size):
         chunk = positions[start:start + batch_size]
         pairs = [dataset[int(i)] for i in chunk]
         eeg = np.stack([np.asarray(p[0]) for p in pairs])
         true = np.stack([np.asarray(p[1]) for p in pairs])
-        est = predict(model, eeg, device)
+        infos = [dataset.sample_info(int(pos)) for pos in chunk]
+        estimates = {model_name: predict(model, eeg, device)}
+        estimates.update(solvers.estimate(eeg, [i["snr_db"] for i in infos]))
         for j, pos in enumerate(chunk):
-            info = dataset.sample_info(int(pos))
+            info = infos[j]
             meta = {"snr_db": info["snr_db"], "n_sources": info["n_sources"], "index": info["index"]}
-            kw = dict(patches=info["patches"], distances=distances)
-            records[model_name].append(evaluate_sample(est[j], true[j], centres, info=dict(meta, method=model_name), **kw))
-            baseline_est = {}
-            for method in baselines:
-                b_est = estimate_sources(eeg[j], fwd, method, info["snr_db"])
-                baseline_est[method] = b_est
-                records[method].append(evaluate_sample(b_est, true[j], centres, info=dict(meta, method=method), **kw))
+            for m in names:
+                records[m].append(evaluate_sample(estimates[m][j], true[j], centres, info["patches"], eeg=eeg[j],
+                                                  rule=rules[m], distances=distances, info=dict(meta, method=m)))
             if pos in example_at:
-                examples.append({"index": info["index"], "eeg": eeg[j], "true": true[j], "est": est[j],
-                                 "centres": info["centres"], "snr_db": info["snr_db"],
-                                 "baseline": baseline_est.get("sloreta")})
+                examples.append({"index": info["index"], "eeg": eeg[j], "true": true[j],
+                                 "est": estimates[model_name][j], "centres": info["centres"],
+                                 "snr_db": info["snr_db"],
+                                 "baseline": None if example_baseline is None else estimates[example_baseline][j]})
         bar.update(len(chunk))
     bar.close()
 
     summary = summarize(records)
+    comp = comparison(records, n_boot=n_boot)
     title = f"Source imaging results ({len(positions)} test samples)"
-    paths = dict(write_results(summary, records, out, title=title))
+    paths = dict(write_results(summary, records, out, title=title, comp=comp, model_name=model_name, rules=rules,
+                               regularization=regularization))
     paths["metrics_png"] = plot_metric_distributions(records, list(PLOTTED_METRICS), out / "metric_distributions.png")
     if history:
         paths["curves_png"] = plot_training_curves(history, out / "training_curves.png")
@@ -163,55 +199,19 @@ def evaluate_model(
         paths[f"timecourse_{k}_png"] = plot_time_courses(
             ex["true"], ex["est"], ex["centres"], out / f"example_{k}_timecourses.png", sfreq=500.0)
     table = results_table_markdown(summary)
-    comparison, verdict = comparison_table(summary, model_name)
-    (out / "comparison.md").write_text(comparison + "\n")
-    return {"summary": summary, "records": records, "paths": paths, "table": table, "comparison": comparison,
-            "beats_baselines": verdict, "n_samples": len(positions)}
+    printed = comparison_text(comp, model_name, rules, regularization)
+    (out / "comparison.md").write_text(printed + "\n")
+    paths["comparison_md"] = out / "comparison.md"
+    return {"summary": summary, "comparison_data": comp, "records": records, "paths": paths, "table": table,
+            "comparison": printed, "n_samples": len(positions), "rules": rules, "regularization": regularization}
 
 
-#: Lower is better for these; higher for the others in the comparison.
-_LOWER_IS_BETTER = {"le_mm", "spatial_dispersion_mm", "mse", "mse_normalized"}
-
-
-def comparison_table(summary: dict[str, Any], model_name: str,
-                     metrics: Sequence[str] = ("le_mm", "precision")) -> tuple[str, dict[str, bool]]:
-    """Median of each metric per SNR level, the network against every baseline.
-
-    Returns the Markdown table and, per SNR level, whether the network is better than
-    every baseline on every listed metric (the demo's success criterion).
-    """
-    methods = list(summary["methods"])
-    others = [m for m in methods if m != model_name]
-
-    def medians(method: str) -> dict[Any, dict[str, float]]:
-        rows = {"all": summary["methods"][method]["overall"]["stats"]}
-        for group in summary["methods"][method].get("marginals", {}).get("snr_db", []):
-            rows[group["key"]["snr_db"]] = group["stats"]
-        return {k: {m: (v.get(m) or {}).get("median") for m in metrics} for k, v in rows.items()}
-
-    table = {m: medians(m) for m in methods}
-    levels = [k for k in table[model_name] if k != "all"]
-    levels = sorted(levels, key=float) + ["all"]
-    names = {"le_mm": "LE (mm)", "precision": "precision"}
-    header = "| SNR (dB) | " + " | ".join(f"{names.get(x, x)} {m}" for x in metrics for m in methods) + " | network best |"
-    lines = [header, "|" + "---|" * (2 + len(metrics) * len(methods))]
-    verdict: dict[str, bool] = {}
-    for level in levels:
-        best = True
-        cells = []
-        for metric in metrics:
-            own = table[model_name][level][metric]
-            for m in methods:
-                value = table[m][level][metric]
-                cells.append("n/a" if value is None else f"{value:.3g}")
-            for m in others:
-                value = table[m][level][metric]
-                if own is None or value is None:
-                    best = False
-                elif metric in _LOWER_IS_BETTER:
-                    best &= own < value
-                else:
-                    best &= own > value
-        verdict[str(level)] = bool(best)
-        lines.append(f"| {level} | " + " | ".join(cells) + f" | {'yes' if best else 'no'} |")
-    return "\n".join(lines), verdict
+def comparison_text(comp: dict[str, Any], model_name: str, rules: dict[str, str],
+                    regularization: dict[str, str]) -> str:
+    """What the evaluation prints: the side-by-side table, who wins, and how each method ran."""
+    lines = [comparison_markdown(comp, COMPARISON_COLUMNS, "marginal", rules), "",
+             "Median (for peak in patch: mean) [95 % bootstrap interval] over samples.",
+             verdict_text(comp, model_name), "",
+             f"{model_name}: region rule '{rules.get(model_name, '?')}' (DeepSIF's Otsu rule on the raw output)."]
+    lines += [f"{m}: rule '{rules.get(m, '?')}'; {text}" for m, text in regularization.items()]
+    return "\n".join(lines)

@@ -3,7 +3,9 @@
 Public API
 ----------
 detect_mat_format, list_mat_variables, load_mat_file, save_mat_file, fits_in_mat_v5,
-load_forward_matrix, orient_forward_matrix, FORWARD_KEYS, ForwardMatrixKeyError.
+load_forward_matrix, orient_forward_matrix, FORWARD_KEYS, ForwardMatrixKeyError;
+ForwardModel, load_forward_model, save_forward_model, montage_dict (leadfields with
+their channel names and positions).
 """
 
 from esikit.io._mat import (
@@ -21,17 +23,27 @@ from esikit.io.forward import (
     load_forward_matrix,
     orient_forward_matrix,
 )
+from esikit.io.forward_model import (
+    ForwardModel,
+    load_forward_model,
+    montage_dict,
+    save_forward_model,
+)
 
 __all__ = [
     "FORWARD_KEYS",
     "MAT_FORMATS",
     "SAVE_FORMATS",
     "ForwardMatrixKeyError",
+    "ForwardModel",
     "detect_mat_format",
     "fits_in_mat_v5",
     "list_mat_variables",
     "load_forward_matrix",
+    "load_forward_model",
     "load_mat_file",
+    "montage_dict",
     "orient_forward_matrix",
+    "save_forward_model",
     "save_mat_file",
 ]

@@ -32,7 +32,15 @@ def test_evaluate_command_from_a_checkpoint(tmp_path, capsys):
     out_dir = tmp_path / "eval"
     assert main(["evaluate", str(tmp_path / "ck" / "r" / "best.pt"), "--out", str(out_dir)]) == 0
     printed = capsys.readouterr().out
-    assert "network best" in printed
+    assert "| all (n=5) | deepsif (deepsif) |" in printed and "Winners over all samples" in printed
     results = json.loads((out_dir / "results.json").read_text())
     assert set(results["summary"]["methods"]) == {"deepsif", "sloreta"}
+    assert (out_dir / "results_samples.csv").stat().st_size > 0 and (out_dir / "results.md").is_file()
+    # flags: other baselines (an invertmeeg one), the SNR oracle
+    assert main(["evaluate", str(tmp_path / "ck" / "r" / "best.pt"), "--out", str(out_dir), "--baselines",
+                 "sloreta,lcmv", "--oracle"]) == 0
+    printed = capsys.readouterr().out
+    assert "lcmv (normalized)" in printed and "true SNR (oracle)" in printed
+    assert main(["evaluate", str(tmp_path / "ck" / "r" / "best.pt"), "--baselines", "nope"]) == 2
+    assert "Invalid value for 'baselines'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.pt")]) == 1

@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None, help="evaluate on at most N test samples")
     p.add_argument("--out", default=None, help="results folder (default: beside the checkpoint)")
     p.add_argument("--test-metadata", default=None, help="another test metadata file (same anatomy)")
+    p.add_argument("--baselines", default=None,
+                   help="comma-separated classical methods (default: the checkpoint's BASELINES): mne, dspm, sloreta, "
+                        "eloreta, lcmv, champagne, flexchampagne or any invertmeeg solver name")
+    p.add_argument("--oracle", action="store_true",
+                   help="give the minimum-norm methods each sample's true SNR (default: MNE's lambda2 = 1/9)")
+    p.add_argument("--depth", type=float, default=None, help="depth weighting exponent of the minimum-norm methods "
+                                                             "(e.g. 0.8; default: none)")
+    p.add_argument("--rule", choices=("deepsif", "normalized"), default="deepsif",
+                   help="region rule for the network's output (default: DeepSIF's)")
     p.set_defaults(func=_run_evaluate)
 
     from .simulate._cli import add_parsers as add_simulate

@@ -106,7 +106,8 @@ KEYS: dict[str, Key] = {
                     resume_free=True),
     # -- evaluation ----------------------------------------------------------------------------
     "EVALUATE": Key(True, "evaluate on the test set after training", (bool,), resume_free=True),
-    "BASELINES": Key(("mne", "dspm", "sloreta", "eloreta"), "classical methods to compare with", (tuple, list),
+    "BASELINES": Key(("mne", "dspm", "sloreta", "eloreta", "lcmv", "champagne", "flexchampagne"),
+                     "classical methods to compare with (any invertmeeg solver name works too)", (tuple, list),
                      resume_free=True),
     "EVAL_MAX_SAMPLES": Key(None, "evaluate on at most N test samples", (int,), optional=True, minimum=1,
                             resume_free=True),
@@ -259,11 +260,13 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
             problems.append(f"Invalid value for 'MODEL': expected one of {options}, got {cfg['MODEL']!r}.")
         elif isinstance(cfg.get("MODEL_KWARGS"), dict):
             problems += _model_kwargs_problems(cfg["MODEL"], cfg["MODEL_KWARGS"], MODELS[cfg["MODEL"]])
-    for name in ("BASELINES",):
-        allowed = ("mne", "dspm", "sloreta", "eloreta")
-        bad = [b for b in cfg.get(name) or () if b not in allowed]
-        if bad:
-            problems.append(f"Invalid value for {name!r}: expected names among {allowed}, got {bad}.")
+    if isinstance(cfg.get("BASELINES"), (tuple, list)):
+        from .evaluate.baselines import check_baselines
+
+        try:
+            check_baselines(cfg["BASELINES"])
+        except ValueError as exc:
+            problems.append(str(exc).replace("'baselines'", "'BASELINES'"))
     if problems:
         raise ConfigError(problems, source)
     return cfg

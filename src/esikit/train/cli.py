@@ -114,7 +114,9 @@ def check_model_fits(model, fwd, *, checkpoint=None, fwd_path=None) -> None:
 
 
 def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], history=None, device="cpu",
-                   fwd_path=None) -> dict[str, Any]:
+                   fwd_path=None, **options: Any) -> dict[str, Any]:
+    """Evaluate ``model`` and ``cfg['BASELINES']``; ``options`` (``oracle``, ``depth``, ``rule``) go to
+    :func:`esikit.evaluate.runner.evaluate_model`."""
     from ..evaluate.runner import evaluate_model, find_anatomy
 
     check_model_fits(model, fwd, fwd_path=fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))
@@ -122,7 +124,7 @@ def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], histo
     return evaluate_model(
         model, test_dataset, fwd, out_dir, anatomy=anatomy, baselines=tuple(cfg.get("BASELINES") or ()),
         max_samples=cfg.get("EVAL_MAX_SAMPLES"), batch_size=max(int(cfg["BATCH_SIZE"]), 16), device=device,
-        history=history, model_name=cfg["MODEL"],
+        history=history, model_name=cfg["MODEL"], **options,
     )
 
 
@@ -267,6 +269,10 @@ def evaluate_main(args) -> int:
     cfg = resolve_config_paths(dict(state["config"]), _path_bases(Path(args.checkpoint), state))
     if args.max_samples is not None:
         cfg["EVAL_MAX_SAMPLES"] = args.max_samples
+    if getattr(args, "baselines", None) is not None:
+        cfg["BASELINES"] = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    options = {"oracle": bool(getattr(args, "oracle", False)), "depth": getattr(args, "depth", None),
+               "rule": getattr(args, "rule", None) or "deepsif"}
     test_path = args.test_metadata or cfg.get("TEST_METADATA_PATH")
     if not test_path:
         print("error: the checkpoint's config has no TEST_METADATA_PATH; pass --test-metadata", file=sys.stderr)
@@ -283,7 +289,10 @@ def evaluate_main(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")
     try:
-        ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history)
+        ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history, **options)
+    except ValueError as exc:  # e.g. an unknown baseline or rule name
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         from .trainer import is_worker_death, worker_death_message
 

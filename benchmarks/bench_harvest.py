@@ -1,17 +1,14 @@
-"""DeepSIF-scale data generation: integrator speed, clips per core-hour, Dask scaling, GPU.
+"""DeepSIF-scale data generation: integrator speed, clips per core-hour, Dask scaling.
 
 Measures, in one run (ratios are only meaningful within a run, on the same machine):
 
 1. network-seconds simulated per CPU second and per wall second on one core, on the built-in 76-region
    connectome and on DeepSIF's 998-node one (``../shared/deepsif_anatomy/``), for TVB
    (when tvb-library is installed), the single-variant numba integrator and the batched
-   numba integrator at several batch sizes (and the torch kernel on the CPU);
+   numba integrator at several batch sizes;
 2. clips per core-hour of the whole harvest (simulation, clip rules, rescaling, files,
    Dask), one worker;
-3. the wall time of the same harvest on 1 and 2 local Dask workers;
-4. on a GPU (when torch sees one): the torch kernel's network-seconds per second at the
-   largest batch that fits, and the extrapolated time of DeepSIF's full set
-   (994 regions x 3 settings x 200 s = 596,400 network-seconds).
+3. the wall time of the same harvest on 1 and 2 local Dask workers.
 
 Usage::
 
@@ -37,12 +34,9 @@ import numpy as np  # noqa: E402
 
 from _common import benchmark_networks
 from esikit.head.anatomy import load_default_anatomy  # noqa: E402
-from esikit.simulate.batched import simulate_batch  # noqa: E402
-from esikit.simulate.nmm import JansenRitParams, simulate_network  # noqa: E402
+from esikit.simulate.nmm import JansenRitParams, simulate_batch, simulate_network  # noqa: E402
 
 DEFAULT_DEEPSIF_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "deepsif_anatomy"
-#: DeepSIF's data set: 994 regions x 3 settings x 200 s.
-DEEPSIF_NETWORK_SECONDS = 994 * 3 * 200.0
 
 
 def _wall(fn) -> float:
@@ -80,7 +74,7 @@ def tvb_rate(weights, lengths, duration_s: float) -> dict | None:
 
 def batched_rate(w, lengths, b, duration_s, backend="numba", **kw) -> dict:
     """Batched integration of ``b`` variants; set-up (initial histories) not timed, as for TVB."""
-    from esikit.simulate.batched import (
+    from esikit.simulate.nmm import (
         NOISE_BLOCK, BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure)
 
     p = JansenRitParams()
@@ -101,7 +95,7 @@ def batched_rate(w, lengths, b, duration_s, backend="numba", **kw) -> dict:
     return _rates(run, b * duration_s)
 
 
-def integrator_rates(name, w, lengths, duration_s, batch_sizes, tvb_s, torch_b) -> dict:
+def integrator_rates(name, w, lengths, duration_s, batch_sizes, tvb_s) -> dict:
     res = {"network": name, "n_nodes": int(w.shape[0])}
     rate = tvb_rate(w, lengths, tvb_s)
     res["tvb"] = rate
@@ -116,14 +110,6 @@ def integrator_rates(name, w, lengths, duration_s, batch_sizes, tvb_s, torch_b) 
         res["batched"][b] = batched_rate(w, lengths, b, duration_s)
         print(f"[{name}] batched numba B={b}: {res['batched'][b]['cpu']:.3f} network-s per CPU-s",
               flush=True)
-    if torch_b:
-        import torch
-
-        torch.set_num_threads(1)
-        res["torch_cpu"] = {torch_b: batched_rate(w, lengths, torch_b, min(duration_s, 0.25),
-                                                  backend="torch", device="cpu")}
-        print(f"[{name}] batched torch (CPU, 1 thread) B={torch_b}: "
-              f"{res['torch_cpu'][torch_b]['cpu']:.3f} network-s per CPU-s", flush=True)
     return res
 
 
@@ -169,55 +155,6 @@ def harvest_run(anat, regions, settings, k, cap, n_workers, batch_size, chunk_s=
             "cores_obtained": None if worker_cpu is None else worker_cpu / wall}
 
 
-def gpu_run(w, lengths, duration_s: float) -> dict | None:
-    """Torch kernel on the GPU (float32, noise drawn on the device), batch doubled until full."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    from esikit.simulate.batched import BatchIntegrator, draw_initial_history, excited_A, network_structure
-
-    p = JansenRitParams()
-    st = network_structure(w, lengths, p)
-    n = st.n_nodes
-    seed_hist = np.stack([draw_initial_history(np.random.default_rng(i), st.horizon, n) for i in range(8)])
-    small = BatchIntegrator(st, excited_A(n, list(range(8)), p), p, seed_hist)
-    base = small.get_state()  # 8 variants, tiled to any batch without a (B, horizon, 6, n) history
-    best = None
-    b = 256
-    while b <= 32768:
-        integ = None
-        try:
-            reps = b // 8
-            state = {"y": np.tile(base["y"], (1, 1, reps)), "ring": np.tile(base["ring"], (1, 1, reps)),
-                     "A": excited_A(n, [i % n for i in range(b)], p).T, "step": 0}
-            integ = BatchIntegrator.from_state(st, p, state, backend="torch", torch_dtype="float32")
-            del state
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            integ.advance(None, n_steps=40, record_every=4, generator=gen)  # warm-up
-            torch.cuda.synchronize()
-            steps = int(duration_s * 2000)
-            t0 = time.perf_counter()
-            for _ in range(0, steps, 200):  # recorded at 500 Hz and brought back, as a harvest would
-                integ.advance(None, n_steps=200, record_every=4, generator=gen)
-            torch.cuda.synchronize()
-            rate = b * steps / 2000.0 / (time.perf_counter() - t0)
-            print(f"[GPU] torch float32 B={b}: {rate:.1f} network-s/s", flush=True)
-            best = {"batch": b, "network_s_per_s": rate, "device": torch.cuda.get_device_name()}
-            b *= 2
-        except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
-            print(f"[GPU] B={b}: {type(err).__name__}: stopping at B={b // 2}", flush=True)
-            break
-        finally:
-            del integ
-            torch.cuda.empty_cache()
-    if best:
-        best["deepsif_full_set_hours"] = DEEPSIF_NETWORK_SECONDS / best["network_s_per_s"] / 3600.0
-    return best
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="longer runs, larger batches")
@@ -238,8 +175,7 @@ def main(argv=None) -> int:
         duration = (20.0 if small else 4.0) if full else (4.0 if small else 1.0)
         sizes = [1, 8, 16, 32, 64, 128] if full else [1, 8, 16, 32]
         tvb_s = (2.0 if full else 1.0) if small else (2.0 if full else 0.5)
-        results["integrator"].append(integrator_rates(name, w, t, duration, sizes, tvb_s,
-                                                      torch_b=8 if not full else 32))
+        results["integrator"].append(integrator_rates(name, w, t, duration, sizes, tvb_s))
 
     # end-to-end harvest: DeepSIF's rules, rescaling and files included
     print("[harvest] 76 regions: 16 regions x 3 settings, K=3, cap 20 s, 1 worker", flush=True)
@@ -272,11 +208,6 @@ def main(argv=None) -> int:
                                "speedup": min(scaling[1]) / min(scaling[2]), "repeats": repeats,
                                "cores_1": cores[1][int(np.argmin(scaling[1]))],
                                "cores_2": cores[2][int(np.argmin(scaling[2]))]}
-    gpu = gpu_run(nets[-1][1], nets[-1][2], 2.0 if full else 0.5)
-    results["gpu"] = gpu
-    if gpu is None:
-        print("[GPU] no GPU visible to torch: torch kernel GPU figures skipped")
-
     print("\n" + "\n".join(table(results)))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str))
@@ -300,8 +231,6 @@ def table(res: dict) -> list[str]:
         row("single-variant numba", single)
         for b, rate in r["batched"].items():
             row(f"batched numba, B={b}", rate)
-        for b, rate in r.get("torch_cpu", {}).items():
-            row(f"batched torch CPU, B={b}", rate)
     for key in ("harvest76", "harvest998"):
         if key in res:
             h = res[key]
@@ -312,12 +241,6 @@ def table(res: dict) -> list[str]:
     lines.append(f"| 76 | Dask 1 -> 2 workers (best of {d['repeats']}) | | {d['wall_1']:.1f} s -> "
                  f"{d['wall_2']:.1f} s | speed-up {d['speedup']:.2f} | workers got {d['cores_1']:.2f} "
                  f"-> {d['cores_2']:.2f} cores |")
-    g = res.get("gpu")
-    if g:
-        lines.append(f"| 998 | torch GPU ({g['device']}), B={g['batch']} | | {g['network_s_per_s']:.1f} | "
-                     f"full DeepSIF set: {g['deepsif_full_set_hours']:.2f} h | |")
-    else:
-        lines.append("| 998 | torch GPU | | no GPU here | | |")
     return lines
 
 

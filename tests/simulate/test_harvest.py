@@ -293,7 +293,7 @@ def test_cli_clips_per_region_makes_dataset(tmp_path, capsys):
 def test_harvested_clips_are_those_of_the_whole_recording(tmp_path):
     """Rebuild one variant's recording from its seeds: the clips are DeepSIF's clips of it."""
     from esikit.io import load_mat_file
-    from esikit.simulate.batched import (
+    from esikit.simulate.nmm import (
         BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure)
     from esikit.simulate.harvest import variant_seed
     from esikit.simulate.nmm import JansenRitParams

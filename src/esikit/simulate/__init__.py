@@ -1,7 +1,7 @@
 """Simulation of DeepSIF-style training data.
 
-The Jansen-Rit network simulation (:mod:`.nmm`; batched over
-excited-region variants in :mod:`.batched`), spike clips (:mod:`.spikes`; harvested
+The Jansen-Rit network simulation (:mod:`.nmm`, one integrator for batches of
+excited-region variants), spike clips (:mod:`.spikes`; harvested
 adaptively in :mod:`.harvest`, on Dask in :mod:`.distributed`, planned in :mod:`.plan`), DeepSIF
 metadata (:mod:`.metadata`) and the whole dataset in one call (:mod:`.pipeline`,
 ``esikit simulate``).
@@ -14,7 +14,6 @@ from ..head.anatomy import (
     load_default_anatomy,
     region_adjacency_from_mesh,
 )
-from .batched import BatchIntegrator, NetworkStructure, network_structure, simulate_batch
 from .distributed import HarvestConfig, harvest_clips, plot_clips_histogram
 from .harvest import ClipStream, run_chunk_task
 from .metadata import (
@@ -23,7 +22,16 @@ from .metadata import (
     make_metadata_files,
     write_metadata,
 )
-from .nmm import NOISE_SETTINGS, JansenRitParams, jansen_rit_dfun, simulate_network
+from .nmm import (
+    NOISE_SETTINGS,
+    BatchIntegrator,
+    JansenRitParams,
+    NetworkStructure,
+    jansen_rit_dfun,
+    network_structure,
+    simulate_batch,
+    simulate_network,
+)
 from ..head.patches import CandidatePatches, candidate_patches, grow_patch, is_connected, pick_second_patch
 from .plan import format_plan, plan_harvest
 from .pipeline import DEMO_DURATION_S, DEMO_SETTINGS, dataset_paths, make_dataset

@@ -96,8 +96,8 @@ def add_parsers(subparsers) -> None:
                    help="simulated seconds per task and variant")
     g.add_argument("--batch-size", type=int, default=16,
                    help="regions integrated together in one task")
-    g.add_argument("--backend", choices=("numba", "numpy", "torch"), default="numba",
-                   help="integrator (torch uses a GPU when present)")
+    g.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                   help="integration kernel (numpy: the slow, readable reference)")
     g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="address of an existing Dask scheduler (default: a LocalCluster)")
     g.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",

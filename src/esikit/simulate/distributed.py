@@ -314,7 +314,7 @@ def harvest_clips(
         Cap per (region, setting) [s], reported when reached.
     batch_size : int
         Regions integrated together in one task (does not change the output).
-    backend : {"numba", "numpy", "torch"}
+    backend : {"numba", "numpy"}
     block : int
         Coupling block of the numba kernel.
     scheduler : str | None

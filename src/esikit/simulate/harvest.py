@@ -26,7 +26,7 @@ Rescaling (DeepSIF's 15 dB ``find_alpha``)
     ``process_raw_nmm.m``.
 
 Tasks and seeds
-    Variants are integrated in batches (:mod:`esikit.simulate.batched`). A task is one
+    Variants are integrated in batches (:class:`esikit.simulate.nmm.BatchIntegrator`). A task is one
     chunk of one (region batch, setting); variant ``(region, setting)`` draws its initial
     history from ``default_rng([seed, region, setting, 0])`` and the noise of chunk
     ``c`` from ``default_rng([seed, region, setting, c + 1])``. As the kernel treats the
@@ -56,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
-from .nmm import JansenRitParams
+from .nmm import (
+    BatchIntegrator, JansenRitParams, draw_initial_history, draw_noise, excited_A, network_structure)
 from .spikes import (
     CLIP_LENGTH, DISCARD_RAW, DOWNSAMPLE, rescale_spike_channel, save_clip, spike_alpha, write_json)
 

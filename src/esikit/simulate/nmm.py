@@ -4,9 +4,10 @@ DeepSIF (``forward/generate_tvb_data.py``) simulates, for each region in turn, a
 connectome of Jansen-Rit neural masses in The Virtual Brain (TVB) with that region made
 hyper-excitable (``A = 3.5`` instead of 3.25), and keeps ``y1 - y2`` (the pyramidal
 cells' membrane potential, mV) of every node. This module reimplements that simulation
-without TVB, following TVB's equations and numerical scheme (see
-``/work/shared/docs/NMM_REFERENCE.md`` and tvb-library's ``JansenRit`` model,
-``SigmoidalJansenRit`` coupling, ``Additive`` noise and ``HeunStochastic`` integrator):
+without TVB, following TVB's equations and numerical scheme (tvb-library's ``JansenRit``
+model, ``SigmoidalJansenRit`` coupling, ``Additive`` noise and ``HeunStochastic``
+integrator; the facts, and why the coupling steepness is 1.0, are in the repository's
+``docs/NMM_REFERENCE.md``):
 
 Node dynamics (TVB ``JansenRit``, ``S(v) = 2 nu_max / (1 + exp(r (v0 - v)))``)::
 
@@ -30,20 +31,24 @@ Integrator (TVB ``HeunStochastic``): with ``eta`` the noise increment and the co
 held fixed during the step, ``x~ = x + dt f(x) + eta``,
 ``x_next = x + dt (f(x) + f(x~)) / 2 + eta``. The initial history (as long as the
 longest delay) is drawn uniformly in TVB's ``state_variable_range`` of the model, the
-initial state being its first sample (as in TVB), so the first few hundred ms are a transient
-(DeepSIF drops the first 500 ms).
+initial state being its first sample (as in TVB), so the first few hundred ms are a
+transient (DeepSIF drops the first 500 ms).
 
-The coupling-sigmoid steepness ``coupling_r`` defaults to 1.0: the value of TVB's
-``SigmoidalJansenRit.r`` in the releases DeepSIF used (2.0.10 - 2.7). From tvb-library
-2.7.3 the default is 0.56, and DeepSIF's unchanged script then locks the 76-region
-network into a ~10 Hz rhythm that yields no usable spikes (DeepSIF's open issue about
-the 76-region connectome); scaling the weights by ~0.3 (``coupling_scale``) brings
-spikes back but is a different model. Both knobs are exposed, defaults reproduce
-DeepSIF's data.
+The coupling-sigmoid steepness ``coupling_r`` defaults to 1.0, the value of TVB's
+``SigmoidalJansenRit.r`` in the releases DeepSIF used; ``coupling_scale`` scales the
+weights. Defaults reproduce DeepSIF's data.
 
-Two interchangeable backends integrate the same equations: a readable numpy reference
-(:func:`_integrate_chunk_numpy`) and a numba kernel (``_nmm_numba``). Both consume the
-same pre-drawn noise, chunk by chunk, so they give the same trajectory for a seed.
+One integrator, :class:`BatchIntegrator`, advances B variants of one network (excited
+node, noise and state differ; connectome, delays and coupling are shared) chunk by
+chunk; a single simulation is a batch of one (:func:`simulate_network`). Two kernels:
+``"numpy"``, a readable reference (:func:`_integrate_batch_numpy`), and ``"numba"``,
+the compiled kernel of :mod:`esikit.simulate._nmm_numba`. Both consume the same
+pre-drawn noise, so they give the same trajectory for a seed (to float rounding).
+
+Layouts: state ``y`` (6, n_nodes, B); coupling history ``sbuf`` (n_nodes, 2 * horizon
+(+ block), B), the ring of the coupling sigmoid of ``y1 - y2`` stored more than once so
+that no wrap-around test is needed per edge; noise ``z`` (B, n_steps, n_nodes); output
+(B, n_records, n_nodes).
 """
 
 from __future__ import annotations
@@ -58,10 +63,19 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BACKENDS",
+    "BatchIntegrator",
     "JansenRitParams",
+    "NOISE_BLOCK",
     "NOISE_SETTINGS",
+    "NetworkStructure",
     "TVB_STATE_RANGES",
+    "draw_initial_history",
+    "draw_noise",
+    "excited_A",
     "jansen_rit_dfun",
+    "network_structure",
+    "simulate_batch",
     "simulate_network",
 ]
 
@@ -72,9 +86,19 @@ NOISE_SETTINGS: tuple[tuple[float, float], ...] = ((0.087, 1.0), (0.08, 1.7), (0
 TVB_STATE_RANGES: tuple[tuple[float, float], ...] = (
     (-1.0, 1.0), (-500.0, 500.0), (-50.0, 50.0), (-6.0, 6.0), (-20.0, 20.0), (-500.0, 500.0))
 
-# Rows (chunk length) of noise drawn at once: bounded memory for any duration.
-_CHUNK_STEPS = 4000
+#: Steps of noise drawn (and integrated) at a time: small enough to stay in cache-friendly,
+#: reused buffers (B x 500 x n_nodes doubles).
+NOISE_BLOCK = 500
 
+#: Kernels of :class:`BatchIntegrator`.
+BACKENDS = ("numba", "numpy")
+
+# Order of the scalars in :meth:`JansenRitParams.scalar_vector`, as the kernels read them.
+P_B, P_A_RATE, P_B_RATE, P_V0, P_NU_MAX, P_R = 0, 1, 2, 3, 4, 5
+P_J, P_A1, P_A2, P_A3, P_A4, P_MU = 6, 7, 8, 9, 10, 11
+P_C_MIN, P_C_MAX, P_C_MID, P_C_R, P_C_A = 12, 13, 14, 15, 16
+P_DT, P_NOISE = 17, 18
+N_PARAMS = 19
 
 @dataclass(frozen=True)
 class JansenRitParams:
@@ -117,7 +141,7 @@ class JansenRitParams:
         ``SigmoidalJansenRit.a``, scaling of the coupling term (DeepSIF: 1.0).
     coupling_r : float
         ``SigmoidalJansenRit.r``, steepness of the coupling sigmoid [1/mV]; 1.0 in the
-        TVB releases DeepSIF used, 0.56 in tvb-library >= 2.7.3 (see module notes).
+        TVB releases DeepSIF used, 0.56 in tvb-library >= 2.7.3 (``docs/NMM_REFERENCE.md``).
     coupling_cmin, coupling_cmax : float
         Range of the coupling sigmoid [1/ms] (0, 2 * 0.0025).
     coupling_midpoint : float
@@ -170,7 +194,7 @@ class JansenRitParams:
         return dataclasses.replace(self, mu=mu, noise_scale=scale)
 
     def scalar_vector(self, dt_ms: float) -> np.ndarray:
-        """The scalars in the order the integration kernels read them (``_nmm_numba.P_*``)."""
+        """The scalars in the order the integration kernels read them (``P_*``)."""
         noise_amp = np.sqrt(2.0 * self.nsig) * np.sqrt(dt_ms)
         return np.array([
             self.B, self.a, self.b, self.v0, self.nu_max, self.r,
@@ -226,89 +250,431 @@ def _params_from_vector(pvec: np.ndarray) -> JansenRitParams:
                            a_4=pvec[10], mu=pvec[11])
 
 
-def _integrate_chunk_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, delays, out,
-                           record_every):
-    """Reference integrator: advance ``z.shape[0]`` Heun steps in place.
+# --------------------------------------------------------------------------- network
+@dataclass(frozen=True)
+class NetworkStructure:
+    """The connectome in the form the kernels read (shared by every variant).
+
+    Attributes
+    ----------
+    colptr : ndarray of int64, shape (n_nodes + 1,)
+        Edges of source ``j`` are ``colptr[j]:colptr[j + 1]`` (CSC by source).
+    targets : ndarray of int32, shape (n_edges,)
+        Target node of each edge, ascending within a source.
+    wdata : ndarray of float64, shape (n_edges,)
+        Weight of each edge (``coupling_scale`` applied).
+    delays : ndarray of int32, shape (n_edges,)
+        Delay of each edge in integration steps.
+    horizon : int
+        Ring length in steps: the longest delay over all node pairs, plus one (TVB).
+    n_nodes : int
+    """
+
+    colptr: np.ndarray
+    targets: np.ndarray
+    wdata: np.ndarray
+    delays: np.ndarray
+    horizon: int
+    n_nodes: int
+
+    @property
+    def sources(self) -> np.ndarray:
+        """Source node of each edge, shape (n_edges,)."""
+        return np.repeat(np.arange(self.n_nodes), np.diff(self.colptr))
+
+
+def network_structure(weights: np.ndarray, tract_lengths: np.ndarray, params: JansenRitParams,
+                      dt_ms: float = 0.5) -> NetworkStructure:
+    """Sparse weights and integer delays.
 
     Parameters
     ----------
-    y : ndarray, shape (6, n_nodes)
-        State at step ``step0``; overwritten with the state at ``step0 + n_steps``.
-    sbuf : ndarray, shape (n_nodes, 2 * horizon)
-        Circular history of the coupling sigmoid of each node's ``y1 - y2``; columns
-        ``n % horizon`` and ``n % horizon + horizon`` both hold step ``n`` (the copy
-        spares the numba kernel a wrap-around test per edge). Updated in place.
+    weights : ndarray, shape (n_nodes, n_nodes)
+        ``weights[k, j]`` from node ``j`` to node ``k``.
+    tract_lengths : ndarray, shape (n_nodes, n_nodes)
+        In mm.
+    params : JansenRitParams
+        ``coupling_scale`` and ``speed`` are used.
+    dt_ms : float
+        Integration step [ms].
+
+    Returns
+    -------
+    NetworkStructure
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    tract_lengths = np.asarray(tract_lengths, dtype=np.float64)
+    n = weights.shape[0]
+    if weights.shape != (n, n) or tract_lengths.shape != weights.shape:
+        raise ValueError(f"weights {weights.shape} and tract_lengths {tract_lengths.shape} "
+                         "must both have shape (n_nodes, n_nodes)")
+    w = weights * params.coupling_scale
+    mask = w != 0.0
+    colptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))]).astype(np.int64)
+    cols, rows = np.nonzero(mask.T)
+    return NetworkStructure(
+        colptr=colptr,
+        targets=rows.astype(np.int32),
+        wdata=w[rows, cols].astype(np.float64),
+        delays=np.rint(tract_lengths[rows, cols] / params.speed / dt_ms).astype(np.int32),
+        horizon=int(np.rint(tract_lengths / params.speed / dt_ms).max()) + 1,
+        n_nodes=n,
+    )
+
+
+def draw_noise(rngs: Sequence[np.random.Generator], n_steps: int, n_nodes: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Standard normal draws of each variant, shape (B, n_steps, n_nodes).
+
+    Variant ``b`` gets ``rngs[b].standard_normal((n_steps, n_nodes))`` (the same numbers;
+    consecutive calls continue each stream exactly as one larger draw would), drawn in
+    place into ``out`` when given (reusing it spares fresh pages on every call).
+    """
+    shape = (len(rngs), n_steps, n_nodes)
+    z = out if out is not None and out.shape == shape else np.empty(shape)
+    for b, rng in enumerate(rngs):
+        rng.standard_normal(out=z[b])
+    return z
+
+
+def draw_initial_history(rng: np.random.Generator, horizon: int, n_nodes: int) -> np.ndarray:
+    """TVB's random initial history: uniform in ``TVB_STATE_RANGES``, shape (horizon, 6, n_nodes).
+
+    The first draws of a variant's generator (its noise follows).
+    """
+    lo = np.array([r[0] for r in TVB_STATE_RANGES])[None, :, None]
+    hi = np.array([r[1] for r in TVB_STATE_RANGES])[None, :, None]
+    return lo + (hi - lo) * rng.random((horizon, 6, n_nodes))
+
+
+# --------------------------------------------------------------------------- kernels
+def _integrate_batch_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, delays, out,
+                           record_every, block=0):
+    """Reference kernel: advance ``z.shape[1]`` Heun steps in place.
+
+    Parameters
+    ----------
+    y : ndarray, shape (6, n_nodes, B)
+        State at step ``step0`` of every variant; overwritten.
+    sbuf : ndarray, shape (n_nodes, width, B)
+        Coupling-sigmoid ring, ``width = 2 * horizon + block``: step ``n`` in every
+        column ``n % horizon + m * horizon`` below ``width``; updated in place.
     step0 : int
         Absolute index of the current step.
-    z : ndarray, shape (n_steps, n_nodes)
-        Standard normal draws, one per step and node.
-    A : ndarray, shape (n_nodes,)
-        EPSP amplitude per node.
+    z : ndarray, shape (B, n_steps, n_nodes)
+        Standard normal draws of each variant.
+    A : ndarray, shape (n_nodes, B)
+        EPSP amplitude of each node in each variant [mV].
     p : ndarray, shape (N_PARAMS,)
-        Scalars from :meth:`JansenRitParams.scalar_vector`.
+        :meth:`JansenRitParams.scalar_vector`.
     colptr, targets, wdata, delays : ndarray
-        CSC structure of the (scaled) weights: the edges of source ``j`` are
-        ``colptr[j]:colptr[j + 1]``, with target nodes ``targets`` (ascending), weights
-        ``wdata`` and delays in steps ``delays``.
-    out : ndarray, shape (n_records, n_nodes)
-        Receives ``y1 - y2`` of state ``n`` at row ``(n - 1) // record_every`` when
-        ``(n - 1) % record_every == 0``.
+        :class:`NetworkStructure` fields.
+    out : ndarray, shape (n_records, n_nodes, B)
+        Receives ``y1 - y2`` of state ``n`` at row ``(n - 1) // record_every -
+        ceil(step0 / record_every)`` when ``(n - 1) % record_every == 0``.
     record_every : int
-        Keep every ``record_every``-th sample.
+    block : int
+        Extra ring columns beyond ``2 * horizon`` (used by the numba kernel's blocks).
     """
-    from . import _nmm_numba as K
-
     params = _params_from_vector(p)
-    dt, noise_amp = p[K.P_DT], p[K.P_NOISE]
-    n_nodes, horizon = sbuf.shape[0], sbuf.shape[1] // 2
+    dt, noise_amp = p[P_DT], p[P_NOISE]
+    n_nodes, n_batch = y.shape[1], y.shape[2]
+    width = sbuf.shape[1]
+    horizon = (width - block) // 2
     sources = np.repeat(np.arange(n_nodes), np.diff(colptr))
+    row0 = (step0 + record_every - 1) // record_every
     # The random initial history can push exp() past float range: inf gives the right limit.
     with np.errstate(over="ignore"):
-        _numpy_steps(y, sbuf, step0, z, A, p, sources, targets, wdata, delays, out,
-                     record_every, params, dt, noise_amp, horizon, n_nodes)
+        for s in range(z.shape[1]):
+            n = step0 + s + 1
+            t = ((n - 1) - delays) % horizon
+            vals = wdata[:, None] * sbuf[sources, t, :]  # (n_edges, B)
+            c = p[P_C_A] * np.stack(
+                [np.bincount(targets, weights=vals[:, b], minlength=n_nodes) for b in range(n_batch)],
+                axis=1)
+            eta = noise_amp * z[:, s, :].T  # (n_nodes, B)
+            k1 = jansen_rit_dfun(y, c, A, params)
+            inter = y + dt * k1
+            inter[4] += eta
+            k2 = jansen_rit_dfun(inter, c, A, params)
+            y += (k1 + k2) * dt / 2.0
+            y[4] += eta
+            diff = y[1] - y[2]
+            sk = p[P_C_MIN] + (p[P_C_MAX] - p[P_C_MIN]) / (
+                1.0 + np.exp(p[P_C_R] * (p[P_C_MID] - diff)))
+            for col in range(n % horizon, width, horizon):
+                sbuf[:, col, :] = sk
+            if (n - 1) % record_every == 0:
+                out[(n - 1) // record_every - row0] = diff
 
 
-def _numpy_steps(y, sbuf, step0, z, A, p, sources, targets, wdata, delays, out, record_every,
-                 params, dt, noise_amp, horizon, n_nodes):
-    from . import _nmm_numba as K
 
-    for s in range(z.shape[0]):
-        n = step0 + s + 1
-        # Delayed afferent activity: state n - 1 - delay of each source.
-        t = ((n - 1) - delays) % horizon
-        c = p[K.P_C_A] * np.bincount(targets, weights=wdata * sbuf[sources, t], minlength=n_nodes)
-        eta = noise_amp * z[s]
-        k1 = jansen_rit_dfun(y, c, A, params)
-        inter = y + dt * k1
-        inter[4] += eta
-        k2 = jansen_rit_dfun(inter, c, A, params)
-        y += (k1 + k2) * dt / 2.0
-        y[4] += eta
-        diff = y[1] - y[2]
-        sbuf[:, [n % horizon, n % horizon + horizon]] = (p[K.P_C_MIN] + (p[K.P_C_MAX] - p[K.P_C_MIN]) / (
-            1.0 + np.exp(p[K.P_C_R] * (p[K.P_C_MID] - diff))))[:, None]
-        i = n - 1
-        if i % record_every == 0:
-            out[i // record_every] = diff
+# --------------------------------------------------------------------------- integrator
+class BatchIntegrator:
+    """State of B variants of one network, advanced chunk by chunk by one kernel.
+
+    Parameters
+    ----------
+    structure : NetworkStructure
+        Shared connectome (:func:`network_structure`).
+    A : ndarray, shape (B, n_nodes)
+        EPSP amplitude of each node in each variant [mV].
+    params : JansenRitParams
+        Shared parameters (``mu`` and ``noise_scale`` of the setting included).
+    history : ndarray, shape (B, horizon, 6, n_nodes)
+        Initial history of each variant (:func:`draw_initial_history`); entry 0 is the
+        initial state (TVB).
+    dt_ms : float
+        Integration step [ms].
+    backend : {"numba", "numpy"}
+    block : int
+        Steps per coupling block of the numba kernel (edges with a delay of at least
+        ``block - 1`` steps are summed a block at a time); 1 sums every edge every step.
+    exact : bool
+        Numba kernel without its shortcuts (libm ``exp``, no shared exponential); with
+        ``block=1`` the numbers of the former single-variant kernel (see
+        :mod:`esikit.simulate._nmm_numba`).
+
+    Attributes
+    ----------
+    step : int
+        Integration steps done.
+    """
+
+    def __init__(self, structure: NetworkStructure, A: np.ndarray, params: JansenRitParams,
+                 history: np.ndarray, dt_ms: float = 0.5, backend: str = "numba",
+                 block: int = 16, exact: bool = False) -> None:
+        self._setup(structure, params, dt_ms, backend, block, exact)
+        n, h = structure.n_nodes, structure.horizon
+        A = np.asarray(A, dtype=np.float64)
+        history = np.asarray(history, dtype=np.float64)
+        if A.ndim != 2 or A.shape[1] != n:
+            raise ValueError(f"'A' has shape {A.shape}, expected (B, n_nodes) with n_nodes={n}")
+        if history.shape != (A.shape[0], h, 6, n):
+            raise ValueError(f"'history' has shape {history.shape}, expected (B, horizon, 6, "
+                             f"n_nodes) = {(A.shape[0], h, 6, n)}")
+        y = history[:, 0].transpose(1, 2, 0)  # (6, n, B)
+        diff = history[:, :, 1] - history[:, :, 2]  # (B, h, n)
+        p = params
+        with np.errstate(over="ignore"):
+            s = p.coupling_cmin + (p.coupling_cmax - p.coupling_cmin) / (
+                1.0 + np.exp(p.coupling_r * (p.coupling_midpoint - diff)))
+        self._set_arrays(y, s.transpose(2, 1, 0), A.T)  # ring (n, h, B)
+
+    @classmethod
+    def from_state(cls, structure: NetworkStructure, params: JansenRitParams, state: dict,
+                   dt_ms: float = 0.5, backend: str = "numba", block: int = 16,
+                   exact: bool = False) -> "BatchIntegrator":
+        """An integrator continuing ``state`` (from :meth:`get_state`, any backend)."""
+        self = cls.__new__(cls)
+        self._setup(structure, params, dt_ms, backend, block, exact)
+        self.set_state(state)
+        return self
+
+    def _setup(self, structure, params, dt_ms, backend, block, exact) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"Invalid value for 'backend': expected one of "
+                             f"{', '.join(repr(b) for b in BACKENDS)}, got {backend!r}.")
+        if block < 1:
+            raise ValueError(f"Invalid value for 'block': expected an integer >= 1, got {block!r}.")
+        self.structure = structure
+        self.params = params
+        self.dt_ms = float(dt_ms)
+        self.backend = backend
+        self.exact = bool(exact)
+        self.pvec = params.scalar_vector(dt_ms)
+        self.block = int(block) if backend == "numba" else 0
+        if backend == "numba":  # edges split by delay for the blocked coupling
+            long = structure.delays >= self.block - 1
+            self._edges = (*_csc_subset(structure, long), *_csc_subset(structure, ~long))
+        self.step = 0
+        self._zt = None
+
+    def _set_arrays(self, y: np.ndarray, ring: np.ndarray, A_nb: np.ndarray) -> None:
+        # copies: integrating never writes into the caller's arrays (e.g. a state passed in)
+        self._y = np.array(y, dtype=np.float64, order="C")
+        h = ring.shape[1]
+        width = 2 * h + self.block  # every column holds slot (column % h)
+        reps = np.tile(ring, (1, -(-width // h), 1))[:, :width]
+        self._sbuf = np.ascontiguousarray(reps, dtype=np.float64)
+        self._A = np.array(A_nb, dtype=np.float64, order="C")
+
+    @property
+    def n_batch(self) -> int:
+        """Number of variants B."""
+        return int(self._A.shape[1])
+
+    def get_state(self) -> dict[str, np.ndarray | int]:
+        """Backend-independent copy of the state (to checkpoint or move between backends).
+
+        Returns
+        -------
+        dict
+            ``y`` (6, n_nodes, B), ``ring`` (n_nodes, horizon, B) (slot ``n % horizon``
+            holds step ``n``), ``A`` (n_nodes, B), all float64, and ``step``.
+        """
+        h = self.structure.horizon
+        return {"y": self._y.copy(), "ring": self._sbuf[:, :h].copy(), "A": self._A.copy(),
+                "step": int(self.step)}
+
+    def set_state(self, state: dict) -> None:
+        """Restore a state from :meth:`get_state` (of this or another backend)."""
+        self._set_arrays(np.asarray(state["y"]), np.asarray(state["ring"]), np.asarray(state["A"]))
+        self.step = int(state["step"])
+
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only the variants ``keep`` (in that order), e.g. drop finished ones."""
+        keep = np.asarray(keep, dtype=np.int64)
+        st = self.get_state()
+        self._set_arrays(st["y"][:, :, keep], st["ring"][:, :, keep], st["A"][:, keep])
+
+    def advance(self, z: np.ndarray, record_every: int = 1, out_dtype=np.float32) -> np.ndarray:
+        """Integrate every variant ``z.shape[1]`` steps.
+
+        Parameters
+        ----------
+        z : ndarray, shape (B, n_steps, n_nodes)
+            Standard normal draws of each variant.
+        record_every : int
+            Record ``y1 - y2`` of the states ``n`` with ``(n - 1) % record_every == 0``.
+        out_dtype : numpy dtype
+
+        Returns
+        -------
+        ndarray, shape (B, n_records, n_nodes)
+            ``y1 - y2`` in mV of the recorded states of this chunk.
+        """
+        z = np.asarray(z, dtype=np.float64)
+        n_steps = z.shape[1]
+        if z.shape != (self.n_batch, n_steps, self.structure.n_nodes):
+            raise ValueError(f"'z' has shape {z.shape}, expected (B, n_steps, n_nodes) with "
+                             f"B={self.n_batch}, n_nodes={self.structure.n_nodes}")
+        step0 = self.step
+        row0 = (step0 + record_every - 1) // record_every
+        n_rec = (step0 + n_steps + record_every - 1) // record_every - row0
+        out = np.empty((n_rec, self.structure.n_nodes, self.n_batch), dtype=out_dtype)
+        if self.backend == "numba":
+            from ._nmm_numba import integrate_batch_numba  # numba loads on first use
+
+            want = (n_steps, self.structure.n_nodes, self.n_batch)
+            if self._zt is None or self._zt.shape != want:  # reused: no fresh pages every chunk
+                self._zt = np.empty(want)
+            np.copyto(self._zt, z.transpose(1, 2, 0))  # batch innermost
+            integrate_batch_numba(self._y, self._sbuf, step0, self._zt, self._A, self.pvec,
+                                    *self._edges, out, record_every, self.block, self.exact)
+        else:
+            st = self.structure
+            _integrate_batch_numpy(self._y, self._sbuf, step0, np.ascontiguousarray(z), self._A,
+                                   self.pvec, st.colptr, st.targets, st.wdata, st.delays, out,
+                                   record_every, self.block)
+        self.step += n_steps
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def _get_kernel(backend: str):
-    if backend == "numba":
-        from ._nmm_numba import integrate_chunk_numba
-        return integrate_chunk_numba
-    if backend == "numpy":
-        return _integrate_chunk_numpy
-    raise ValueError(f"Invalid value for 'backend': expected one of 'numba', 'numpy', "
-                     f"got {backend!r}.")
+def _csc_subset(st: NetworkStructure, keep: np.ndarray):
+    """The edges ``keep`` of ``st`` as (colptr, targets, wdata, delays), still CSC by source."""
+    counts = np.bincount(st.sources[keep], minlength=st.n_nodes)
+    colptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return (colptr, np.ascontiguousarray(st.targets[keep]), np.ascontiguousarray(st.wdata[keep]),
+            np.ascontiguousarray(st.delays[keep]))
 
 
-def _as_excited_array(excited_node, n_nodes: int) -> np.ndarray:
-    if excited_node is None:
-        return np.zeros(0, dtype=np.int64)
-    nodes = np.atleast_1d(np.asarray(excited_node, dtype=np.int64))
-    if nodes.size and (nodes.min() < 0 or nodes.max() >= n_nodes):
-        raise ValueError(f"excited_node {excited_node!r} out of range [0, {n_nodes})")
-    return nodes
+def excited_A(n_nodes: int, excited_nodes: Sequence[int | Sequence[int] | None],
+              params: JansenRitParams) -> np.ndarray:
+    """EPSP amplitudes, shape (B, n_nodes): ``params.A``, ``A_excited`` on each variant's node(s).
+
+    ``excited_nodes[b]`` is a node, a sequence of nodes or None (no excited node).
+    """
+    A = np.full((len(excited_nodes), n_nodes), params.A, dtype=np.float64)
+    for b, nodes in enumerate(excited_nodes):
+        nodes = np.atleast_1d(np.asarray([] if nodes is None else nodes, dtype=np.int64))
+        if nodes.size and (nodes.min() < 0 or nodes.max() >= n_nodes):
+            raise ValueError(f"Invalid value for 'excited_nodes': expected indices in "
+                             f"[0, {n_nodes}), got {excited_nodes[b]!r}.")
+        A[b, nodes] = params.A_excited
+    return A
+
+
+# --------------------------------------------------------------------------- drivers
+def simulate_batch(
+    weights: np.ndarray,
+    tract_lengths: np.ndarray,
+    excited_nodes: Sequence[int | Sequence[int] | None],
+    duration_s: float,
+    setting: int | None = 0,
+    seeds: Sequence | None = None,
+    params: JansenRitParams | None = None,
+    dt_ms: float = 0.5,
+    backend: str = "numba",
+    record_every: int = 1,
+    dtype=np.float64,
+    block: int = 16,
+    exact: bool = False,
+) -> np.ndarray:
+    """Simulate B excited-region variants of one network in one pass.
+
+    Variant ``b`` draws its initial history, then its noise, from
+    ``numpy.random.default_rng(seeds[b])``.
+
+    Parameters
+    ----------
+    weights, tract_lengths : ndarray, shape (n_nodes, n_nodes)
+        Connectome (``weights[k, j]`` from ``j`` to ``k``; lengths in mm).
+    excited_nodes : sequence, length B
+        The hyper-excitable node(s) of each variant: a node, a sequence of nodes or None.
+    duration_s : float
+        Simulated seconds (``round(duration_s * 1000 / dt_ms)`` steps).
+    setting : int | None
+        DeepSIF noise setting applied over ``params`` (None keeps ``params``).
+    seeds : sequence | None
+        One seed per variant (anything ``numpy.random.default_rng`` takes; default
+        ``0 .. B-1``).
+    params : JansenRitParams | None
+    dt_ms : float
+    backend : {"numba", "numpy"}
+    record_every : int
+        Keep one sample in ``record_every`` (samples 0, k, 2k, ...).
+    dtype : numpy dtype
+        Output dtype (the state is always integrated in float64).
+    block, exact : see :class:`BatchIntegrator`.
+
+    Returns
+    -------
+    ndarray, shape (B, n_samples, n_nodes)
+        ``y1 - y2`` in mV; sample ``i`` is the state after step ``i + 1`` (TVB's Raw
+        monitor), ``n_samples = ceil(n_steps / record_every)``.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    params = params or JansenRitParams()
+    if setting is not None:
+        params = params.with_setting(setting)
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    structure = network_structure(weights, tract_lengths, params, dt_ms)
+    n = structure.n_nodes
+    n_batch = len(excited_nodes)
+    seeds = list(range(n_batch)) if seeds is None else list(seeds)
+    if len(seeds) != n_batch:
+        raise ValueError(f"'seeds' has {len(seeds)} entries, expected one per variant ({n_batch})")
+    n_steps = int(round(duration_s * 1000.0 / dt_ms))
+    if n_steps < 1:
+        raise ValueError(f"duration_s={duration_s} gives {n_steps} steps of {dt_ms} ms")
+    A = excited_A(n, excited_nodes, params)
+    rngs = [np.random.default_rng(s) for s in seeds]
+    history = np.stack([draw_initial_history(r, structure.horizon, n) for r in rngs])
+    integ = BatchIntegrator(structure, A, params, history, dt_ms, backend, block=block, exact=exact)
+    del history
+    out = np.empty((n_batch, (n_steps + record_every - 1) // record_every, n), dtype=dtype)
+    buf, row = None, 0
+    # noise in short blocks into one reused buffer: each stream continues as one long draw
+    for step0 in range(0, n_steps, NOISE_BLOCK):
+        buf = draw_noise(rngs, min(NOISE_BLOCK, n_steps - step0), n, out=buf)
+        rec = integ.advance(buf, record_every=record_every, out_dtype=dtype)
+        out[:, row:row + rec.shape[1]] = rec
+        row += rec.shape[1]
+    if not np.isfinite(out[:, -1]).all():
+        logger.warning("simulation diverged (non-finite output); check dt_ms=%s and params", dt_ms)
+    return out
 
 
 def simulate_network(
@@ -324,7 +690,11 @@ def simulate_network(
     record_every: int = 1,
     dtype=np.float64,
 ) -> np.ndarray:
-    """Simulate the Jansen-Rit network with one hyper-excitable node.
+    """Simulate the Jansen-Rit network with one hyper-excitable node (a batch of one).
+
+    The numba kernel runs in its exact mode (``block=1, exact=True``): the trajectories
+    of this function, and the clips ``esikit simulate --duration`` cuts from them, do not
+    depend on the kernel's speed shortcuts.
 
     Parameters
     ----------
@@ -346,7 +716,7 @@ def simulate_network(
     dt_ms : float
         Integration step in ms (DeepSIF: 0.5, i.e. output at 2000 Hz).
     backend : {"numba", "numpy"}
-        Compiled kernel or the readable numpy reference (same trajectory).
+        Compiled kernel or the readable numpy reference (same trajectory to rounding).
     record_every : int
         Keep one sample in ``record_every`` (samples 0, k, 2k, ...); 1 keeps all.
     dtype : numpy dtype
@@ -361,7 +731,7 @@ def simulate_network(
 
     Examples
     --------
-    >>> from esikit.simulate import load_default_anatomy, simulate_network
+    >>> from esikit.head.anatomy import load_default_anatomy
     >>> anat = load_default_anatomy()
     >>> v = simulate_network(anat.weights, anat.tract_lengths, excited_node=10,
     ...                      duration_s=2.0, seed=1)   # doctest: +SKIP
@@ -370,73 +740,8 @@ def simulate_network(
     """
     weights = np.asarray(weights, dtype=np.float64)
     tract_lengths = np.asarray(tract_lengths, dtype=np.float64)
-    n_nodes = weights.shape[0]
-    if weights.shape != (n_nodes, n_nodes) or tract_lengths.shape != weights.shape:
+    if weights.ndim != 2 or weights.shape[0] != weights.shape[1] or tract_lengths.shape != weights.shape:
         raise ValueError(f"weights {weights.shape} and tract_lengths {tract_lengths.shape} "
                          "must both have shape (n_nodes, n_nodes)")
-    if record_every < 1:
-        raise ValueError(f"record_every must be >= 1, got {record_every}")
-    params = params or JansenRitParams()
-    if setting is not None:
-        params = params.with_setting(setting)
-    n_steps = int(round(duration_s * 1000.0 / dt_ms))
-    if n_steps < 1:
-        raise ValueError(f"duration_s={duration_s} gives {n_steps} steps of {dt_ms} ms")
-    A = np.full(n_nodes, params.A, dtype=np.float64)
-    A[_as_excited_array(excited_node, n_nodes)] = params.A_excited
-    rng = np.random.default_rng(seed)
-    lo = np.array([r[0] for r in TVB_STATE_RANGES])[None, :, None]
-    hi = np.array([r[1] for r in TVB_STATE_RANGES])[None, :, None]
-    out = _run_network(
-        weights, tract_lengths, A, params, dt_ms, n_steps, backend, record_every,
-        draw_history=lambda horizon: lo + (hi - lo) * rng.random((horizon, 6, n_nodes)),
-        draw_noise=lambda m: rng.standard_normal((m, n_nodes)), dtype=dtype)
-    return out
-
-
-def _run_network(weights, tract_lengths, A, params: JansenRitParams, dt_ms: float, n_steps: int,
-                 backend: str, record_every: int, draw_history, draw_noise,
-                 dtype=np.float64) -> np.ndarray:
-    """Integrate with given random sources (the seam the TVB comparison test uses).
-
-    ``draw_history(horizon)`` returns the initial history, shape (horizon, 6, n_nodes):
-    as in TVB, entry ``h`` fills history slot ``h`` and entry 0 is the initial state
-    (step 0). ``draw_noise(m)`` returns ``m`` steps of standard normal draws for ``y4``,
-    shape (m, n_nodes). Returns ``y1 - y2``, shape (ceil(n_steps / record_every),
-    n_nodes), in ``dtype`` (the state itself is always integrated in float64).
-    """
-    kernel = _get_kernel(backend)
-    n_nodes = weights.shape[0]
-    # Sparse weights (TVB only evaluates non-zero weights) and delays in steps, grouped
-    # by source node (CSC), targets ascending within a source.
-    w = weights * params.coupling_scale
-    mask = w != 0.0
-    colptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))]).astype(np.int64)
-    cols, rows = np.nonzero(mask.T)  # grouped by source column, then target row
-    targets = rows.astype(np.int32)  # 32-bit: less memory traffic per edge
-    wdata = w[rows, cols].astype(np.float64)
-    delays = np.rint(tract_lengths[rows, cols] / params.speed / dt_ms).astype(np.int32)
-    # TVB's horizon: the longest delay over all pairs, plus one
-    horizon = int(np.rint(tract_lengths / params.speed / dt_ms).max()) + 1
-    pvec = params.scalar_vector(dt_ms)
-
-    # Random initial history (TVB: uniform in the model's state ranges); slot n % horizon
-    # holds step n, slot 0 the initial state.
-    history = np.asarray(draw_history(horizon), dtype=np.float64)
-    y = history[0].copy()
-    diff = history[:, 1] - history[:, 2]  # (horizon, n_nodes)
-    sbuf = np.empty((n_nodes, 2 * horizon))
-    with np.errstate(over="ignore"):
-        sbuf[:, :horizon] = (params.coupling_cmin + (params.coupling_cmax - params.coupling_cmin)
-                             / (1.0 + np.exp(params.coupling_r * (params.coupling_midpoint - diff)))).T
-    sbuf[:, horizon:] = sbuf[:, :horizon]
-
-    n_records = (n_steps + record_every - 1) // record_every
-    out = np.empty((n_records, n_nodes), dtype=dtype)  # written in place: no float64 copy
-    for step0 in range(0, n_steps, _CHUNK_STEPS):
-        m = min(_CHUNK_STEPS, n_steps - step0)
-        z = np.ascontiguousarray(draw_noise(m), dtype=np.float64)
-        kernel(y, sbuf, step0, z, A, pvec, colptr, targets, wdata, delays, out, record_every)
-    if not np.isfinite(out[-1]).all():
-        logger.warning("simulation diverged (non-finite output); check dt_ms=%s and params", dt_ms)
-    return out
+    return simulate_batch(weights, tract_lengths, [excited_node], duration_s, setting, [seed],
+                          params, dt_ms, backend, record_every, dtype, block=1, exact=True)[0]

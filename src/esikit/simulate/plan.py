@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
-from .batched import BatchIntegrator, draw_initial_history, draw_noise, excited_A, network_structure
 from .harvest import ClipStream, scale_clip, variant_seed
-from .nmm import JansenRitParams
+from .nmm import (
+    BatchIntegrator, JansenRitParams, draw_initial_history, draw_noise, excited_A, network_structure)
 from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def plan_harvest(
         Cores the harvest would use (default: this machine's).
     seed : int
     params : JansenRitParams | None
-    backend : {"numba", "numpy", "torch"}
+    backend : {"numba", "numpy"}
 
     Returns
     -------

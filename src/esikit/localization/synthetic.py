@@ -112,7 +112,8 @@ def make_spike_recording(
         regions, mean removed, tapered at the ends) placed with the clip's peak at the
         spike time. Default: :func:`spike_waveform` in the spiking region alone.
     background : float
-        Source background (smooth noise in every region, 1-30 Hz) relative to the spike peak.
+        Source background (smooth noise, 1-30 Hz, in every region, or in 200 random ones
+        when there are more) with peaks of about this size relative to a spike's source peak.
     snr_db : float | None
         Sensor white noise relative to the mean power of the spikes' sensor signal;
         ``None``: noiseless.
@@ -148,33 +149,44 @@ def make_spike_recording(
     duration = float(duration if duration is not None else times.max() + 2.0)
     n = int(round(duration * sfreq))
     rng = np.random.default_rng(seed)
-    spikes = np.zeros((n, n_reg))
+    # accumulate in sensor space: a long recording never holds an (N x R) source array
+    eeg_spikes = np.zeros((n, n_ch))
+    on = np.zeros(n, dtype=bool)
     for r, t in zip(regions, times):
         if clips is not None:
             clip = np.asarray(clips[int(r)], dtype=np.float64)
             clip = (clip - clip.mean(axis=0)) * _taper(len(clip))[:, None]
             peak = int(np.argmax(np.abs(clip[:, r])))
             clip = clip / np.abs(clip[peak, r])
+            proj = clip @ fwd.T
+            src_abs = np.abs(clip).max(axis=1)
         else:
             w = spike_waveform(sfreq)
-            clip = np.zeros((len(w), n_reg))
-            clip[:, r] = w
+            proj = w[:, None] * fwd[:, r][None, :]
+            src_abs = np.abs(w)
             peak = len(w) // 2
         a = int(round(t * sfreq)) - peak
-        lo, hi = max(a, 0), min(a + len(clip), n)
+        lo, hi = max(a, 0), min(a + len(proj), n)
         if hi <= lo:
             raise ValueError(f"spike at {t} s lies outside the recording (0-{duration} s)")
-        spikes[lo:hi] += clip[lo - a:hi - a]
-    # smooth background: white noise low-passed to about 30 Hz, high-passed by removing a slow trend
-    bg = gaussian_filter1d(rng.standard_normal((n, n_reg)), sfreq / (2 * np.pi * 30), axis=0)
-    bg -= gaussian_filter1d(bg, sfreq / (2 * np.pi * 1.0), axis=0)
-    bg *= background / max(np.abs(bg).max(), 1e-12)
-    eeg_spikes = spikes @ fwd.T
-    eeg = eeg_spikes + bg @ fwd.T
+        eeg_spikes[lo:hi] += proj[lo - a:hi - a]
+        on[lo:hi] |= src_abs[lo - a:hi - a] > 0.05
     scale = peak_uv * 1e-6 / max(np.abs(eeg_spikes).max(), 1e-30)
-    eeg *= scale
+    eeg = eeg_spikes * scale
+    if background > 0:
+        # smooth background (about 1-30 Hz) in every region, or in 200 random ones for large
+        # parcellations (enough to make it spatially rich, at a fraction of the cost)
+        bg_regions = np.arange(n_reg) if n_reg <= 200 else np.sort(rng.choice(n_reg, 200, replace=False))
+        g = fwd[:, bg_regions] * (np.sqrt(n_reg / len(bg_regions)))
+        chunk = int(60 * sfreq)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            bg = gaussian_filter1d(rng.standard_normal((b - a, len(bg_regions))), sfreq / (2 * np.pi * 30), axis=0)
+            bg -= gaussian_filter1d(bg, sfreq / (2 * np.pi * 1.0), axis=0)
+            # peaks of about `background` relative to a spike's unit source peak (4 SDs)
+            bg *= background / (4 * max(float(bg.std()), 1e-30))
+            eeg[a:b] += bg @ g.T * scale
     if snr_db is not None:
-        on = np.abs(spikes).max(axis=1) > 0.05
         power = np.mean((eeg_spikes[on] * scale) ** 2) if on.any() else np.mean(eeg ** 2)
         eeg += rng.standard_normal(eeg.shape) * np.sqrt(power * 10 ** (-snr_db / 10))
     info = mne.create_info(list(map(str, ch_names)), sfreq, "eeg")

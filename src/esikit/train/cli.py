@@ -375,5 +375,11 @@ def demo_main(args) -> int:
     ev = result.get("evaluation")
     if ev is not None:
         _print_evaluation(ev, result["run_dir"])
+    # the trained network applied to a recording: an EDF with spikes at known regions (esikit localize)
+    from ..localization.demo import demo_localization
+
+    run_dir = Path(result["run_dir"])
+    ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    demo_localization(ckpt, cfg["NMM_SPIKES_DIR"], run_dir / "localization_demo")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; results and figures in {result['run_dir']}")
     return 0

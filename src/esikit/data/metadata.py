@@ -137,7 +137,8 @@ def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple
     """
     v = sel.astype(np.float64)
     valid = is_region_label(v, n_regions)
-    bad = ~valid & ~is_padding_label(v)
+    padding = is_padding_label(v)
+    bad = ~valid & ~padding
     reported = bad.copy()
     if sel.dtype.kind in "iu":
         info = np.iinfo(sel.dtype)
@@ -162,7 +163,7 @@ def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple
                 )
                 bad &= ~wrapped
     with np.errstate(invalid="ignore"):
-        integral = np.isfinite(v) & (np.floor(v) == v) & ~is_padding_label(v)
+        integral = np.isfinite(v) & (np.floor(v) == v) & ~padding
     at_r = integral & (v == n_regions)
     if at_r.any() and not (integral & (v == 0)).any():
         problems.append(

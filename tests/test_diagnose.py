@@ -105,6 +105,10 @@ def test_unreadable_clips_fail_the_check_unless_allowed(toy, capsys):
     assert main([*args, "--allow-missing-clips"]) == 0
     out = capsys.readouterr().out
     assert "allowed by --allow-missing-clips" in out and "All checks passed" in out
+    from esikit.cli import main as esikit_main
+
+    assert esikit_main(["check", "--allow-missing-clips", *args]) == 0  # the flag before the overrides too
+    assert esikit_main(["check", *args]) != 0
 
 
 def test_first_clip_defect_is_a_missing_clip_like_any_other(toy, capsys):

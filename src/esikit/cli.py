@@ -22,7 +22,9 @@ from collections.abc import Sequence
 def _run_check(args: argparse.Namespace) -> int:
     from .diagnose import main
 
-    return main(args.overrides)
+    flags = [f for f, on in (("--verify-clips", args.verify_clips), ("--allow-missing-clips", args.allow_missing_clips))
+             if on and f not in args.overrides]
+    return main([*args.overrides, *flags])
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -49,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="check the configured data (same as test_metadata_loader.py)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER,
-                   help="KEY=VALUE config overrides, --config PATH, --verify-clips, --allow-missing-clips")
+    # The flags are declared so they parse before the overrides too (REMAINDER takes them after).
+    p.add_argument("--verify-clips", action="store_true", help="read every referenced clip and check the cache")
+    p.add_argument("--allow-missing-clips", action="store_true",
+                   help="do not fail on missing or unreadable clips (MISSING_CLIPS decides)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY=VALUE config overrides, --config PATH")
     p.set_defaults(func=_run_check)
 
     p = sub.add_parser("train", help="train the configured model, then evaluate it (same as train.py)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -67,6 +69,34 @@ def test_h5_store(tmp_path):
     assert len(store) == 4 and store.shape == (10, 3)
     np.testing.assert_array_equal(store.get(2), data[2])
     np.testing.assert_array_equal(store.lookup_index(np.array([0, 3, 4, -1])), [0, 3, -1, -1])
+
+
+def test_source_checksums(tmp_path):
+    import zlib
+
+    clips = _write_clips(tmp_path / "s", [(0, 1), (1, 1)])
+    store = FolderClipStore(tmp_path / "s")
+    path = tmp_path / "s" / "a1" / "nmm_1.mat"
+    crc = store.source_checksum(1)
+    assert crc == zlib.crc32(path.read_bytes())
+    arr, crc2 = store.read_with_checksum(1)
+    np.testing.assert_array_equal(arr, clips[(1, 1)])
+    assert crc2 == crc
+    st = path.stat()
+    save_mat_file(path, {"data": clips[(1, 1)] + 1})  # same size, other bytes
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and store.source_checksum(1) != crc
+    path.unlink()
+    with pytest.raises(ClipReadError, match="a1/nmm_1.mat: cannot read clip"):
+        store.source_checksum(1)
+    data = np.arange(2 * 10 * 3, dtype=np.float32).reshape(2, 10, 3)
+    with h5py.File(tmp_path / "x_nmm.h5", "w") as f:
+        f["data"] = data
+    h5 = H5ClipStore(tmp_path / "x_nmm.h5")
+    assert h5.source_checksum(1) == zlib.crc32(data[1].tobytes()) != h5.source_checksum(0)
+    arr, crc = h5.read_with_checksum(1)
+    np.testing.assert_array_equal(arr, data[1])
+    assert crc == zlib.crc32(data[1].tobytes())
 
 
 def test_infer_and_decode_nper():

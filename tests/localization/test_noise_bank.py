@@ -84,14 +84,12 @@ def test_noise_bank_command(tmp_path, anatomy, recording, capsys):
 
 
 def test_forward_file_with_channel_names(tmp_path, recording):
-    from esikit.io import forward
+    from esikit.io.forward_model import save_forward_model
 
-    if not hasattr(forward, "load_forward_model"):
-        pytest.skip("esikit.io.forward.load_forward_model is not available yet")
-    from esikit.io import save_mat_file
-
-    names = np.empty(len(TARGET), dtype=object)
-    names[:] = TARGET
-    save_mat_file(tmp_path / "lf.mat", {"fwd": np.random.default_rng(0).standard_normal((20, 40)), "ch_names": names})
+    fwd = np.random.default_rng(0).standard_normal((20, 40))
+    save_forward_model(tmp_path / "lf.mat", fwd, TARGET)
     bank = make_noise_bank(recording.raw, tmp_path / "lf.mat")
     assert bank.ch_names == TARGET
+    save_forward_model(tmp_path / "plain.mat", fwd)  # DeepSIF's plain file: no names
+    with pytest.raises(ValueError, match="no channel names"):
+        make_noise_bank(recording.raw, tmp_path / "plain.mat")

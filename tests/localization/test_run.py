@@ -119,3 +119,17 @@ def test_source_estimate_on_the_cortex(tmp_path, anatomy, checkpoint):
     back = mne.read_source_estimate(tmp_path / "ev1")
     np.testing.assert_allclose(back.data, stc.data, rtol=1e-5, atol=1e-6)
     assert res.to_stc().data.shape == stc.data.shape
+
+
+def test_active_regions_follow_the_checkpoint_rule():
+    from esikit.localization.run import active_regions, region_rule
+
+    est = np.zeros((500, 6))
+    est[200:260, 1] = 1.0
+    est[200:260, 4] = -2.0  # DeepSIF's rule counts only positive output
+    assert region_rule({}) == "deepsif"
+    assert active_regions(est, {}).tolist() == [1]
+    assert active_regions(est, {"REGION_RULE": "normalized"}).tolist() == [4]
+    assert active_regions(est, {"REGION_RULE": "normalized", "MIN_ACTIVE_SAMPLES": 100}).tolist() == []
+    with pytest.raises(ValueError, match="'rule'"):
+        region_rule({"REGION_RULE": "otsu2"})

@@ -24,7 +24,7 @@ def demo_localization(checkpoint: str | PathLike, nmm_dir: str | PathLike, out_d
                       anatomy: Any = None, n_spikes: int = 8, spacing: float = 3.0, snr_db: float = 15.0,
                       background: float = 0.05, sfreq: float = 500.0, seed: int = 0,
                       overwrite: bool = True, show: bool = True,
-                      max_figures: int = 10) -> dict[str, Any]:
+                      max_figures: int = 3) -> dict[str, Any]:
     """Write an EDF with spikes at known regions, localize it with ``checkpoint``, compare.
 
     The recording uses the checkpoint's anatomy (its leadfield and channel names, i.e.

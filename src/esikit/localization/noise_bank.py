@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SFREQ_HZ
 from .preprocess import H_FREQ, L_FREQ, WINDOW, global_field_power, prepare, robust_threshold
 from .recording import MAX_MISSING, Montage, montage_from_spec, read_recording
 
@@ -102,7 +103,7 @@ def make_noise_bank(
     """
     import mne
 
-    mont = montage_from_spec(montage, sfreq=sfreq or 500.0)
+    mont = montage_from_spec(montage, sfreq=sfreq or SFREQ_HZ)
     if sfreq is not None:
         mont = Montage(mont.ch_names, mont.ch_pos, sfreq, mont.source)
     source = str(recording) if isinstance(recording, (str, os.PathLike)) else "recording"

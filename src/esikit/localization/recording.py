@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SFREQ_HZ
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -119,7 +121,7 @@ class Montage:
 
     ch_names: list[str]
     ch_pos: np.ndarray | None = None
-    sfreq: float = 500.0
+    sfreq: float = SFREQ_HZ
     source: str = "montage"
 
     def __post_init__(self) -> None:
@@ -150,14 +152,14 @@ _MONTAGE_HELP = ("attach one with --montage LEADFIELD (a leadfield file that sto
                  "pass montage=Montage(ch_names, ch_pos, sfreq) or montage='standard_1020:Fp1,...'")
 
 
-def montage_from_spec(spec: Any, n_channels: int | None = None, sfreq: float = 500.0) -> Montage:
+def montage_from_spec(spec: Any, n_channels: int | None = None, sfreq: float = SFREQ_HZ) -> Montage:
     """A :class:`Montage` from a user's ``--montage`` value.
 
     Parameters
     ----------
     spec : Montage | str | PathLike | sequence of str
         A :class:`Montage`; a leadfield file with channel names (read by
-        :func:`esikit.io.forward.load_forward_model`); ``"NAME:CH1,CH2,..."`` or
+        :func:`esikit.io.forward_model.load_forward_model`); ``"NAME:CH1,CH2,..."`` or
         ``"NAME:names.txt"`` (an MNE montage name for the positions and the channel
         names in input order); or a list of channel names (positions from MNE's 10-05
         montage).
@@ -180,7 +182,7 @@ def montage_from_spec(spec: Any, n_channels: int | None = None, sfreq: float = 5
         text = str(spec)
         path = Path(text)
         if path.is_file():
-            from ..io.forward import load_forward_model
+            from ..io.forward_model import load_forward_model
 
             fm = load_forward_model(path)
             if not getattr(fm, "ch_names", None):
@@ -225,7 +227,7 @@ def montage_from_checkpoint(state: dict[str, Any], path: str | PathLike = "check
         message says how to attach one.
     """
     info = state.get("montage") or {}
-    sfreq = float(info.get("sfreq") or 500.0)
+    sfreq = float(info.get("sfreq") or SFREQ_HZ)
     if override is not None:
         return montage_from_spec(override, n_channels, sfreq)
     names = info.get("ch_names")

@@ -104,13 +104,14 @@ def _write_arrays(res: Any, tmp: Path) -> None:
     mask = np.zeros((res.n_events, res.n_regions), dtype=bool)
     for k, a in enumerate(res.active):
         mask[k, a] = True
-    np.savez_compressed(
+    # uncompressed: network outputs hardly compress and zlib would dominate the run time
+    np.savez(
         tmp / "sources.npz", sources=res.sources, eeg=res.eeg, event_times=res.event_times,
         window_starts=res.window_starts, labels=np.array(res.labels, dtype=str), active=mask,
         peak_region=res.peak_region, peak_time=res.peak_time, sfreq=np.array(res.sfreq),
         ch_names=np.array(res.ch_names, dtype=str), region_labels=np.array(res.region_labels, dtype=str))
     mat = {"all_out": res.sources}
-    save_mat_file(tmp / "all_out.mat", mat, format="v5" if fits_in_mat_v5(mat) else "v7.3")
+    save_mat_file(tmp / "all_out.mat", mat, format="v5" if fits_in_mat_v5(mat) else "v7.3", do_compression=False)
 
 
 def _write_tables(res: Any, summary: dict[str, Any], tmp: Path) -> None:

@@ -33,22 +33,31 @@ from .recording import MAX_MISSING, ChannelMatch, Montage, montage_from_checkpoi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalizationResult", "active_regions", "localize"]
+__all__ = ["LocalizationResult", "active_regions", "localize", "localize_file", "region_rule"]
+
+
+def region_rule(config: dict[str, Any] | None = None) -> str:
+    """The checkpoint's region rule: ``config["REGION_RULE"]``, else ``"deepsif"`` (the network's own)."""
+    from ..evaluate.metrics import check_rule
+
+    return check_rule(str((config or {}).get("REGION_RULE") or "deepsif"))
 
 
 def active_regions(est: np.ndarray, config: dict[str, Any] | None = None) -> np.ndarray:
     """Regions a source estimate calls active, by the checkpoint's region rule.
 
-    Uses the evaluation's rule (:func:`esikit.evaluate.metrics.identify_regions`:
-    DeepSIF's Otsu threshold with 100 bins, active above it at more than 7 time points),
-    so localization and evaluation never disagree on what "active" means.
+    Uses the evaluation's rules (:func:`esikit.evaluate.metrics.identify_regions_by_rule`;
+    for a network, ``"deepsif"``: DeepSIF's Otsu threshold with 100 bins on the raw
+    output, active above it at more than 7 time points), so localization and evaluation
+    never disagree on what "active" means.
 
     Parameters
     ----------
     est : ndarray, shape (T, R)
         Network output for one window.
     config : dict, optional
-        The checkpoint's training config (its scoring-rule keys, when present).
+        The checkpoint's training config (``REGION_RULE``, ``MIN_ACTIVE_SAMPLES``,
+        ``OTSU_NBINS`` when present).
 
     Returns
     -------
@@ -61,7 +70,7 @@ def active_regions(est: np.ndarray, config: dict[str, Any] | None = None) -> np.
     for key, arg in (("MIN_ACTIVE_SAMPLES", "min_active_samples"), ("OTSU_NBINS", "nbins")):
         if cfg.get(key) is not None:
             kw[arg] = int(cfg[key])
-    regions, _ = metrics.identify_regions(est, **kw)
+    regions, _ = metrics.identify_regions_by_rule(est, region_rule(cfg), **kw)
     return regions
 
 
@@ -84,7 +93,8 @@ class LocalizationResult:
     active : list of ndarray of int
         Active regions of each window.
     peak_region : ndarray of int, shape (K,)
-        Region of the largest ``|output|`` in each window.
+        Region of the largest output in each window (largest ``|output|`` under the
+        ``"normalized"`` rule).
     peak_time : ndarray, shape (K,)
         Time (s, recording clock) of that maximum.
     sfreq : float
@@ -424,7 +434,9 @@ def localize(
 
     t = time.perf_counter()
     active = [active_regions(s, cfg) for s in sources]
-    flat = np.abs(sources).reshape(len(sources), -1).argmax(axis=1)
+    # the peak as the rule sees it: DeepSIF's rule counts only positive output
+    score = sources if region_rule(cfg) == "deepsif" else np.abs(sources)
+    flat = score.reshape(len(sources), -1).argmax(axis=1)
     peak_t, peak_r = np.unravel_index(flat, sources.shape[1:])
     anat, centres, names = _anatomy_of(cfg, anatomy, n_reg)
     timings["regions"] = time.perf_counter() - t

@@ -603,7 +603,12 @@ class Trainer:
                 return self._fit(resume, force)
             except RuntimeError as exc:
                 if is_worker_death(exc):
-                    raise DataLoaderWorkerError(worker_death_message(exc, self.run_dir)) from exc
+                    message = worker_death_message(exc, self.run_dir)
+                    # Drop the traceback: it holds the loader's iterator, whose clean-up
+                    # unregisters the dead worker; kept alive, torch's SIGCHLD handler would
+                    # raise this again at the next child process exit, anywhere.
+                    exc.__traceback__ = None
+                    raise DataLoaderWorkerError(message) from None
                 raise
 
     def _fit(self, resume: bool, force: bool) -> TrainState:

@@ -129,7 +129,7 @@ def test_active_regions_follow_the_checkpoint_rule():
     est[200:260, 4] = -2.0  # DeepSIF's rule counts only positive output
     assert region_rule({}) == "deepsif"
     assert active_regions(est, {}).tolist() == [1]
-    assert active_regions(est, {"REGION_RULE": "normalized"}).tolist() == [4]
+    assert active_regions(est, {"REGION_RULE": "normalized"}).tolist() == [1, 4]
     assert active_regions(est, {"REGION_RULE": "normalized", "MIN_ACTIVE_SAMPLES": 100}).tolist() == []
     with pytest.raises(ValueError, match="'rule'"):
         region_rule({"REGION_RULE": "otsu2"})

@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<10} {n_win:>7} {'':>7} {'':>7} {'':>9} {net_s:>9.1f} {'':>9} {wall:>8.1f} "
                       f"{cpu:>7.1f}  {'yes' if cpu < 60 else 'no'} {note}")
         print("(wall times include waiting for the CPU when the machine is shared; CPU s is the one-core cost)")
+        tm = rows[0][2]
+        print("CPU s per stage (" + rows[0][0] + "): " + ", ".join(
+            f"{k[:-4]} {v:.1f}" for k, v in tm.items() if k.endswith("_cpu")))
         print(f"writing the outputs without figures (npz, all_out.mat, CSV, mean stc, report): {write_s:.1f} s")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS {peak:.0f} MB")

@@ -75,6 +75,8 @@ def test_event_sources(tmp_path, anatomy, checkpoint, caplog):
     assert res.peak_region.tolist() == [7]
     with pytest.raises(ValueError, match="every event's window"):
         localize(raw, checkpoint, events=[0.1])
+    with pytest.raises(ValueError, match="no annotations;"):
+        localize(raw, checkpoint, events="annotations")
 
 
 def test_low_rate_recording_is_an_error(anatomy, checkpoint):

@@ -400,9 +400,6 @@ def localize(
         elif events is None or (isinstance(events, str) and events in ("annotations", "gfp")):
             times, labels = events_from_annotations(prepared, annotation)
             if events == "gfp" or (events is None and len(times) == 0):
-                if events == "annotations":
-                    raise ValueError(f"{source}: no annotations to localize"
-                                     + (f" matching {annotation!r}" if annotation else ""))
                 times = events_from_gfp(data, sf, min_spacing=gfp_spacing, k=gfp_k, max_events=max_events)
                 labels = ["gfp"] * len(times)
                 logger.info("%s: %d GFP peaks (spacing %.2f s, k=%.1f)", source, len(times), gfp_spacing, gfp_k)
@@ -414,8 +411,9 @@ def localize(
             times = np.asarray(events, dtype=float).ravel()
             labels, centred = ["event"] * len(times), True
         if len(times) == 0:
-            raise ValueError(f"{source}: no events to localize (no annotations, CSV rows or GFP peaks; "
-                             "pass events=... or window=...)")
+            what = (f"no annotations{f' matching {annotation!r}' if annotation else ''}" if events == "annotations"
+                    else "no annotations, CSV rows or GFP peaks")
+            raise ValueError(f"{source}: no events to localize ({what}; pass events=... or window=...)")
         windows, kept = extract_windows(data, sf, times, centred=centred, source=source)
         n_skipped = len(times) - len(kept)
         if len(kept) == 0:

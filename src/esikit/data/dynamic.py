@@ -144,7 +144,6 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
     ):
         from ..head.patches import as_adjacency
         from .dataset import resolve_forward
-
         from .fast import SYNTHESIS_MODES, TARGET_MODES
 
         check_option("scale_mode", scale_mode, SCALE_MODES)
@@ -169,7 +168,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
                 f"anatomy has {self.adjacency.shape[0]} regions but the forward matrix {self.fwd_source} has "
                 f"{n_regions} (shape {self.fwd.shape}); they must match"
             )
-        self.dataset_len = dataset_len = int(check_positive_int("dataset_len", dataset_len))  # type: ignore[arg-type]
+        self.dataset_len = int(check_positive_int("dataset_len", dataset_len))  # type: ignore[arg-type]
         options = (n_sources,) if np.isscalar(n_sources) else tuple(n_sources)  # type: ignore[arg-type]
         self.n_sources_options = tuple(int(check_option("n_sources", v, (1, 2))) for v in options or (None,))
         self.snr_range_db = _pair("snr_range_db", snr_range_db)

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import scipy.sparse
 
-from esikit.io._mat import MAT73_USERBLOCK_SIZE
+from esikit.io._format import MAT73_USERBLOCK_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -18,14 +18,12 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
+from esikit.io._format import HDF5_SIGNATURE, MAT73_USERBLOCK_SIZE
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-#: HDF5 superblock signature (at offset 0 of a plain HDF5 file, at 512 in MAT v7.3).
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-#: Size of the MAT v7.3 user block that holds the MATLAB text header.
-MAT73_USERBLOCK_SIZE = 512
 #: MATLAB refuses (and scipy cannot write) variables of 2 GiB or more in MAT v5/v7 files.
 MAT_V5_MAX_VARIABLE_BYTES = 2**31
 

@@ -154,3 +154,16 @@ def test_data_check_validates_the_noise_bank(tmp_path, bank_path, capsys):
     assert main([*args, f"NOISE_BANK_PATH={tmp_path / 'none.mat'}"]) != 0
     out = capsys.readouterr().out
     assert "Noise bank not found" in out and "set NOISE_BANK_PATH" in out
+
+
+def test_bank_shared_with_workers(toy, bank_path, tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from esikit.data.fast import collate_synthesized
+
+    ds = _ds(toy, noise="mixed", noise_bank_path=bank_path, cache_dir=tmp_path / "c")
+    assert ds._noise_bank.is_shared() and ds._fast._bank.data_ptr() == ds._noise_bank.data_ptr()
+    want = ds.synthesize_batch(range(8))
+    got = next(iter(DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_synthesized)))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

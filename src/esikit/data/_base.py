@@ -46,7 +46,7 @@ class EpochIndexedDataset(Dataset):
     missing_clips: str = "zeros"
     target: str = "dense"
     noise: str = "white"
-    noise_bank: np.ndarray | None = None
+    _noise_bank: torch.Tensor | None = None  # in shared memory: workers map it, not copy it
     indices: np.ndarray
     _fast: Any = None
 
@@ -118,14 +118,20 @@ class EpochIndexedDataset(Dataset):
         from .noise import NOISE_MODES, forward_channel_names, load_noise_bank
 
         self.noise = check_option("noise", noise, NOISE_MODES)
-        self.noise_bank = None
+        self._noise_bank = None
         if noise != "white":
             if noise_bank_path is None:
                 raise ValueError(f"Invalid value for 'noise_bank_path': noise={noise!r} needs a noise bank file "
                                  "(NOISE_BANK_PATH), got None.")
             if channel_names is None and getattr(self, "fwd_source", "<array>") != "<array>":
                 channel_names = forward_channel_names(self.fwd_source)  # type: ignore[attr-defined]
-            self.noise_bank = load_noise_bank(noise_bank_path, self.n_channels, self.n_times, channel_names)
+            bank = load_noise_bank(noise_bank_path, self.n_channels, self.n_times, channel_names)
+            self._noise_bank = torch.from_numpy(bank).share_memory_()
+
+    @property
+    def noise_bank(self) -> np.ndarray | None:
+        """Recorded noise segments ``(K, L, C)`` in the forward matrix's channel order, or None."""
+        return None if self._noise_bank is None else self._noise_bank.numpy()
 
     def _open_fast_path(self, cache_dir: Any) -> Any:
         """Open (or build) the packed clip cache and the kernel's state; returns the cache."""
@@ -134,7 +140,7 @@ class EpochIndexedDataset(Dataset):
 
         cache = PackedClipCache.open(self.store, cache_dir)  # type: ignore[attr-defined]
         self._fast = FastSynthesizer(cache, self.fwd, self.seed, self.normalize,  # type: ignore[attr-defined]
-                                     self.noise_bank)
+                                     self._noise_bank)
         return cache
 
     def _noisy_specs(self, positions: Sequence[int], epoch: int) -> SampleSpecs:

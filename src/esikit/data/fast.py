@@ -376,19 +376,20 @@ class FastSynthesizer:
     fwd : array, shape (C, R)
     seed : int
     normalize : bool
-    noise_bank : array, shape (n_segments, L, C), optional
-        Recorded noise segments, in the forward matrix's channel order.
+    noise_bank : tensor or array, shape (n_segments, L, C), optional
+        Recorded noise segments, in the forward matrix's channel order (a shared-memory
+        tensor is passed to workers as a handle, not copied).
     """
 
     def __init__(self, cache: PackedClipCache, fwd: np.ndarray, seed: int, normalize: bool = True,
-                 noise_bank: np.ndarray | None = None):
+                 noise_bank: torch.Tensor | np.ndarray | None = None):
         self.cache = cache
         self.fwd = np.ascontiguousarray(fwd, dtype=np.float32)
         self.ft = np.ascontiguousarray(self.fwd.T)
         self.seed = int(seed)
         self.normalize = bool(normalize)
-        self.noise_bank = (np.zeros((1, 1, self.fwd.shape[0]), dtype=np.float32) if noise_bank is None
-                           else np.ascontiguousarray(noise_bank, dtype=np.float32))
+        self._bank = (torch.zeros((1, 1, self.fwd.shape[0])) if noise_bank is None
+                      else torch.as_tensor(noise_bank, dtype=torch.float32).contiguous())
         self.cache.projections(self.fwd)  # build now, in the main process
 
     @property
@@ -447,7 +448,7 @@ class FastSynthesizer:
             lab_v, lab_v_t = _new_batch_array((n_b, n_lab, n_t))
         spec = (specs.index, specs.regions, specs.weights, specs.clip_ids, specs.scale_ratio, specs.snr_db,
                 specs.noise_segment, specs.noise_offset)
-        model = (self.cache.clips, self.cache.projections(self.fwd), self.ft, self.noise_bank)
+        model = (self.cache.clips, self.cache.projections(self.fwd), self.ft, self._bank.numpy())
         with _BLAS_1:
             _synthesize_batch(spec, (self.seed, int(epoch), draw, choice, noise), model, (eeg, src, lab_r, lab_v),
                               (self.normalize, target == "dense", True))

@@ -374,3 +374,237 @@ def test_write_switches_to_v73_when_too_large(meta, tmp_path, monkeypatch):
     back = load_mat_file(path)
     for key, value in small.items():
         np.testing.assert_array_equal(np.asarray(back[key]).reshape(value.shape), value)
+
+
+# --------------------------------------------------------------------------------------
+# The 'deepsif' preset: a small folder laid out like DeepSIF's anatomy/, its files read
+# back with a re-statement of DeepSIF's loader.
+
+ONE_WAY = [(27, 28), (36, 44), (9, 1)]  # (r, q): r lists q, q does not list r
+FOLDED_SCALE = 1.5  # folded-cortex centroids are the inflated ones x 1.5: distances x 1.5
+
+
+def write_deepsif_folder(folder, anatomy, one_way=ONE_WAY, with_cortex=True, distances=None):
+    """DeepSIF's anatomy files for the grid anatomy: one-way pairs in ``nbs``, 4 vertices
+    per region whose folded centroid is ``FOLDED_SCALE`` x the inflated centre."""
+    import scipy.io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    adj = sp.csr_matrix(anatomy.adjacency, dtype=bool).tolil()
+    for r, q in one_way:
+        adj[q, r] = False
+    adj = adj.tocsr()
+    n = adj.shape[0]
+    nbs = np.empty((1, n), dtype=object)
+    for r in range(n):
+        nbs[0, r] = (adj.indices[adj.indptr[r]:adj.indptr[r + 1]] + 1).astype(np.float64).reshape(1, -1)
+    offsets = np.array([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]])
+    rm = np.repeat(np.arange(n), 4)
+    pos = np.repeat(anatomy.centres * FOLDED_SCALE, 4, axis=0) + np.tile(offsets, (n, 1))
+    scipy.io.savemat(folder / f"leadfield_{anatomy.fwd.shape[0]}_{n}.mat", {"fwd": anatomy.fwd})
+    scipy.io.savemat(folder / "fs_cortex_20k_region_mapping.mat", {"nbs": nbs, "rm": rm.reshape(1, -1).astype(float)})
+    scipy.io.savemat(folder / "fs_cortex_20k_inflated.mat", {"centre": anatomy.centres})
+    if with_cortex:
+        scipy.io.savemat(folder / "fs_cortex_20k.mat", {"pos": pos, "tri": np.ones((1, 3))})
+    if distances is not None:
+        scipy.io.savemat(folder / "dis_matrix_fs_20k.mat", {"raw_dis_matrix": distances})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deepsif_folder(tmp_path_factory, anatomy):
+    return write_deepsif_folder(tmp_path_factory.mktemp("deepsif") / "anatomy", anatomy)
+
+
+@pytest.fixture(scope="module")
+def deepsif_files(deepsif_folder, clip_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("deepsif_out")
+    files = make_metadata_files(deepsif_folder, clip_dir, out, n_train=None, n_test=None, preset="auto",
+                                train_kw={"n_variations": 5}, progress=False)
+    return files
+
+
+def deepsif_ispadding(x):
+    """DeepSIF's utils.ispadding."""
+    return np.abs(x - 15213) < 1e-6
+
+
+def deepsif_loader_item(meta, index, fwd, clip_of_nmm_idx, scale_choice):
+    """An independent re-statement of DeepSIF's loaders.SpikeEEGBuild.__getitem__ (written
+    for this test from its published behaviour, not esikit's code), noise-free: returns
+    the target (T x R, normalized) and the clean EEG. ``scale_choice[kk]`` replaces its
+    ``random.randint(0, num_scale_ratio - 1)``."""
+    num_scale_ratio = meta["scale_ratio"].shape[2]  # DeepSIF reads axis 2: a 3-D field
+    raw_lb = meta["selected_region"][index].astype(int)
+    lb = raw_lb[np.logical_not(deepsif_ispadding(raw_lb))]
+    first = clip_of_nmm_idx[int(meta["nmm_idx"][index][0])]
+    raw_nmm = np.zeros((first.shape[0], fwd.shape[1]))
+    for kk in range(raw_lb.shape[0]):  # every source slot of the row
+        curr_lb = raw_lb[kk, np.logical_not(deepsif_ispadding(raw_lb[kk]))]
+        current_nmm = clip_of_nmm_idx[int(meta["nmm_idx"][index][kk])].copy()
+        ssig = current_nmm[:, [curr_lb[0]]]  # IndexError on an all-padding slot
+        assert 0 <= scale_choice[kk] < num_scale_ratio
+        ssig = ssig / np.max(ssig) * meta["scale_ratio"][index][kk][scale_choice[kk]]
+        current_nmm[:, curr_lb] = ssig.reshape(-1, 1)
+        weight_decay = meta["mag_change"][index][kk]
+        weight_decay = weight_decay[np.logical_not(deepsif_ispadding(weight_decay))]
+        current_nmm[:, curr_lb] = ssig.reshape(-1, 1) * weight_decay  # shapes must agree
+        raw_nmm = raw_nmm + current_nmm
+    eeg = np.matmul(fwd, raw_nmm.transpose())
+    csnr = meta["sensor_snr"][index]
+    assert np.shape(csnr) == (1,) and 10 ** (-(csnr / 10)) > 0  # add_white_noise's use of it
+    empty_nmm = np.zeros_like(raw_nmm)
+    empty_nmm[:, lb] = raw_nmm[:, lb]
+    return empty_nmm / np.max(empty_nmm), eeg
+
+
+def _clips_by_nmm_idx(meta, n_regions, nper):
+    """What DeepSIF's *_nmm.h5 holds at row nmm_idx: the clip of (centre, k)."""
+    out = {}
+    for idx, k, c in zip(meta["nmm_idx"].ravel(), meta["random_samples"].ravel(), meta["selected_region"][:, :, 0].ravel()):
+        assert idx == (c + 1) * nper + k + 1
+        out[int(idx)] = spike_clip(int(c), int(k), n_regions)
+    return out
+
+
+def test_deepsif_preset_files_read_by_deepsif_loader(deepsif_files, anatomy):
+    import scipy.io
+
+    assert deepsif_files.preset == "deepsif"
+    assert sorted(deepsif_files.by_sources) == [1, 2]
+    assert [p.name for p in deepsif_files] == ["train_sample_source2.mat", "test_sample_source2.mat"]
+    n_regions = anatomy.fwd.shape[1]
+    for n_src, (train, test) in deepsif_files.by_sources.items():
+        assert (train.name, test.name) == (f"train_sample_source{n_src}.mat", f"test_sample_source{n_src}.mat")
+        for path, k_opts, n_var in ((train, len(TRAIN_SOURCE_SNR_DB), 5), (test, len(TEST_SOURCE_SNR_DB), 3)):
+            meta = scipy.io.loadmat(path)  # DeepSIF's SpikeEEGBuild reads the file this way
+            n = len(CLIP_REGIONS) * n_var * 4
+            assert meta["selected_region"].shape == (n, n_src, 70)
+            assert meta["nmm_idx"].shape == (n, n_src) and meta["nmm_idx"].dtype.kind == "i"
+            assert meta["scale_ratio"].shape == (n, n_src, k_opts)
+            assert meta["mag_change"].shape == (n, n_src, 70)
+            assert meta["sensor_snr"].shape == (n, 1)
+            np.testing.assert_array_equal(meta["sensor_snr"], meta["current_snr"])
+            # every slot of every row is a source (DeepSIF's loader indexes curr_lb[0])
+            assert not deepsif_ispadding(meta["selected_region"][:, :, 0]).any()
+            np.testing.assert_array_equal(deepsif_ispadding(meta["selected_region"]), deepsif_ispadding(meta["mag_change"]))
+            assert (meta["scale_ratio"] > 0).all()
+            clips = _clips_by_nmm_idx(meta, n_regions, N_CLIPS)
+            for index in range(0, n, 7):
+                target, eeg = deepsif_loader_item(meta, index, anatomy.fwd, clips, [0] * n_src)
+                assert np.isfinite(target).all() and target.max() == pytest.approx(1.0)
+
+
+def test_deepsif_preset_choices(deepsif_files, anatomy, deepsif_folder, clip_dir):
+    from esikit.head.deepsif_template import load_deepsif_template
+    from esikit.head.patches import CandidatePatches
+    from esikit.io import load_mat_file
+
+    template = load_deepsif_template(deepsif_folder)
+    assert template.n_one_way == len(ONE_WAY)
+    train2 = load_mat_file(deepsif_files.by_sources[2][0])
+    sel = np.asarray(train2["selected_region"])
+    mag = np.asarray(train2["mag_change"])
+    # patches are DeepSIF candidates grown over the lists as given (seed of the source2 train file: 2)
+    cands = CandidatePatches(template.adjacency, template.centres, seed=2, symmetrize=False)
+    sym = CandidatePatches(template.adjacency, template.centres, seed=2)
+    n_cfg = len(CLIP_REGIONS) * 5
+    first = sel[::4, 0]
+    for cfg in range(n_cfg):
+        c, v = CLIP_REGIONS[cfg // 5], cfg % 5
+        patch = first[cfg][first[cfg] != NAN_NUMBER]
+        if v < cands.count(c):
+            np.testing.assert_array_equal(patch, cands.get(c, v))
+    assert any(cands.count(c) != sym.count(c) for c in (28, 44, 1))
+    # second centres: per variation a permutation of the centres with clips
+    second = sel[::4, 1, 0].reshape(len(CLIP_REGIONS), 5)
+    for v in range(5):
+        assert sorted(second[:, v]) == CLIP_REGIONS
+    # mag_change from the folded-cortex distances (x 1.5 the inflated ones here)
+    i, s = 8, 1
+    patch = sel[i, s][sel[i, s] != NAN_NUMBER]
+    d = FOLDED_SCALE * np.linalg.norm(anatomy.centres[patch] - anatomy.centres[patch[0]], axis=1)
+    w = mag[i, s][: patch.size]
+    half = np.sqrt(-(d[1:] ** 2) / (2 * np.log(w[1:]))) / 0.8493 if patch.size > 1 else None
+    if half is not None:
+        np.testing.assert_allclose(half, half[0], rtol=1e-9)
+        assert 40 <= half[0] <= 60
+    # scale_ratio as DeepSIF computes it: weight 1 on every patch region
+    k = int(np.asarray(train2["random_samples"])[i, s])
+    want = scale_ratios_for_clip(spike_clip(int(patch[0]), k, anatomy.fwd.shape[1]), anatomy.fwd, [patch], None,
+                                 TRAIN_SOURCE_SNR_DB)
+    np.testing.assert_allclose(np.asarray(train2["scale_ratio"])[i, s], want[0], rtol=1e-10)
+
+
+def test_deepsif_preset_second_source_may_overlap(anatomy, clip_dir):
+    """DeepSIF draws the second source freely: over many draws some overlap the first."""
+    from esikit.head.deepsif_template import load_deepsif_template  # noqa: F401  (import check)
+
+    m = generate_metadata(anatomy, clip_dir, n_variations=30, patch_mode="deepsif", second_source="deepsif",
+                          n_sources=2, seed=4, progress=False)
+    sel = m["selected_region"][::4]
+    overlaps = sum(np.intersect1d(a[a != NAN_NUMBER], b[b != NAN_NUMBER]).size > 0 for a, b in sel)
+    apart = generate_metadata(anatomy, clip_dir, n_variations=30, n_sources=2, seed=4, progress=False)["selected_region"][::4]
+    assert overlaps > 0
+    assert all(np.intersect1d(a[a != NAN_NUMBER], b[b != NAN_NUMBER]).size == 0 for a, b in apart)
+
+
+def test_deepsif_preset_files_read_by_esikit_dataset(deepsif_files, anatomy, clip_dir):
+    data = pytest.importorskip("esikit.data", reason="esikit.data (the metadata dataset) is not available yet")
+    from esikit.io import load_mat_file
+
+    for n_src, (train, _test) in deepsif_files.by_sources.items():
+        ds = data.SpikeEEGMetadataDataset(train, anatomy.fwd, nmm_spikes_dir=clip_dir)
+        meta = load_mat_file(train)
+        clips = _clips_by_nmm_idx({k: np.asarray(v) for k, v in meta.items()}, anatomy.fwd.shape[1], N_CLIPS)
+        k_opts = np.asarray(meta["scale_ratio"]).shape[2]
+        for i in (0, 13, len(ds) - 1):
+            assert ds.sample_info(i)["n_sources"] == n_src
+            _eeg, source = ds[i]
+            # esikit's target is DeepSIF's for one of the scale choices
+            import itertools
+
+            targets = [deepsif_loader_item({k: np.asarray(v) for k, v in meta.items()}, i, anatomy.fwd, clips, list(js))[0]
+                       for js in itertools.product(range(k_opts), repeat=n_src)]
+            assert min(np.abs(np.asarray(source) - t).max() for t in targets) < 1e-5
+
+
+def test_deepsif_preset_bad_input(anatomy, clip_dir, tmp_path):
+    from esikit.head.deepsif_template import load_deepsif_template
+    from esikit.simulate.metadata import make_deepsif_metadata_files, resolve_preset
+
+    folder = write_deepsif_folder(tmp_path / "a", anatomy, with_cortex=False)
+    (folder / "fs_cortex_20k_inflated.mat").unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        make_metadata_files(folder, clip_dir, tmp_path / "out", 8, 8, preset="deepsif", progress=False)
+    assert "fs_cortex_20k_inflated.mat" in str(err.value) and "fs_cortex_20k.mat" in str(err.value)
+    assert "dis_matrix_fs_20k.mat" in str(err.value)
+    assert resolve_preset("auto", folder) == "esikit"  # incomplete: auto falls back
+    with pytest.raises(ValueError, match="'preset'"):
+        resolve_preset("matlab", folder)
+    with pytest.raises(ValueError, match="anatomy folder"):
+        make_deepsif_metadata_files("default", clip_dir, tmp_path / "out", 8, 8)
+    # DeepSIF's own distance file wins over the cortex when present
+    dist = np.full((64, 64), 7.0)
+    np.fill_diagonal(dist, 0.0)
+    folder2 = write_deepsif_folder(tmp_path / "b", anatomy, with_cortex=False, distances=dist)
+    t = load_deepsif_template(folder2)
+    assert t.distance_source == "dis_matrix_fs_20k.mat"
+    np.testing.assert_array_equal(t.distances, dist)
+    bad = write_deepsif_folder(tmp_path / "c", anatomy, distances=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="raw_dis_matrix"):
+        load_deepsif_template(bad)
+
+
+def test_deepsif_template_neighbour_lists(deepsif_anatomy_dir):
+    """The real template read as DeepSIF's script reads it (neighbour lists only)."""
+    import scipy.io
+
+    from esikit.head.deepsif_template import load_deepsif_template
+
+    t = load_deepsif_template(deepsif_anatomy_dir)
+    nbs = scipy.io.loadmat(deepsif_anatomy_dir / "fs_cortex_20k_region_mapping.mat")["nbs"]
+    for r in (0, 7, 500, 993):
+        np.testing.assert_array_equal(t.adjacency[r].indices, np.sort(np.asarray(nbs[0, r], float).ravel() - 1))
+    assert t.n_one_way == 212
+    assert t.distances.shape == (994, 994) and np.allclose(t.distances, t.distances.T)

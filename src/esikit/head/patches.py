@@ -24,6 +24,29 @@ patch of a sample from this list, which is where its size distribution comes fro
 :func:`grow_patch` grows a patch of a requested size with the same directional rule
 (used when sizes are drawn from a range).
 
+Neighbour lists as given (``symmetrize=False``): DeepSIF's template lists 212 one-way
+pairs (``r`` lists ``q`` but ``q`` does not list ``r``; 104 of 994 centres then get a
+different first ring, hence candidate count). By default esikit symmetrizes the
+adjacency (``A | A.T``), so that "neighbour" means the same from both sides, patches are
+connected both ways and the rules below are well defined on any parcellation (the
+76-region default, meshes). With ``symmetrize=False`` the lists are used exactly as
+DeepSIF's ``generate_sythetic_source.m`` reads them, rules included:
+
+* rings are the union of the listed neighbours of the previous ring (row ``r`` of the
+  adjacency is the list of ``r``);
+* smoothing considers the regions listed by patch regions; one joins when at most one
+  region of *its own* list is outside the patch; a patch region leaves when *exactly* one
+  region of its list is in the patch (a region listing none stays, as in DeepSIF; the
+  symmetric default removes regions with at most one);
+* a ring whose candidates are all equally aligned with the axis (e.g. a single one)
+  selects none of them (DeepSIF's ``0/0`` probability), where the default takes them as
+  best aligned;
+* the patch is not pruned to the centre's connected component (it is only cut, in
+  growth order, if it exceeds ``max_size``, which DeepSIF's template never reaches).
+
+The centre is kept in both modes (DeepSIF would drop a centre listing a single
+neighbour; no template region does).
+
 Region ids are 0-based everywhere; every patch lists its centre first.
 """
 
@@ -52,8 +75,10 @@ __all__ = [
 GROW_BIASES = (0.1, -0.15, -0.35)
 
 
-def as_adjacency(anatomy_or_adjacency: Any, centres: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Symmetric boolean CSR adjacency and region centres from an Anatomy or a matrix.
+def as_adjacency(
+    anatomy_or_adjacency: Any, centres: np.ndarray | None = None, symmetrize: bool = True
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Boolean CSR adjacency and region centres from an Anatomy or a matrix.
 
     Parameters
     ----------
@@ -61,11 +86,14 @@ def as_adjacency(anatomy_or_adjacency: Any, centres: np.ndarray | None = None) -
         An object with ``adjacency`` and ``centres`` attributes, or the adjacency itself.
     centres : array, shape (n_regions, 3) | None
         Region centres in mm; taken from the Anatomy when None.
+    symmetrize : bool
+        True (default): ``A | A.T``. False: row ``r`` stays the neighbour list of ``r``
+        as given (DeepSIF's ``nbs``, possibly one-way).
 
     Returns
     -------
     adjacency : scipy.sparse.csr_matrix of bool, shape (n_regions, n_regions)
-        Symmetrised (``A | A.T``), without self loops.
+        Symmetrised (``A | A.T``) or as given, without self loops.
     centres : array of float64, shape (n_regions, 3)
     """
     adj = getattr(anatomy_or_adjacency, "adjacency", anatomy_or_adjacency)
@@ -76,7 +104,7 @@ def as_adjacency(anatomy_or_adjacency: Any, centres: np.ndarray | None = None) -
     adj = sp.csr_matrix(adj, dtype=bool)
     if adj.shape[0] != adj.shape[1]:
         raise ValueError(f"adjacency must be square (n_regions, n_regions), got shape {adj.shape}")
-    adj = (adj + adj.T).tocsr()
+    adj = (adj + adj.T).tocsr() if symmetrize else adj.copy()
     adj.setdiag(False)
     adj.eliminate_zeros()
     adj.sort_indices()
@@ -109,17 +137,29 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
-def _direction_probability(axis: np.ndarray, origin: np.ndarray, points: np.ndarray, bias: float) -> np.ndarray:
-    """DeepSIF's selection probability: min-max scaled |cos(axis, origin->point)| + bias."""
+def _direction_probability(
+    axis: np.ndarray, origin: np.ndarray, points: np.ndarray, bias: float, flat_selects: bool = True
+) -> np.ndarray:
+    """DeepSIF's selection probability: min-max scaled |cos(axis, origin->point)| + bias.
+
+    ``flat_selects``: candidates all equally aligned (e.g. a single one) count as best
+    aligned (True) or get DeepSIF's ``0/0`` probability, NaN, never selected (False).
+    """
     d = np.abs(_unit(points - origin) @ axis)
     span = d.max() - d.min()
-    # a single candidate (or all equally aligned) counts as best aligned
-    scaled = (d - d.min()) / span if span > 0 else np.ones_like(d)
+    if span > 0:
+        scaled = (d - d.min()) / span
+    else:
+        scaled = np.ones_like(d) if flat_selects else np.full_like(d, np.nan)
     return scaled + bias
 
 
 def smooth_patch(
-    adjacency: sp.csr_matrix, regions: np.ndarray, centre: int | np.ndarray | None = None, max_outside: int = 1
+    adjacency: sp.csr_matrix,
+    regions: np.ndarray,
+    centre: int | np.ndarray | None = None,
+    max_outside: int = 1,
+    as_given: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DeepSIF's one-pass patch clean-up: regions to add (holes) and to remove (strays).
 
@@ -135,6 +175,12 @@ def smooth_patch(
     max_outside : int
         An outside region joins when at most this many of its neighbours are outside
         the patch (DeepSIF: 1, i.e. ``in-patch neighbours > degree - 2``).
+    as_given : bool
+        ``adjacency`` rows are neighbour lists used as given (possibly one-way):
+        candidates are the regions listed by patch regions, each judged by its own
+        list, and a region leaves when exactly one region of its list is in the patch
+        (DeepSIF's ``smooth_region``). False: symmetric adjacency, a region leaves with
+        at most one neighbour in the patch.
 
     Returns
     -------
@@ -147,10 +193,12 @@ def smooth_patch(
     n = adjacency.shape[0]
     inside = _mask(n, regions)
     degree = np.diff(adjacency.indptr)
-    counts = adjacency @ inside.astype(np.int64)
-    add = ~inside & (counts > 0) & (counts >= degree - max_outside)
+    counts = adjacency @ inside.astype(np.int64)  # regions of each list inside the patch
+    # candidates: listed by a patch region (the same as counts > 0 when symmetric)
+    listed = (adjacency.T @ inside.astype(np.int64)) > 0 if as_given else counts > 0
+    add = ~inside & listed & (counts >= degree - max_outside)
     counts2 = adjacency @ (inside | add).astype(np.int64)
-    remove = inside & (counts2 <= 1)
+    remove = inside & ((counts2 == 1) if as_given else (counts2 <= 1))
     if centre is not None:
         remove[np.asarray(centre, dtype=np.int64)] = False
     return np.flatnonzero(add), np.flatnonzero(remove)
@@ -193,15 +241,23 @@ def _connected_prefix(adj: sp.csr_matrix, order: list[int] | np.ndarray, size: i
     return np.asarray(taken, dtype=np.int64)
 
 
-def _finalize(adj: sp.csr_matrix, centre: int, layers: list[np.ndarray], max_size: int) -> np.ndarray:
-    """Smooth ``[centre, *layers]`` once, keep it connected, cap it at ``max_size``."""
+def _finalize(
+    adj: sp.csr_matrix, centre: int, layers: list[np.ndarray], max_size: int, as_given: bool = False
+) -> np.ndarray:
+    """Smooth ``[centre, *layers]`` once, keep it connected, cap it at ``max_size``.
+
+    ``as_given``: DeepSIF's smoothing of one-way lists and no pruning to the centre's
+    component (only the cut at ``max_size``).
+    """
     current = np.concatenate([[centre], *layers]).astype(np.int64)
     # the layers are disjoint by construction; keep first occurrences just in case
     _, first = np.unique(current, return_index=True)
     current = current[np.sort(first)]
-    add, remove = smooth_patch(adj, current, centre)
+    add, remove = smooth_patch(adj, current, centre, as_given=as_given)
     keep = ~_mask(adj.shape[0], remove)[current]
     order = np.concatenate([current[keep], add])
+    if as_given and order.size <= max_size:
+        return order.astype(np.int64)
     return _connected_prefix(adj, order, max_size)
 
 
@@ -229,6 +285,7 @@ def _one_candidate(
     n_rings: int,
     rng: np.random.Generator,
     max_size: int,
+    as_given: bool = False,
 ) -> np.ndarray:
     """One DeepSIF patch: whole first ring, directional second (and third) ring, smoothed."""
     n = adj.shape[0]
@@ -238,16 +295,18 @@ def _one_candidate(
     sel2 = ring2
     if ring2.size:
         bias2 = 0.0 if n_rings == 2 else 0.1
-        sel2 = ring2[rng.random(ring2.size) < _direction_probability(axis, origin, centres[ring2], bias2)]
+        prob2 = _direction_probability(axis, origin, centres[ring2], bias2, flat_selects=not as_given)
+        sel2 = ring2[rng.random(ring2.size) < prob2]
     layers = [ring1, sel2]
     if n_rings == 3:
         # candidates of the third ring: neighbours of the selected second ring only
         ring3 = _neighbours(adj, sel2, inner | _mask(n, sel2))
         sel3 = ring3
         if ring3.size:
-            sel3 = ring3[rng.random(ring3.size) < _direction_probability(axis, origin, centres[ring3], -0.15)]
+            prob3 = _direction_probability(axis, origin, centres[ring3], -0.15, flat_selects=not as_given)
+            sel3 = ring3[rng.random(ring3.size) < prob3]
         layers.append(sel3)
-    return _finalize(adj, centre, layers, max_size)
+    return _finalize(adj, centre, layers, max_size, as_given)
 
 
 class CandidatePatches:
@@ -271,12 +330,22 @@ class CandidatePatches:
         Repetitions per growth axis and ring count (DeepSIF: 5).
     max_size : int
         Largest patch (DeepSIF: 70).
+    symmetrize : bool
+        True (default): symmetrize the adjacency. False: neighbour lists as given, with
+        DeepSIF's literal rules (module docstring).
     """
 
     def __init__(
-        self, anatomy_or_adjacency: Any, centres: np.ndarray | None = None, seed: int = 0, n_repeats: int = 5, max_size: int = 70
+        self,
+        anatomy_or_adjacency: Any,
+        centres: np.ndarray | None = None,
+        seed: int = 0,
+        n_repeats: int = 5,
+        max_size: int = 70,
+        symmetrize: bool = True,
     ) -> None:
-        self.adjacency, self.centres = as_adjacency(anatomy_or_adjacency, centres)
+        self.adjacency, self.centres = as_adjacency(anatomy_or_adjacency, centres, symmetrize=symmetrize)
+        self.as_given = not symmetrize
         self.seed = int(seed)
         self.n_repeats = int(n_repeats)
         self.max_size = int(max_size)
@@ -286,7 +355,8 @@ class CandidatePatches:
     def __repr__(self) -> str:
         return (
             f"CandidatePatches(n_regions={self.adjacency.shape[0]}, seed={self.seed}, n_repeats={self.n_repeats}, "
-            f"max_size={self.max_size}, cached={len(self._cache)})"
+            f"max_size={self.max_size}, neighbours={'as given' if self.as_given else 'symmetric'}, "
+            f"cached={len(self._cache)})"
         )
 
     def _ring_axes(self, centre: int) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +386,9 @@ class CandidatePatches:
                 n_rings = 2 if j < half else 3
                 axis = axes[(j % half) % len(axes)]
                 rng = np.random.default_rng([self.seed, centre, j])
-                patch = _one_candidate(self.adjacency, self.centres, centre, ring1, axis, n_rings, rng, self.max_size)
+                patch = _one_candidate(
+                    self.adjacency, self.centres, centre, ring1, axis, n_rings, rng, self.max_size, self.as_given
+                )
             self._cache[key] = patch
         return patch
 
@@ -558,24 +630,32 @@ def is_connected(adjacency: Any, patch: np.ndarray) -> bool:
     return bool(seen[patch].all())
 
 
-def gaussian_magnitude(centres: np.ndarray, patch: np.ndarray, half_max_mm: float) -> np.ndarray:
+def gaussian_magnitude(
+    centres: np.ndarray | None, patch: np.ndarray, half_max_mm: float, distances: np.ndarray | None = None
+) -> np.ndarray:
     """DeepSIF's ``mag_change``: ``exp(-d^2 / (2 sigma^2))``, ``sigma = 0.8493 * half_max_mm``.
 
     Parameters
     ----------
-    centres : array, shape (n_regions, 3)
-        Region centres in mm.
+    centres : array, shape (n_regions, 3) | None
+        Region centres in mm (unused when ``distances`` is given).
     patch : array of int, shape (n_patch,)
         Patch regions, centre first.
     half_max_mm : float
         Distance from the centre at which the weight is 1/2.
+    distances : array, shape (n_regions, n_regions) | None
+        Region-to-region distances in mm (DeepSIF reads ``d`` from such a matrix,
+        ``dis_matrix_fs_20k.mat``); None: Euclidean distances between ``centres``.
 
     Returns
     -------
     weights : array of float64, shape (n_patch,)
-        1 at the centre, decreasing with the Euclidean distance from it.
+        1 at the centre, decreasing with the distance from it.
     """
     patch = np.asarray(patch, dtype=np.int64)
-    d = np.linalg.norm(centres[patch] - centres[patch[0]], axis=1)
+    if distances is not None:
+        d = np.asarray(distances, dtype=np.float64)[patch[0], patch]
+    else:
+        d = np.linalg.norm(centres[patch] - centres[patch[0]], axis=1)
     sigma = 0.8493 * float(half_max_mm)  # sqrt(2 ln 2) * sigma = half-width at half maximum
     return np.exp(-(d**2) / (2.0 * sigma**2))

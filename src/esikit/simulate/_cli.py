@@ -77,6 +77,13 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--n-test", type=int, default=DEMO_N_TEST,
                    help="samples in test_sample_source1.mat (0: DeepSIF's full design)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulations and metadata")
+    p.add_argument("--preset", choices=("auto", "esikit", "deepsif"), default="auto",
+                   help="metadata choices: 'deepsif' reproduces DeepSIF's generate_sythetic_source.m on "
+                        "its template folder (neighbour lists as given, second source drawn freely, "
+                        "scale_ratio without mag_change, one file per source count: "
+                        "..._source1.mat and ..._source2.mat); 'esikit' keeps esikit's (symmetric "
+                        "neighbours, disjoint second source, exact SNR, 1-2 sources per file); "
+                        "'auto': deepsif for a DeepSIF anatomy folder, else esikit")
     p.add_argument("--coupling-scale", type=float, default=1.0,
                    help="global connectome weight scale (1.0 reproduces DeepSIF's data)")
     p.add_argument("--r", type=float, default=1.0,
@@ -116,9 +123,12 @@ def add_parsers(subparsers) -> None:
 def config_lines(summary: dict) -> list[str]:
     """The lines to paste into ``configs/config.py`` for a made dataset."""
     paths = summary["paths"]
+    # the files written (the DeepSIF preset's pair is ..._source2.mat), else the layout's
+    train = summary.get("train_metadata", paths["train_metadata"])
+    test = summary.get("test_metadata", paths["test_metadata"])
     return [
-        f"TRAIN_METADATA_PATH = {str(Path(paths['train_metadata']).resolve())!r}",
-        f"TEST_METADATA_PATH = {str(Path(paths['test_metadata']).resolve())!r}",
+        f"TRAIN_METADATA_PATH = {str(Path(train).resolve())!r}",
+        f"TEST_METADATA_PATH = {str(Path(test).resolve())!r}",
         f"NMM_SPIKES_DIR = {str(Path(paths['nmm_spikes']).resolve())!r}",
         f"FWD_MATRIX_PATH = {str(Path(paths['fwd']).resolve())!r}",
     ]
@@ -145,7 +155,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             n_train=args.n_train or None, n_test=args.n_test or None,
             coupling_scale=args.coupling_scale, r=args.r, force=args.force,
             progress=not args.no_progress, clips_per_region=getattr(args, "clips_per_region", None),
-            harvest_kw=harvest_kw)
+            harvest_kw=harvest_kw, metadata_preset=getattr(args, "preset", "auto"))
     except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as err:
         print(f"esikit simulate: error: {err}")
         return 2
@@ -171,6 +181,12 @@ def run_simulate(args: argparse.Namespace) -> int:
               f"wall time {summary['wall_s']:.1f} s")
     if without:
         print(f"  regions without clips (not in the metadata): {without}")
+    by_sources = summary.get("metadata_files", {})
+    if set(by_sources) - {"0"}:
+        print(f"  metadata ({summary['config'].get('metadata_preset', 'esikit')} preset), one pair per "
+              "number of sources (esikit trains on one file: the pair below, or concatenate datasets):")
+        for n, (train, test) in sorted(by_sources.items()):
+            print(f"    {n} source(s): {train}, {test}")
     print("Paste into configs/config.py:")
     for line in config_lines(summary):
         print(f"  {line}")

@@ -31,6 +31,49 @@ from neural-mass clips (``docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, ported:
 * padding is 15213 in ``selected_region`` and ``mag_change`` (also for the absent second
   source of a one-source sample, whose ``nmm_idx``, ``random_samples`` and
   ``scale_ratio`` are 0).
+
+Two presets (:data:`PRESETS`, ``esikit simulate --preset``)
+-----------------------------------------------------------
+``'deepsif'`` reproduces the choices of DeepSIF's script on its template (checked against
+``forward/generate_sythetic_source.m`` and ``loaders.py`` of DeepSIF's public repository):
+
+* neighbour lists as given (``neighbours='as_given'``; the template's ``nbs`` has 212
+  one-way pairs), with the script's literal ring and smoothing rules
+  (:mod:`esikit.head.patches`);
+* the second source drawn as the script draws it (``second_source='deepsif'``): for each
+  variation a random permutation of the centres gives every first centre its second
+  one, whose patch is a random candidate; it may overlap or touch the first (on the
+  template: 7.5 % overlap, 3.5 % touch), or even share its centre;
+* ``scale_ratio`` with every patch region at weight 1 (``alpha_uses_weights=False``);
+* ``mag_change`` from DeepSIF's region distance matrix (``dis_matrix_fs_20k.mat`` when the
+  anatomy folder has it, else folded-cortex centroid distances:
+  :mod:`esikit.head.deepsif_template`);
+* one file per number of sources, every row with that many sources:
+  ``{train,test}_sample_source1.mat`` and ``..._source2.mat``, DeepSIF's names; the sensor
+  SNR is written as ``sensor_snr`` (what DeepSIF's ``loaders.py`` reads) and
+  ``current_snr`` (what its MATLAB wrote). DeepSIF's loader indexes every source slot of
+  every row (``curr_lb[0]``), so a file mixing one- and two-source rows cannot be read by
+  it; esikit's own reader accepts both layouts.
+
+``'esikit'`` (the default for anything but DeepSIF's template folder, e.g. the 76-region
+demo) keeps esikit's choices, each made for a reason:
+
+* symmetric neighbours: a parcellation made from a mesh or a connectome has no reason to
+  list a pair one way only, and patches are then connected from both sides (DeepSIF's
+  one-way pairs make its patches 4.6 % smaller on average);
+* a second source neither overlapping nor touching the first, so that the two sources of
+  a sample are two sources (an overlapping pair is one larger, oddly weighted source that
+  the target still calls two);
+* ``scale_ratio`` including ``mag_change``, so that a sample synthesized by the contract
+  reaches exactly the target source SNR (DeepSIF's values are +1.1 dB off, median);
+* distances from the anatomy's region centres;
+* one file per split holding one- and two-source rows (padding marks the absent source),
+  read by esikit's dataset.
+
+Training on both DeepSIF files: :class:`~esikit.data.SpikeEEGMetadataDataset` reads one
+file; ``TRAIN_METADATA_PATH`` names one file. Either train on ``..._source2.mat``
+(DeepSIF's own default), or, from Python, concatenate the two datasets
+(``torch.utils.data.ConcatDataset``); the config has no list of metadata files.
 """
 
 from __future__ import annotations
@@ -65,6 +108,10 @@ __all__ = [
     "generate_metadata",
     "write_metadata",
     "make_metadata_files",
+    "make_deepsif_metadata_files",
+    "resolve_preset",
+    "MetadataFiles",
+    "PRESETS",
 ]
 
 #: DeepSIF's padding value in ``selected_region`` and ``mag_change`` (:mod:`esikit.head.layout`).
@@ -79,6 +126,23 @@ TEST_SOURCE_SNR_DB = (10.0, 15.0)
 HALF_MAX_DISTANCE_MM = (40, 60)
 
 _CONFIG_TAG = 0xC0F
+_PERMUTATION_TAG = 0x5EC2
+
+#: Metadata presets: their :func:`generate_metadata` settings (module docstring: why).
+PRESETS: dict[str, dict[str, Any]] = {
+    "esikit": {},
+    "deepsif": {
+        "patch_mode": "deepsif",
+        "neighbours": "as_given",
+        "second_source": "deepsif",
+        "alpha_uses_weights": False,
+        "half_max_mm": HALF_MAX_DISTANCE_MM,
+        "max_size": 70,
+        "min_centre_distance_mm": 0.0,
+    },
+}
+#: Source counts of the DeepSIF preset's files (``..._source1.mat``, ``..._source2.mat``).
+DEEPSIF_SOURCE_COUNTS = (1, 2)
 
 ClipLoader = Callable[[int, int], np.ndarray]
 
@@ -254,6 +318,9 @@ def generate_metadata(
     half_max_mm: float | Sequence[float] = HALF_MAX_DISTANCE_MM,
     min_centre_distance_mm: float = 0.0,
     alpha_uses_weights: bool = True,
+    neighbours: str = "symmetric",
+    second_source: str = "apart",
+    distances: np.ndarray | None = None,
     fwd: np.ndarray | None = None,
     clip_loader: ClipLoader | None = None,
     seed: int = 0,
@@ -302,10 +369,22 @@ def generate_metadata(
         from once.
     min_centre_distance_mm : float
         Smallest distance between the two centres of a two-source sample (their
-        patches are also kept disjoint and non-adjacent).
+        patches are also kept disjoint and non-adjacent); ``second_source='apart'`` only.
     alpha_uses_weights : bool
         Include ``mag_change`` in the SNR of ``scale_ratio`` (exact SNR of the
         synthesized sample) or use weight 1 everywhere (DeepSIF).
+    neighbours : {'symmetric', 'as_given'}
+        Symmetrize the anatomy's adjacency, or use its rows as DeepSIF's neighbour lists
+        with DeepSIF's literal rules (``patch_mode='deepsif'`` only).
+    second_source : {'apart', 'deepsif'}
+        ``'apart'``: a second centre among the other regions with clips, its patch
+        neither overlapping nor touching the first. ``'deepsif'``: DeepSIF's draw, a
+        random permutation of the centres per variation maps each first centre to its
+        second one, whose patch is a random candidate (or a grown patch in ``'grow'``
+        mode); overlap allowed.
+    distances : array, shape (n_regions, n_regions) | None
+        Region distances (mm) for ``mag_change``; None: Euclidean between the anatomy's
+        centres.
     fwd : array, shape (n_channels, n_regions) | None
         Leadfield for ``scale_ratio`` (default ``anatomy.fwd``).
     clip_loader : callable | None
@@ -326,8 +405,19 @@ def generate_metadata(
     from tqdm.auto import tqdm
 
     anatomy = _resolve_anatomy(anatomy)
-    adj, centres = as_adjacency(anatomy)
+    if neighbours not in ("symmetric", "as_given"):
+        raise ValueError(f"Invalid value for 'neighbours': expected one of 'symmetric', 'as_given', got {neighbours!r}.")
+    if second_source not in ("apart", "deepsif"):
+        raise ValueError(f"Invalid value for 'second_source': expected one of 'apart', 'deepsif', got {second_source!r}.")
+    if neighbours == "as_given" and patch_mode != "deepsif":
+        raise ValueError("neighbours='as_given' needs patch_mode='deepsif' (grown patches use a symmetric adjacency)")
+    symmetric = neighbours == "symmetric"
+    adj, centres = as_adjacency(anatomy, symmetrize=symmetric)
     n_regions = adj.shape[0]
+    if distances is not None:
+        distances = np.asarray(distances, dtype=np.float64)
+        if distances.shape != (n_regions, n_regions):
+            raise ValueError(f"distances has shape {distances.shape}, expected ({n_regions}, {n_regions}) to match the anatomy")
     fwd = np.asarray(anatomy.fwd if fwd is None else fwd, dtype=np.float64)
     if fwd.ndim != 2 or fwd.shape[1] != n_regions:
         raise ValueError(f"fwd has shape {fwd.shape}, expected (n_channels, {n_regions}) to match the anatomy")
@@ -394,7 +484,8 @@ def generate_metadata(
     cfgs = np.unique(cfg_of_row)
 
     # -- patches per configuration ------------------------------------------------------
-    cands = CandidatePatches(adj, centres, seed=seed, max_size=max_size)
+    cands = CandidatePatches(adj, centres, seed=seed, max_size=max_size, symmetrize=symmetric)
+    perms: dict[int, np.ndarray] = {}
     clip_regions_mask = np.zeros(n_regions, dtype=bool)
     clip_regions_mask[centre_list] = True
     cfg_patches: dict[int, list[np.ndarray]] = {}
@@ -412,7 +503,16 @@ def generate_metadata(
             p1 = grow_patch(adj, centres, c, int(rng.integers(lo_size, hi_size + 1)), rng)
         patches = [p1]
         k_src = source_options[int(rng.integers(len(source_options)))] if len(source_options) > 1 else source_options[0]
-        if k_src == 2:
+        if k_src == 2 and second_source == "deepsif":
+            # DeepSIF: per variation, a permutation of the centres gives each its partner
+            if v not in perms:
+                perms[v] = np.random.default_rng([int(seed), _PERMUTATION_TAG, v, 1]).permutation(n_centres)
+            c2 = int(centre_list[perms[v][cfg // n_variations]])
+            if patch_mode == "deepsif":
+                patches.append(cands.get(c2, int(rng.integers(cands.count(c2)))))
+            else:
+                patches.append(grow_patch(adj, centres, c2, int(rng.integers(lo_size, hi_size + 1)), rng))
+        elif k_src == 2:
             p2 = pick_second_patch(
                 adj, centres, p1, clip_regions_mask, rng,
                 candidates=cands if patch_mode == "deepsif" else None,
@@ -432,7 +532,9 @@ def generate_metadata(
     selected = np.full((n, n_src, max_size), NAN_NUMBER, dtype=np.int32)
     mag = np.full((n, n_src, max_size), float(NAN_NUMBER), dtype=np.float64)
     present = np.zeros((n, n_src), dtype=bool)
-    cfg_weights = {cfg: [gaussian_magnitude(centres, p, half_max) for p in ps] for cfg, ps in cfg_patches.items()}
+    cfg_weights = {
+        cfg: [gaussian_magnitude(centres, p, half_max, distances) for p in ps] for cfg, ps in cfg_patches.items()
+    }
     for i, cfg in enumerate(cfg_of_row.tolist()):
         for s, (p, w) in enumerate(zip(cfg_patches[cfg], cfg_weights[cfg])):
             selected[i, s, : p.size] = p
@@ -518,6 +620,146 @@ def write_metadata(path: str | os.PathLike, meta: Mapping[str, np.ndarray], form
     return path
 
 
+class MetadataFiles(tuple):
+    """``(train_path, test_path)`` as a tuple, plus every file written, by source count.
+
+    Attributes
+    ----------
+    by_sources : dict of int to (Path, Path)
+        ``{n_sources: (train, test)}``; ``{0: (train, test)}`` for the esikit preset's
+        files, which mix source counts.
+    preset : str
+    """
+
+    by_sources: dict[int, tuple[Path, Path]]
+    preset: str
+
+    def __new__(cls, train: Path, test: Path, by_sources: dict[int, tuple[Path, Path]], preset: str):
+        obj = super().__new__(cls, (train, test))
+        obj.by_sources = dict(by_sources)
+        obj.preset = preset
+        return obj
+
+
+def resolve_preset(preset: str, anatomy: Any) -> str:
+    """The metadata preset ``'auto'`` stands for, or ``preset`` checked.
+
+    Parameters
+    ----------
+    preset : {'auto', 'esikit', 'deepsif'}
+    anatomy : Anatomy | str | Path
+        The anatomy spec: ``'auto'`` gives ``'deepsif'`` for a folder holding DeepSIF's
+        template files (:func:`~esikit.head.deepsif_template.missing_template_files`),
+        ``'esikit'`` for anything else (the built-in 76-region anatomy, saved ``.npz``).
+
+    Returns
+    -------
+    str
+        ``'esikit'`` or ``'deepsif'``.
+    """
+    options = ("auto", *PRESETS)
+    if preset not in options:
+        raise ValueError(f"Invalid value for 'preset': expected one of {', '.join(map(repr, options))}, got {preset!r}.")
+    if preset != "auto":
+        return preset
+    from ..head.deepsif_template import DeepSIFTemplate, missing_template_files
+
+    if isinstance(anatomy, DeepSIFTemplate):
+        return "deepsif"
+    if isinstance(anatomy, (str, os.PathLike)) and not (isinstance(anatomy, str) and anatomy.lower() in ("default", "tvb76")):
+        folder = Path(anatomy)
+        if folder.is_dir() and not (folder / "anatomy.npz").exists() and not missing_template_files(folder):
+            return "deepsif"
+    return "esikit"
+
+
+def make_deepsif_metadata_files(
+    template: Any,
+    nmm_spikes_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n_train: int | None,
+    n_test: int | None,
+    seed: int = 0,
+    n_sources: Sequence[int] = DEEPSIF_SOURCE_COUNTS,
+    **kw: Any,
+) -> MetadataFiles:
+    """DeepSIF's metadata files: one train/test pair per number of sources.
+
+    Writes ``{train,test}_sample_source{n}.mat`` for each ``n`` in ``n_sources``, every
+    row with ``n`` sources, with the ``'deepsif'`` preset's choices (module docstring) and
+    both ``sensor_snr`` and ``current_snr``. Training files enumerate candidates with 6
+    source SNR options, test files draw them with 2, as DeepSIF's script does.
+
+    Parameters
+    ----------
+    template : str | Path | DeepSIFTemplate
+        DeepSIF's anatomy folder (:func:`~esikit.head.deepsif_template.load_deepsif_template`).
+    nmm_spikes_dir : path-like
+    out_dir : path-like
+    n_train, n_test : int | None
+        Samples per file (None: DeepSIF's full design, 48 and 3 variations per centre x 4).
+    seed : int
+        The pair for ``n`` sources uses seeds ``seed + 2 (n - 1)`` (train) and ``+ 1`` (test).
+    n_sources : sequence of int
+        Source counts, one pair of files each (DeepSIF: 1 and 2).
+    **kw
+        More :func:`generate_metadata` arguments (``nper``, ``clip_loader``, ``progress``,
+        ``format``; ``train_kw``/``test_kw`` per split); they override the preset.
+
+    Returns
+    -------
+    MetadataFiles
+        Unpacks as the pair of the largest source count (``..._source2.mat``, DeepSIF's
+        training default); ``by_sources`` has them all.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder lacks a file the preset needs (each one named).
+    """
+    from ..head.anatomy import Anatomy
+    from ..head.deepsif_template import DeepSIFTemplate, load_deepsif_template
+
+    if isinstance(template, Anatomy):
+        raise ValueError(
+            "the 'deepsif' preset needs DeepSIF's anatomy folder (its neighbour lists as given and its region "
+            f"distances), got an Anatomy ({template.name}); pass the folder, or use preset 'esikit'"
+        )
+    if not isinstance(template, DeepSIFTemplate):
+        if isinstance(template, str) and template.lower() in ("default", "tvb76"):
+            raise ValueError(
+                "the 'deepsif' preset needs DeepSIF's anatomy folder, got the built-in anatomy "
+                f"{template!r}; use preset 'esikit' (or 'auto')"
+            )
+        template = load_deepsif_template(template)
+    counts = tuple(sorted({int(v) for v in n_sources}))
+    if not counts or any(v not in (1, 2) for v in counts):
+        raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or both, got {n_sources!r}.")
+    logger.info("DeepSIF preset on %r", template)
+    out_dir = Path(out_dir)
+    train_kw = dict(kw.pop("train_kw", {}) or {})
+    test_kw = dict(kw.pop("test_kw", {}) or {})
+    fmt = kw.pop("format", "auto")
+    base = {**PRESETS["deepsif"], "distances": template.distances}
+    by_sources: dict[int, tuple[Path, Path]] = {}
+    for n in counts:
+        pair = []
+        for split, n_samples, split_seed, split_args in (
+            ("train", n_train, seed + 2 * (n - 1),
+             {"n_variations": 48, "source_snr_db": TRAIN_SOURCE_SNR_DB, "enumerate_candidates": True, **train_kw}),
+            ("test", n_test, seed + 2 * (n - 1) + 1,
+             {"n_variations": 3, "source_snr_db": TEST_SOURCE_SNR_DB, "enumerate_candidates": False, **test_kw}),
+        ):
+            meta = generate_metadata(template, nmm_spikes_dir, n_samples=n_samples, seed=split_seed,
+                                     **{**base, **split_args, **kw, "n_sources": n})
+            meta["sensor_snr"] = meta["current_snr"].copy()  # the name DeepSIF's loaders.py reads
+            pair.append(write_metadata(out_dir / f"{split}_sample_source{n}.mat", meta, fmt))
+            del meta
+        by_sources[n] = (pair[0], pair[1])
+    train, test = by_sources[counts[-1]]
+    return MetadataFiles(train, test, by_sources, "deepsif")
+
+
 def make_metadata_files(
     anatomy: Any,
     nmm_spikes_dir: str | os.PathLike,
@@ -525,9 +767,13 @@ def make_metadata_files(
     n_train: int | None,
     n_test: int | None,
     seed: int = 0,
+    preset: str = "esikit",
     **kw: Any,
-) -> tuple[Path, Path]:
+) -> MetadataFiles:
     """Write ``train_sample_source1.mat`` and ``test_sample_source1.mat`` (DeepSIF's pair).
+
+    With ``preset='deepsif'`` (or ``'auto'`` on DeepSIF's template folder) this is
+    :func:`make_deepsif_metadata_files`: one pair per source count, DeepSIF's choices.
 
     The training file enumerates each centre's candidate patches with 6 source SNR
     options (10..20 dB); the test file draws random candidates with 2 options (10, 15
@@ -545,15 +791,25 @@ def make_metadata_files(
         variations per centre, x 4 SNR levels).
     seed : int
         Training seed; the test file uses ``seed + 1``.
+    preset : {'esikit', 'deepsif', 'auto'}
+        Which choices (module docstring, :data:`PRESETS`); ``'auto'``: :func:`resolve_preset`.
     **kw
         Passed to :func:`generate_metadata` for both files (e.g. ``n_sources``,
         ``patch_mode``, ``nper``, ``clip_loader``, ``progress``); ``train_kw`` and
-        ``test_kw`` dicts override per file.
+        ``test_kw`` dicts override per file. ``template``: DeepSIF's folder or
+        :class:`~esikit.head.deepsif_template.DeepSIFTemplate` for the ``'deepsif'``
+        preset when ``anatomy`` is the :class:`~esikit.head.anatomy.Anatomy` simulated on.
 
     Returns
     -------
-    train_path, test_path : Path
+    MetadataFiles
+        Unpacks as ``train_path, test_path``.
     """
+    template = kw.pop("template", None)
+    if resolve_preset(preset, template if template is not None else anatomy) == "deepsif":
+        # ``template``: DeepSIF's geometry when ``anatomy`` is the Anatomy simulated on
+        template = anatomy if template is None else template
+        return make_deepsif_metadata_files(template, nmm_spikes_dir, out_dir, n_train, n_test, seed=seed, **kw)
     anatomy = _resolve_anatomy(anatomy)
     out_dir = Path(out_dir)
     train_kw = dict(kw.pop("train_kw", {}) or {})
@@ -566,4 +822,4 @@ def make_metadata_files(
     del train
     test = generate_metadata(anatomy, nmm_spikes_dir, n_samples=n_test, seed=seed + 1, **test_args)
     test_path = write_metadata(out_dir / "test_sample_source1.mat", test, fmt)
-    return train_path, test_path
+    return MetadataFiles(train_path, test_path, {0: (train_path, test_path)}, "esikit")

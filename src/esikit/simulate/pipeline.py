@@ -58,15 +58,16 @@ _STATUS_FILE = "dataset.json"
 _PROGRESS_FILE = ".simulate_config.json"
 
 
-def default_metadata_kw(anatomy: Anatomy) -> dict:
-    """Metadata settings that suit the anatomy's parcellation.
+def default_metadata_kw(anatomy: Anatomy, preset: str = "esikit") -> dict:
+    """Metadata settings that suit the anatomy's parcellation (esikit preset).
 
     DeepSIF's patches (1-3 rings, up to 70 regions) cover a few percent of its 994-region
     cortex; on a coarse parcellation such as the 76-region default the same rings cover
     half a hemisphere. There, patches are grown to at most the same fraction of the
     cortex (70/994 of the regions, at least 1), and samples mix one and two sources.
+    The ``'deepsif'`` preset keeps DeepSIF's settings whatever the parcellation.
     """
-    if anatomy.n_regions >= 500:
+    if anatomy.n_regions >= 500 or preset == "deepsif":
         return {}
     largest = max(1, int(round(70 * anatomy.n_regions / 994)))
     return {"patch_mode": "grow", "patch_size_range": (1, largest), "n_sources": (1, 2)}
@@ -142,6 +143,7 @@ def make_dataset(
     metadata_kw: dict[str, Any] | None = None,
     clips_per_region: int | None = None,
     harvest_kw: dict[str, Any] | None = None,
+    metadata_preset: str = "auto",
 ) -> dict[str, Any]:
     """Simulate spike clips and write a complete dataset folder with its metadata.
 
@@ -188,6 +190,11 @@ def make_dataset(
         More :func:`~esikit.simulate.distributed.harvest_clips` options
         (``max_simulated_s``, ``chunk_s``, ``batch_size``, ``scheduler``, ``backend``,
         ``block``, ``processes``).
+    metadata_preset : {'auto', 'esikit', 'deepsif'}
+        Metadata choices (:mod:`esikit.simulate.metadata`): ``'deepsif'`` reproduces
+        DeepSIF's script on its template folder and writes ``..._source1.mat`` and
+        ``..._source2.mat``; ``'esikit'`` is esikit's (one file per split, 1-2 sources);
+        ``'auto'``: ``'deepsif'`` for a DeepSIF anatomy folder, else ``'esikit'``.
 
     Returns
     -------
@@ -202,8 +209,11 @@ def make_dataset(
         When ``out_dir`` holds a dataset made with another configuration (use
         ``force=True`` or another folder), or when no region produced a clip.
     """
+    from .metadata import resolve_preset
+
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    preset = resolve_preset(metadata_preset, anatomy)
     anat = load_anatomy(anatomy)
     settings = tuple(int(s) for s in settings)
     for s in settings:
@@ -227,6 +237,8 @@ def make_dataset(
         "metadata_kw": {k: v for k, v in (metadata_kw or {}).items()
                         if isinstance(v, (int, float, str, bool, list, tuple, type(None)))},
     }
+    if preset != "esikit":  # recorded only then: datasets made before presets existed stay valid
+        config["metadata_preset"] = preset
     harvest_kw = dict(harvest_kw or {})
     if clips_per_region is not None:
         # what decides the clips (not where or how fast they are computed)
@@ -235,6 +247,14 @@ def make_dataset(
                              "chunk_s": float(harvest_kw.get("chunk_s", 5.0))}
         del config["duration_s_per_setting"]
     paths = dataset_paths(out_dir, anat)
+    if preset == "deepsif":
+        from ..head.deepsif_template import load_deepsif_template
+
+        if isinstance(anatomy, Anatomy) or str(anatomy).lower() in ("default", "tvb76"):
+            raise ValueError(f"the 'deepsif' metadata preset needs DeepSIF's anatomy folder (its neighbour lists and "
+                             f"distances), got {config['anatomy']!r}; use preset 'esikit' or 'auto'")
+        # read (and check, naming every missing file) before hours of simulation
+        metadata_kw = {**(metadata_kw or {}), "preset": "deepsif", "template": load_deepsif_template(anatomy)}
 
     status_path, progress_path = paths["status"], paths["progress"]
     wanted = plain_json(config)
@@ -253,7 +273,8 @@ def make_dataset(
             logger.info("%s: resuming an interrupted dataset", out_dir)
     else:
         for p in (paths["nmm_spikes"], paths["train_metadata"], paths["test_metadata"],
-                  status_path, progress_path):
+                  paths["source_dir"] / "train_sample_source2.mat",
+                  paths["source_dir"] / "test_sample_source2.mat", status_path, progress_path):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -283,9 +304,10 @@ def make_dataset(
     from .metadata import make_metadata_files
 
     t_meta = time.perf_counter()
-    train_path, test_path = make_metadata_files(
+    train_path, test_path = files = make_metadata_files(
         anat, paths["nmm_spikes"], paths["source_dir"], n_train, n_test, seed=seed,
-        **{"progress": progress, **default_metadata_kw(anat), **(metadata_kw or {})})
+        **{"progress": progress, **default_metadata_kw(anat, (metadata_kw or {}).get("preset", "esikit")),
+           **(metadata_kw or {})})
     meta_s = time.perf_counter() - t_meta
 
     simulated = float(sum(res.simulated_s for res in results.values()))
@@ -313,6 +335,7 @@ def make_dataset(
         "wall_s": time.perf_counter() - t0,
         "train_metadata": str(train_path),
         "test_metadata": str(test_path),
+        "metadata_files": {str(n): [str(a), str(b)] for n, (a, b) in files.by_sources.items()},
     }
     write_json(status_path, summary)
     progress_path.unlink(missing_ok=True)
@@ -341,9 +364,10 @@ def _make_harvested_dataset(anat, config, paths, region_list, settings, seed, pa
     if len(without) == len(region_list):
         raise ValueError("No region produced a spike clip; raise max_simulated_s")
     t_meta = time.perf_counter()
-    train_path, test_path = make_metadata_files(
+    train_path, test_path = files = make_metadata_files(
         anat, paths["nmm_spikes"], paths["source_dir"], n_train, n_test, seed=seed,
-        **{"progress": progress, **default_metadata_kw(anat), **(metadata_kw or {})})
+        **{"progress": progress, **default_metadata_kw(anat, (metadata_kw or {}).get("preset", "esikit")),
+           **(metadata_kw or {})})
     summary = {
         "status": "complete",
         "config": config,
@@ -364,6 +388,7 @@ def _make_harvested_dataset(anat, config, paths, region_list, settings, seed, pa
         "wall_s": time.perf_counter() - t0,
         "train_metadata": str(train_path),
         "test_metadata": str(test_path),
+        "metadata_files": {str(n): [str(a), str(b)] for n, (a, b) in files.by_sources.items()},
         "harvest_report": str(Path(out_dir) / "harvest_report.json"),
         "histogram": report["histogram"],
     }

@@ -6,6 +6,7 @@ Sub-commands:
 - ``esikit train [KEY=VALUE ...] [--resume [--force]]``: training then evaluation (``train.py``).
 - ``esikit evaluate CHECKPOINT``: metrics and baselines for a trained model.
 - ``esikit simulate OUT_DIR ...``: make a DeepSIF-style dataset without MATLAB.
+- ``esikit forward OUT.mat --montage M ...``: a leadfield for any electrode cap.
 - ``esikit localize RECORDING --checkpoint CKPT``: localize a recording's events.
 - ``esikit noise-bank RECORDING OUT --forward FWD``: spike-free segments as DeepSIF's noise file.
 - ``esikit demo``: make the built-in dataset when missing, check it, train, evaluate.
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .simulate._cli import add_parsers as add_simulate
 
     add_simulate(sub)
+
+    from .forward_cli import add_parser as add_forward
+
+    add_forward(sub)
 
     from .localization._cli import add_parsers as add_localization
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -116,12 +115,22 @@ def _anatomy_spec(anatomy) -> str:
 
 
 def _write_anatomy(anat: Anatomy, paths: dict[str, Path]) -> None:
-    from esikit.io import save_mat_file
+    from esikit.head.forward import default_channel_positions
+    from esikit.io.forward_model import save_forward_model
 
     paths["anatomy_dir"].mkdir(parents=True, exist_ok=True)
-    tmp = paths["fwd"].with_name(f".tmp_{os.getpid()}_{paths['fwd'].name}")
-    save_mat_file(tmp, {"fwd": anat.fwd}, format="v5")
-    os.replace(tmp, paths["fwd"])
+    # The leadfield carries its channel names (and head-frame positions when known), so a
+    # network trained on it knows which input is which electrode. tvb-data's 'T8/T4' is
+    # MNE's 'T8'.
+    names = [c.split("/")[0] for c in anat.channel_names]
+    if len(set(names)) != len(names):
+        names = list(anat.channel_names)
+    try:
+        pos = default_channel_positions(anat)
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: no channel positions for the leadfield (%s)", anat.name, exc)
+        pos = None
+    save_forward_model(paths["fwd"], anat.fwd, names, pos)
     anat.save(paths["anatomy"])
 
 

@@ -333,6 +333,25 @@ class Trainer:
                               enabled=self.amp_dtype is not None)
 
     # -- checkpoints -----------------------------------------------------------------------
+    def montage(self) -> dict[str, Any]:
+        """The channels the network is trained for: ``{"ch_names", "ch_pos", "sfreq"}``, plain data.
+
+        Names and positions come from the leadfield file (``None`` for DeepSIF's plain
+        ``fwd`` files); ``sfreq`` is the rate of the synthesized EEG in Hz.
+        """
+        if getattr(self, "_montage", None) is None:
+            from ..constants import SFREQ_HZ
+            from ..io.forward_model import load_forward_model, montage_dict
+
+            path = self.cfg.get("FWD_MATRIX_PATH")
+            try:
+                entry = load_forward_model(path).montage_dict() if path is not None else montage_dict(None, None)
+            except (OSError, ValueError) as exc:  # the loaders already read it; keep training
+                logger.warning("%s: channel names not read (%s)", path, exc)
+                entry = montage_dict(None, None)
+            self._montage = {**entry, "sfreq": float(SFREQ_HZ)}
+        return self._montage
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything :meth:`resume` restores, as plain data (loads with ``weights_only=True``)."""
         cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.cfg.items()}
@@ -351,6 +370,8 @@ class Trainer:
             # resolves them from here when run elsewhere).
             "run_cwd": os.getcwd(),
             "data": {k: v for k, v in self.data_info.items() if isinstance(v, (int, float, str, type(None)))},
+            # Which electrode is which input (read by esikit localize).
+            "montage": self.montage(),
         }
 
     def save(self, name: str) -> Path | None:

@@ -278,3 +278,28 @@ def test_region_forward_carries_the_adjacency(small_problem):
     assert (adj != 0).toarray().tolist() == (adjacency.toarray() != 0).tolist()
     with pytest.raises(ValueError, match=r"'adjacency' has shape \(3, 3\)"):
         region_forward(gain, centres, np.eye(3))
+
+
+def test_champagne_on_compressed_data_equals_invertmeeg_on_the_full_data(small_problem):
+    import mne
+    from invert import Solver
+
+    from esikit.evaluate.adaptive import _quiet, compress_time
+
+    gain, centres, adjacency = small_problem
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(32, 300))
+    yc = compress_time(y)
+    assert yc.shape[1] <= 32
+    np.testing.assert_allclose(yc @ yc.T / yc.shape[1], y @ y.T / 300, rtol=1e-10, atol=1e-12)
+    eeg = np.outer(np.hanning(200), gain[:, 3] + 0.7 * gain[:, 9]) + 0.3 * rng.normal(size=(200, 32))
+    ours = Baselines(gain, ["champagne"], centres=centres, adjacency=adjacency).estimate(eeg[None])["champagne"][0]
+    from esikit.evaluate.adaptive import region_forward
+
+    fwd, info = region_forward(gain, centres, adjacency)
+    with _quiet():
+        evoked = mne.EvokedArray((eeg - eeg.mean(axis=1, keepdims=True)).T, info)
+        solver = Solver("champagne", verbose=0)
+        solver.make_inverse_operator(fwd, evoked, alpha="auto")
+        plain = solver.apply_inverse_operator(evoked).data.T
+    np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())

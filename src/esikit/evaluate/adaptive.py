@@ -12,7 +12,11 @@ What is reused across samples: the ``Forward`` (built once), the solver objects 
 invertmeeg's adjacency cache; the solves run with BLAS limited to one thread (small
 matrices: threads only add overhead). What cannot be reused: LCMV's filter depends on
 the sample's data covariance and Champagne's source variances on its data, so each
-sample is one solve.
+sample is one solve. Champagne's iterations see the data ``Y (C x T)`` only through
+``Y Y^T / T`` (the posterior second moments and the data fit), so they are given the
+``C``-column square root ``U S sqrt(C / T)`` of the same matrix instead of the ``T = 500``
+columns (:func:`compress_time`): the same source variances in about a fifth of the time;
+the noise-level grid and the GCV choice still use the full data.
 
 Regularization is invertmeeg's data-driven default, never the true SNR:
 
@@ -42,6 +46,37 @@ _DESCRIPTIONS = {
     "flexchampagne": ("invertmeeg FlexChampagne: 3 diffusion orders on the region graph, noise level from the "
                       "data covariance (data-driven)"),
 }
+
+
+def compress_time(Y: np.ndarray) -> np.ndarray:
+    """``Y' (C x k)``, ``k = rank <= C``, with ``Y' Y'^T / k == Y Y^T / T`` for ``Y (C x T)``.
+
+    Sparse Bayesian learning with a fixed noise covariance depends on the data only
+    through ``Y Y^T / T``; this square root gives it the same matrix with fewer columns.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.shape[1] <= Y.shape[0]:
+        return Y
+    u, s, _ = np.linalg.svd(Y, full_matrices=False)
+    keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros(s.size, dtype=bool)
+    k = max(int(keep.sum()), 1)
+    return u[:, :k] * s[:k] * np.sqrt(k / Y.shape[1])
+
+
+def _compress_champagne(solver: Any) -> None:
+    """Give a Champagne solver's iterations the compressed data (exact for its fast rules)."""
+    from invert.solvers.bayesian.champagne import SolverChampagne
+
+    fast = {"mackay", "convexity", "mm", "em", "lowsnr"}
+    if not isinstance(solver, SolverChampagne) or str(solver.update_rule).lower() not in fast \
+            or solver.noise_learning == "learn":
+        return  # other rules (AR-EM, TEM) and noise learning use the time courses themselves
+    original = solver.make_champagne
+
+    def make_champagne(Y, alpha, pruning_thresh=1e-3):
+        return original(compress_time(Y), alpha, pruning_thresh=pruning_thresh)
+
+    solver.make_champagne = make_champagne
 
 
 def invertmeeg_solver_names() -> list[str]:
@@ -174,6 +209,8 @@ class InvertmeegBaselines:
         options = solver_options or {}
         with _quiet():
             self.solvers = {n: Solver(n, verbose=0, **options.get(n, {})) for n in self.names}
+        for solver in self.solvers.values():
+            _compress_champagne(solver)
 
     def describe(self, name: str) -> str:
         """How ``name`` chooses its regularization."""

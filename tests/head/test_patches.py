@@ -215,3 +215,80 @@ def test_pick_second_patch(use_candidates):
     # nowhere to go: every allowed centre is in or next to the first patch
     first = np.array([0, 1, 12])
     assert pick_second_patch(adj, centres, first, np.array([0, 1, 2, 13, 24]), rng) is None
+
+
+def _lists_to_csr(lists):
+    n = len(lists)
+    rows = [r for r, nb in enumerate(lists) for _ in nb]
+    cols = [c for nb in lists for c in nb]
+    return sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
+
+
+def test_as_adjacency_as_given_keeps_one_way_lists():
+    directed = _lists_to_csr([[1, 0], [2], [0], []])  # 0 -> 1 one way, a self loop at 0
+    centres = np.zeros((4, 3))
+    kept, _ = as_adjacency(directed, centres, symmetrize=False)
+    assert kept[0].indices.tolist() == [1] and kept[1].indices.tolist() == [2] and kept[2].indices.tolist() == [0]
+    sym, _ = as_adjacency(directed, centres)
+    assert (sym != sym.T).nnz == 0 and sym[1].indices.tolist() == [0, 2]
+
+
+def test_smooth_patch_as_given_follows_deepsif_lists():
+    # 5 lists 0 but nobody in the patch lists 5; 3 lists only 4, which stays outside
+    lists = [[1, 2], [0, 2], [0, 1, 3], [4], [5, 6, 7], [0, 4], [4], [4]]
+    directed = _lists_to_csr(lists)
+    patch = np.array([0, 1, 2, 3])
+    add, remove = smooth_patch(directed, patch, 0, as_given=True)
+    # DeepSIF: 5 is no candidate (unlisted by the patch); 3 has no listed region inside,
+    # which is not "exactly one", so it stays
+    assert add.tolist() == [] and remove.tolist() == []
+    sym, _ = as_adjacency(directed, np.zeros((8, 3)))
+    add, remove = smooth_patch(sym, patch, 0)
+    assert add.tolist() == [5] and remove.tolist() == [3]
+
+
+def test_candidates_as_given_flat_ring_selects_none():
+    # the second ring is a single region: DeepSIF's min-max scaling gives 0/0, never selected
+    lists = [[1, 2], [0, 2, 3], [0, 1, 3], [1, 2, 4, 5], [3], [3]]
+    centres = np.array([[0, 0, 0], [10, 5, 0], [10, -5, 0], [20, 0, 0], [30, 5, 0], [30, -5, 0.0]])
+    adj = _lists_to_csr(lists)
+    given = CandidatePatches(adj, centres, seed=0, symmetrize=False)
+    assert all(p.tolist() == [0, 1, 2] for p in given.all(0))
+    default = CandidatePatches(adj, centres, seed=0)
+    assert all(3 in p.tolist() for p in default.all(0))
+    assert "as given" in repr(given) and "symmetric" in repr(default)
+
+
+def test_candidates_default_ignores_list_direction():
+    """symmetrize=True (the default) sees one-way lists as their symmetric closure."""
+    adj, centres = grid_anatomy(6, 6)
+    directed = sp.triu(adj).tocsr()  # every pair listed one way only
+    a = CandidatePatches(directed, centres, seed=4)
+    b = CandidatePatches(adj, centres, seed=4)
+    for c in (0, 7, 14, 35):
+        assert a.count(c) == b.count(c)
+        for pa, pb in zip(a.all(c), b.all(c)):
+            np.testing.assert_array_equal(pa, pb)
+    given = CandidatePatches(directed, centres, seed=4, symmetrize=False)
+    assert given.count(35) == 1  # the last region lists nobody: alone, as DeepSIF would have no ring
+
+
+def test_gaussian_magnitude_from_distance_matrix():
+    from esikit.head.patches import gaussian_magnitude
+
+    centres = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0.0]])
+    dist = np.array([[0, 50, 20], [50, 0, 5], [20, 5, 0.0]])
+    w = gaussian_magnitude(None, np.array([0, 1, 2]), 50.0, distances=dist)
+    assert w[0] == 1.0 and w[1] == pytest.approx(0.5, abs=1e-3) and w[2] > w[1]
+    np.testing.assert_allclose(gaussian_magnitude(centres, np.array([1, 0]), 50.0),
+                               gaussian_magnitude(None, np.array([1, 0]), 50.0, distances=np.abs(centres[:, :1] - centres[:, 0])))
+
+
+def test_deepsif_template_lists_as_given(deepsif_anatomy_dir):
+    """DeepSIF's one-way pairs change the first ring, hence the candidate count, of 104 centres."""
+    adj, centres = load_deepsif_adjacency(deepsif_anatomy_dir)
+    given = CandidatePatches(adj, centres, seed=0, symmetrize=False)
+    default = CandidatePatches(adj, centres, seed=0)
+    assert sum(given.count(c) != default.count(c) for c in range(994)) == 104
+    for p in given.all(100)[:4]:
+        assert p[0] == 100 and len(np.unique(p)) == len(p) and 4 <= len(p) <= 70

@@ -56,6 +56,70 @@ def _source_gain(clip_centre, peak):
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
+@nb.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _add_noise(e, snr_db, white, rec, off, recorded, power, acc):
+    """Sensor noise into ``e`` (T, C), in place (``docs/SAMPLE_CONTRACT.md``).
+
+    White: ``white`` (T, C) standard normals times ``sqrt(10^(-snr/10) * P_c / 2)``
+    (DeepSIF's training noise). ``recorded``: ``rec[off:off + T]`` (a bank segment) times
+    ``sqrt(10^(-snr/10) * P_c / mean_t(rec^2))`` (DeepSIF's evaluation, no ``/ 2``).
+    ``power``, ``acc``: (C,) float64 scratch.
+    """
+    n_times, n_ch = e.shape
+    power[:] = 0.0
+    for t in range(n_times):
+        for c in range(n_ch):
+            v = np.float64(e[t, c])
+            power[c] += v * v
+    scale_db = 10.0 ** (-snr_db / 10.0)
+    if not recorded:
+        for c in range(n_ch):
+            power[c] = np.float32(math.sqrt(scale_db * (power[c] / n_times) / 2.0))
+        for t in range(n_times):
+            for c in range(n_ch):
+                e[t, c] += white[t, c] * np.float32(power[c])
+    else:  # recorded noise at the full noise power (no / 2), DeepSIF's evaluation
+        acc[:] = 0.0
+        for t in range(n_times):
+            for c in range(n_ch):
+                v = np.float64(rec[off + t, c])
+                acc[c] += v * v
+        for c in range(n_ch):
+            power[c] = np.float32(math.sqrt(scale_db * power[c] / acc[c])) if acc[c] > 0 else 0.0
+        for t in range(n_times):
+            for c in range(n_ch):
+                e[t, c] += rec[off + t, c] * np.float32(power[c])
+
+
+@nb.njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _normalize_eeg(e, cmean):
+    """Remove the time mean per channel, then the channel mean per time; scale to max |e| = 1."""
+    n_times, n_ch = e.shape
+    cmean[:] = 0.0
+    for t in range(n_times):
+        for c in range(n_ch):
+            cmean[c] += e[t, c]
+    for c in range(n_ch):
+        cmean[c] /= n_times
+    top = 0.0
+    for t in range(n_times):
+        m = 0.0
+        for c in range(n_ch):
+            e[t, c] = np.float32(e[t, c] - cmean[c])
+            m += e[t, c]
+        m /= n_ch
+        for c in range(n_ch):
+            e[t, c] = np.float32(e[t, c] - m)
+            a = abs(e[t, c])
+            if a > top:
+                top = a
+    if top > 0:
+        inv = np.float32(1.0 / top)
+        for t in range(n_times):
+            for c in range(n_ch):
+                e[t, c] = e[t, c] * inv
+
+
 @nb.njit(cache=True, fastmath=_FASTMATH)
 def _synthesize_batch(spec, draws, model, out, flags):
     """Fill a batch in place (see :meth:`FastSynthesizer.synthesize`).
@@ -162,58 +226,11 @@ def _synthesize_batch(spec, draws, model, out, flags):
                     cr = clip[r]
                     for t in range(n_times):
                         vals[l, t] += cr[t]
-        # -- sensor noise, DeepSIF's definition (note the / 2) ---------------------------
-        power[:] = 0.0
-        for t in range(n_times):
-            for c in range(n_ch):
-                v = np.float64(e[t, c])
-                power[c] += v * v
-        scale_db = 10.0 ** (-snr_db[b] / 10.0)
         seg = noise_segment[b]
-        if seg < 0:
-            for c in range(n_ch):
-                power[c] = np.float32(math.sqrt(scale_db * (power[c] / n_times) / 2.0))
-            for t in range(n_times):
-                for c in range(n_ch):
-                    e[t, c] += nz[t, c] * np.float32(power[c])
-        else:  # recorded noise at the full noise power (no / 2), DeepSIF's evaluation
-            rec = bank[seg]
-            off = noise_offset[b]
-            cmean[:] = 0.0
-            for t in range(n_times):
-                for c in range(n_ch):
-                    v = np.float64(rec[off + t, c])
-                    cmean[c] += v * v
-            for c in range(n_ch):
-                power[c] = np.float32(math.sqrt(scale_db * power[c] / cmean[c])) if cmean[c] > 0 else 0.0
-            for t in range(n_times):
-                for c in range(n_ch):
-                    e[t, c] += rec[off + t, c] * np.float32(power[c])
+        _add_noise(e, snr_db[b], nz, bank[max(seg, 0)], noise_offset[b], seg >= 0, power, cmean)
         top_y = 1.0
         if normalize:
-            cmean[:] = 0.0
-            for t in range(n_times):
-                for c in range(n_ch):
-                    cmean[c] += e[t, c]
-            for c in range(n_ch):
-                cmean[c] /= n_times
-            top = 0.0
-            for t in range(n_times):
-                m = 0.0
-                for c in range(n_ch):
-                    e[t, c] = np.float32(e[t, c] - cmean[c])
-                    m += e[t, c]
-                m /= n_ch
-                for c in range(n_ch):
-                    e[t, c] = np.float32(e[t, c] - m)
-                    a = abs(e[t, c])
-                    if a > top:
-                        top = a
-            if top > 0:
-                inv = np.float32(1.0 / top)
-                for t in range(n_times):
-                    for c in range(n_ch):
-                        e[t, c] = e[t, c] * inv
+            _normalize_eeg(e, cmean)
             top_y = -np.inf if n_lab == n_reg else 0.0
             for l in range(n_lab):
                 for t in range(n_times):

@@ -608,3 +608,53 @@ def test_deepsif_template_neighbour_lists(deepsif_anatomy_dir):
         np.testing.assert_array_equal(t.adjacency[r].indices, np.sort(np.asarray(nbs[0, r], float).ravel() - 1))
     assert t.n_one_way == 212
     assert t.distances.shape == (994, 994) and np.allclose(t.distances, t.distances.T)
+
+
+def _fake_spike_clips(anat, nmm_dir, regions, **_kw):
+    """Stands in for the NMM simulation: 1 synthetic clip per region (no network run)."""
+    from esikit.io import save_mat_file
+    from esikit.simulate.spikes import RegionClipResult
+
+    out = {}
+    for r in regions:
+        (nmm_dir / f"a{r}").mkdir(parents=True, exist_ok=True)
+        save_mat_file(nmm_dir / f"a{r}" / "nmm_1.mat", {"data": spike_clip(r, 1, anat.n_regions, 500)})
+        out[r] = RegionClipResult(region=r, n_clips=1, peaks_per_setting=[1], clips_per_setting=[1],
+                                  alpha_per_setting=[1.0], simulated_s=1.0)
+    return out
+
+
+def test_simulate_command_deepsif_preset(deepsif_anatomy_dir, tmp_path, monkeypatch, capsys):
+    """esikit simulate --anatomy <DeepSIF folder> --preset deepsif: the metadata steps on the
+    real template (the simulation itself is replaced by synthetic clips)."""
+    from esikit.simulate._cli import main
+
+    monkeypatch.setattr("esikit.simulate.pipeline.make_spike_clips", _fake_spike_clips)
+    out = tmp_path / "ds"
+    code = main(["simulate", str(out), "--anatomy", str(deepsif_anatomy_dir), "--preset", "deepsif",
+                 "--regions", "3,500", "--n-train", "24", "--n-test", "8", "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    src = out / "source"
+    import json
+    import scipy.io
+
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["config"]["metadata_preset"] == "deepsif"
+    assert sorted(summary["metadata_files"]) == ["1", "2"]
+    for n in (1, 2):
+        for split, size in (("train", 24), ("test", 8)):
+            meta = scipy.io.loadmat(src / f"{split}_sample_source{n}.mat")
+            assert meta["selected_region"].shape == (size, n, 70)
+            assert not deepsif_ispadding(meta["selected_region"][:, :, 0]).any()
+            assert "sensor_snr" in meta
+    assert f"TRAIN_METADATA_PATH = {str((src / 'train_sample_source2.mat').resolve())!r}" in text
+    assert "1 source(s)" in text and "2 source(s)" in text
+
+
+def test_simulate_command_deepsif_preset_needs_the_folder(tmp_path, capsys):
+    from esikit.simulate._cli import main
+
+    # the built-in anatomy is refused before anything is simulated
+    code = main(["simulate", str(tmp_path / "x"), "--preset", "deepsif", "--no-progress"])
+    assert code == 2 and "anatomy folder" in capsys.readouterr().out

@@ -16,11 +16,13 @@ of one). What makes it fast on one core:
   edges are added step by step.
 
 These change the rounding, not the model: trajectories agree with the numpy reference
-to about 1e-9. ``exact=True`` with ``block=1`` turns all three off (libm's ``exp``, both
-sigmoids, every edge summed every step in source order): the arithmetic, bit for bit, of
-the single-variant kernel that :func:`esikit.simulate.nmm.simulate_network` used before
-(so its trajectories, and the clips cut from them, are unchanged). A variant gives the
-same numbers alone or in a batch of any size.
+to about 1e-9. :func:`integrate_batch_numba_exact` with ``block=1`` turns all three off
+(libm's ``exp``, both sigmoids, every edge summed every step in source order): the
+arithmetic, bit for bit, of the single-variant kernel that
+:func:`esikit.simulate.nmm.simulate_network` used before (so its trajectories, and the
+clips cut from them, are unchanged), at its speed for one variant. Both entry points
+compile the one body :func:`_integrate` with constant flags. A variant gives the same
+numbers alone or in a batch of any size.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .nmm import (
     P_DT, P_J, P_MU, P_NOISE, P_NU_MAX, P_R, P_V0,
 )
 
-__all__ = ["fast_exp", "integrate_batch_numba"]
+__all__ = ["fast_exp", "integrate_batch_numba", "integrate_batch_numba_exact"]
 
 # exp(x) = 2^k exp(r), x = k ln2 + r, |r| <= ln2 / 2: Cody-Waite split of ln2 and a
 # degree-13 Taylor polynomial (truncation error < 1e-17 relative), 2^k built from its bits.
@@ -97,7 +99,7 @@ def fast_exp(x):
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _expx(x, exact):
-    # the branch is loop-invariant: LLVM unswitches it, the fast loop stays vectorized
+    # exact is a constant in each entry point: the branch is folded, the fast loop vectorizes
     if exact:
         return math.exp(x)
     return _exp(x)
@@ -124,7 +126,27 @@ def _dfun(y0, y1, y2, y3, y4, y5, A, c, a, b, nu2, r, v0, a1J, a2J, a3J, a4J, mu
 
 @numba.njit(cache=True, error_model="numpy")
 def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l, delays_l,
-                          colptr_s, targets_s, wdata_s, delays_s, out, record_every, block, exact):
+                          colptr_s, targets_s, wdata_s, delays_s, out, record_every, block):
+    """:func:`_integrate` with the kernel's shortcuts (the constant is folded at compile time)."""
+    _integrate(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l, delays_l,
+               colptr_s, targets_s, wdata_s, delays_s, out, record_every, block, False, False)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def integrate_batch_numba_exact(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l, delays_l,
+                                colptr_s, targets_s, wdata_s, delays_s, out, record_every, block):
+    """:func:`_integrate` without the shortcuts (libm exp, no shared exponential)."""
+    if y.shape[2] == 1:  # one variant: a batch axis of length one known to the compiler
+        _integrate(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l, delays_l,
+                   colptr_s, targets_s, wdata_s, delays_s, out, record_every, block, True, True)
+    else:
+        _integrate(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l, delays_l,
+                   colptr_s, targets_s, wdata_s, delays_s, out, record_every, block, True, False)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _integrate(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l, delays_l,
+               colptr_s, targets_s, wdata_s, delays_s, out, record_every, block, exact, single):
     """Advance every variant ``z.shape[1]`` Heun steps in place.
 
     Parameters
@@ -151,8 +173,10 @@ def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l,
     exact : bool
         libm's ``exp`` and no shared exponential (see the module notes; with ``block=1``
         the arithmetic of the former single-variant kernel).
+    single : bool
+        The batch has one variant (lets the compiler drop the batch loops).
     """
-    n_batch = y.shape[2]
+    n_batch = 1 if single else y.shape[2]
     n_nodes = y.shape[1]
     n_steps = z.shape[0]
     width = sbuf.shape[1]
@@ -190,16 +214,21 @@ def integrate_batch_numba(y, sbuf, step0, z, A, p, colptr_l, targets_l, wdata_l,
         n0 = step0 + s0  # latest known state at the start of the block
         nq = min(block, n_steps - s0)
         cblk[:, :, :] = 0.0
-        # coupling of steps n0 + 1 + q (q < nq) from long edges: states n0 + q - d <= n0
+        # coupling of steps n0 + 1 + q (q < nq) from long edges: states n0 + q - d <= n0;
+        # column nbase - d holds state n0 - d (d < horizon: no modulo per edge)
         run = nq * n_batch
+        nbase = n0 % horizon + horizon
         for j in range(n_nodes):
             for e in range(colptr_l[j], colptr_l[j + 1]):
                 w = wdata_l[e]
                 t = targets_l[e]
                 cbase = t * cstride
-                sbase = j * sstride + ((n0 - delays_l[e]) % horizon + horizon) * n_batch
-                for i in range(run):  # an axpy over (step, variant)
-                    cflat[cbase + i] += w * sflat[sbase + i]
+                sbase = j * sstride + (nbase - delays_l[e]) * n_batch
+                if run == 1:  # one step of one variant: no loop (loop-invariant, unswitched)
+                    cflat[cbase] += w * sflat[sbase]
+                else:
+                    for i in range(run):  # an axpy over (step, variant)
+                        cflat[cbase + i] += w * sflat[sbase + i]
         for q in range(nq):
             s = s0 + q
             n = n0 + q + 1

@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from .nmm import (
-    BatchIntegrator, JansenRitParams, draw_initial_history, draw_noise, excited_A, network_structure)
+    NOISE_BLOCK, BatchIntegrator, JansenRitParams, NetworkStructure, draw_initial_history, draw_noise,
+    excited_A, network_structure)
 from .spikes import (
     CLIP_LENGTH, DISCARD_RAW, DOWNSAMPLE, rescale_spike_channel, save_clip, spike_alpha, write_json)
 
@@ -68,8 +69,10 @@ __all__ = [
     "ClipStream",
     "DECIDE_AFTER",
     "chain_dir",
+    "integrate_chunk",
     "read_checkpoint",
     "run_chunk_task",
+    "start_variants",
     "variant_seed",
     "write_checkpoint",
 ]
@@ -78,7 +81,6 @@ __all__ = [
 DECIDE_AFTER = 1000
 #: Context of the per-clip rescaling: ``block - CONTEXT_BEFORE .. block + DECIDE_AFTER``.
 CONTEXT_BEFORE = 500
-_NOISE_BLOCK = 500  # steps of noise drawn at once, into one reused buffer
 
 
 def variant_seed(seed: int, region: int, setting: int, chunk: int) -> list[int]:
@@ -247,6 +249,42 @@ def scale_clip(context: np.ndarray, context_start: int, peak: int, block: int, r
                            region, peak, alpha)
     s = block - context_start
     return np.asarray(scaled[s:s + CLIP_LENGTH], dtype=np.float32), alpha
+
+
+# --------------------------------------------------------------------------- variants
+def start_variants(structure: NetworkStructure, params: JansenRitParams, regions: list[int],
+                   node_of_region: np.ndarray, setting: int, seed: int, dt_ms: float = 0.5,
+                   backend: str = "numba", block: int = 16) -> BatchIntegrator:
+    """The integrator of variants ``(region, setting)`` at step 0.
+
+    Each variant's initial history comes from ``variant_seed(seed, region, setting, -1)``
+    and its node ``node_of_region[region]`` is the excited one; ``params`` has the
+    setting applied.
+    """
+    history = np.stack([draw_initial_history(np.random.default_rng(
+        variant_seed(seed, r, setting, -1)), structure.horizon, structure.n_nodes) for r in regions])
+    A = excited_A(structure.n_nodes, [int(node_of_region[r]) for r in regions], params)
+    return BatchIntegrator(structure, A, params, history, dt_ms, backend, block=block)
+
+
+def integrate_chunk(integ: BatchIntegrator, regions: list[int], seed: int, setting: int,
+                    chunk: int, steps: int) -> np.ndarray:
+    """Integrate chunk ``chunk`` (``steps`` steps) of the variants of ``integ``.
+
+    Variant ``region`` draws the chunk's noise from ``variant_seed(seed, region, setting,
+    chunk)``, so its trajectory depends neither on the batch nor on where chunks run.
+
+    Returns
+    -------
+    ndarray, shape (B, steps // DOWNSAMPLE, n_nodes), float32
+        ``y1 - y2`` at 500 Hz [mV].
+    """
+    rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
+    pieces, buf = [], None
+    for s0 in range(0, steps, NOISE_BLOCK):  # noise into one reused buffer
+        buf = draw_noise(rngs, min(NOISE_BLOCK, steps - s0), integ.structure.n_nodes, out=buf)
+        pieces.append(integ.advance(buf, record_every=DOWNSAMPLE, out_dtype=np.float32))
+    return np.concatenate(pieces, axis=1)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -442,11 +480,8 @@ def run_chunk_task(spec: dict) -> dict:
 
     if chunk == 0:
         regions = [int(r) for r in spec["regions"]]
-        history = np.stack([draw_initial_history(np.random.default_rng(
-            variant_seed(seed, r, setting, -1)), structure.horizon, n_nodes) for r in regions])
-        A = excited_A(n_nodes, [int(node_of_region[r]) for r in regions], params)
-        integ = BatchIntegrator(structure, A, params, history, dt_ms, spec["backend"],
-                                block=int(spec.get("block", 16)))
+        integ = start_variants(structure, params, regions, node_of_region, setting, seed, dt_ms,
+                               spec["backend"], int(spec.get("block", 16)))
         streams = [ClipStream(region=r) for r in regions]
         found = [0] * len(regions)
     else:
@@ -456,14 +491,7 @@ def run_chunk_task(spec: dict) -> dict:
         integ = BatchIntegrator.from_state(structure, params, state, dt_ms, spec["backend"],
                                            block=int(spec.get("block", 16)))
 
-    # integrate the chunk, noise drawn per variant from its own stream
-    rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
-    pieces, buf = [], None
-    for s0 in range(0, steps, _NOISE_BLOCK):
-        m = min(_NOISE_BLOCK, steps - s0)
-        buf = draw_noise(rngs, m, n_nodes, out=buf)
-        pieces.append(integ.advance(buf, record_every=DOWNSAMPLE, out_dtype=np.float32))
-    rec = np.concatenate(pieces, axis=1)  # (B, steps / 4, n_nodes)
+    rec = integrate_chunk(integ, regions, seed, setting, chunk, steps)
     first = chunk * steps // DOWNSAMPLE  # downsampled index of rec[:, 0]
     skip = max(0, DISCARD_RAW // DOWNSAMPLE - first)
 

@@ -554,14 +554,16 @@ class BatchIntegrator:
         n_rec = (step0 + n_steps + record_every - 1) // record_every - row0
         out = np.empty((n_rec, self.structure.n_nodes, self.n_batch), dtype=out_dtype)
         if self.backend == "numba":
-            from ._nmm_numba import integrate_batch_numba  # numba loads on first use
+            from . import _nmm_numba  # numba loads on first use
 
             want = (n_steps, self.structure.n_nodes, self.n_batch)
             if self._zt is None or self._zt.shape != want:  # reused: no fresh pages every chunk
                 self._zt = np.empty(want)
             np.copyto(self._zt, z.transpose(1, 2, 0))  # batch innermost
-            integrate_batch_numba(self._y, self._sbuf, step0, self._zt, self._A, self.pvec,
-                                    *self._edges, out, record_every, self.block, self.exact)
+            kernel = (_nmm_numba.integrate_batch_numba_exact if self.exact
+                      else _nmm_numba.integrate_batch_numba)
+            kernel(self._y, self._sbuf, step0, self._zt, self._A, self.pvec, *self._edges, out,
+                   record_every, self.block)
         else:
             st = self.structure
             _integrate_batch_numpy(self._y, self._sbuf, step0, np.ascontiguousarray(z), self._A,

@@ -19,9 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
-from .harvest import ClipStream, scale_clip, variant_seed
-from .nmm import (
-    BatchIntegrator, JansenRitParams, draw_initial_history, draw_noise, excited_A, network_structure)
+from .harvest import ClipStream, integrate_chunk, scale_clip, start_variants
+from .nmm import JansenRitParams, network_structure
 from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
 
 logger = logging.getLogger(__name__)
@@ -96,18 +95,10 @@ def plan_harvest(
         for i in range(0, len(pick), batch_size):
             regs = pick[i:i + batch_size]
             t0 = time.perf_counter()
-            hist = np.stack([draw_initial_history(np.random.default_rng(variant_seed(seed, r, s, -1)),
-                                                  st.horizon, st.n_nodes) for r in regs])
-            integ = BatchIntegrator(st, excited_A(st.n_nodes, [int(anat.node_of_region[r]) for r in regs], p),
-                                    p, hist, backend=backend)
-            rngs = [np.random.default_rng(variant_seed(seed, r, s, 0)) for r in regs]
-            pieces, buf = [], None
-            for s0 in range(0, steps, 500):
-                m = min(500, steps - s0)
-                buf = draw_noise(rngs, m, st.n_nodes, out=buf)
-                pieces.append(integ.advance(buf, record_every=DOWNSAMPLE))
+            # the harvest's first chunk, as long as the pilot
+            integ = start_variants(st, p, regs, anat.node_of_region, s, seed, backend=backend)
+            rec = integrate_chunk(integ, regs, seed, s, 0, steps)[:, DISCARD_RAW // DOWNSAMPLE:]
             wall += time.perf_counter() - t0
-            rec = np.concatenate(pieces, axis=1)[:, DISCARD_RAW // DOWNSAMPLE:]
             for b, r in enumerate(regs):
                 decided = ClipStream(region=r).feed(rec[b][:, anat.node_of_region], final=True)
                 found += len(decided)

@@ -61,8 +61,15 @@ def test_prepare_rejects_flat_channel(anatomy):
     raw._data[raw.ch_names.index("Pz"), 1000:2000] = 0.0
     with pytest.raises(ValueError, match="Pz: flat at 2.00-4.00 s"):
         prepare(raw, Montage(CH_NAMES, None, 500.0))
+    raw.set_annotations(raw.annotations + mne.Annotations([1.9], [2.2], ["BAD_disconnected"]))
+    prepare(raw, Montage(CH_NAMES, None, 500.0))  # the flat stretch is annotated BAD_: allowed
+    raw.set_annotations(None)
     raw.info["bads"] = ["Pz"]  # marked bad: interpolated, no error
     prepare(raw, Montage(CH_NAMES, None, 500.0))
+    raw.info["bads"] = []
+    raw._data[raw.ch_names.index("Pz"), 1000:2000] = np.nan
+    with pytest.raises(ValueError, match="Pz: NaN/inf at 2.00-4.00 s"):
+        prepare(raw, Montage(CH_NAMES, None, 500.0))
 
 
 def test_events_from_annotations():

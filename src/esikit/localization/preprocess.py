@@ -55,7 +55,7 @@ def _spans(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
 
 
 def check_signal(data: np.ndarray, ch_names: Sequence[str], sfreq: float, *, source: str = "recording",
-                 t0: float = 0.0, flat_seconds: float = FLAT_SECONDS) -> None:
+                 t0: float = 0.0, flat_seconds: float = FLAT_SECONDS, ignore: np.ndarray | None = None) -> None:
     """Fail on NaN/infinite values or flat stretches, naming channels and times.
 
     Parameters
@@ -70,6 +70,8 @@ def check_signal(data: np.ndarray, ch_names: Sequence[str], sfreq: float, *, sou
         Time (s) of the first sample.
     flat_seconds : float
         A channel constant for at least this long is flat.
+    ignore : ndarray of bool, shape (N,), optional
+        Samples where flat stretches are allowed (inside ``BAD_`` annotations).
 
     Raises
     ------
@@ -89,13 +91,15 @@ def check_signal(data: np.ndarray, ch_names: Sequence[str], sfreq: float, *, sou
             problems.append(f"{name}: NaN/inf at {fmt(_spans(bad, 1))}")
             continue
         same = np.concatenate([[False], x[1:] == x[:-1]])
+        if ignore is not None:
+            same &= ~ignore
         # a run of k equal differences is k + 1 constant samples
         flat = [(max(a - 1, 0), b) for a, b in _spans(same, min_len - 1)]
         if flat:
             problems.append(f"{name}: flat at {fmt(flat)}")
     if problems:
         raise ValueError(f"{source}: {len(problems)} channels have NaN or flat stretches; mark them bad "
-                         "(info['bads'], to be interpolated) or annotate the stretches BAD_ and avoid them:\n  "
+                         "(info['bads'], to be interpolated) or, for flat stretches, annotate them BAD_:\n  "
                          + "\n  ".join(problems))
 
 
@@ -111,6 +115,19 @@ def check_band(rec_sfreq: float, target_sfreq: float, l_freq: float | None, h_fr
             raise ValueError(f"{what} {sf:g} Hz is too low for the band-pass upper edge {h_freq:g} Hz "
                              f"(it must be below the Nyquist frequency {sf / 2:g} Hz); lower h_freq "
                              f"(--h-freq) or use a recording sampled above {2 * h_freq:g} Hz")
+
+
+def _bad_mask(raw: Any) -> np.ndarray:
+    """Samples of a Raw inside ``BAD_``/``EDGE`` annotations."""
+    mask = np.zeros(len(raw.times), dtype=bool)
+    ann = raw.annotations
+    offset = raw.first_time if ann.orig_time is not None else 0.0
+    sf = raw.info["sfreq"]
+    for onset, dur, desc in zip(ann.onset, ann.duration, ann.description):
+        if desc.lower().startswith(("bad", "edge")):
+            a = max(int(np.floor((onset - offset) * sf)), 0)
+            mask[a:int(np.ceil((onset - offset + dur) * sf)) + 1] = True
+    return mask
 
 
 def prepare(inst: Any, montage: Montage, *, l_freq: float | None = L_FREQ, h_freq: float | None = H_FREQ,
@@ -147,7 +164,7 @@ def prepare(inst: Any, montage: Montage, *, l_freq: float | None = L_FREQ, h_fre
     inst, match = conform_channels(inst, montage, max_missing=max_missing, source=source)
     data = inst.get_data() if not isinstance(inst, mne.BaseEpochs) else np.concatenate(list(inst.get_data()), axis=1)
     check_signal(data, inst.ch_names, inst.info["sfreq"], source=source,
-                 t0=float(inst.times[0]) if not is_raw else 0.0)
+                 t0=float(inst.times[0]) if not is_raw else 0.0, ignore=_bad_mask(inst) if is_raw else None)
     del data
     inst.set_eeg_reference("average", projection=False, verbose="error")
     if is_raw and (l_freq is not None or h_freq is not None):

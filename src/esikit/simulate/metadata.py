@@ -42,12 +42,16 @@ Two presets (:data:`PRESETS`, ``esikit simulate --preset``)
   (:mod:`esikit.head.patches`);
 * the second source drawn as the script draws it (``second_source='deepsif'``): for each
   variation a random permutation of the centres gives every first centre its second
-  one, whose patch is a random candidate; it may overlap or touch the first (on the
-  template: 7.5 % overlap, 3.5 % touch), or even share its centre;
+  one, whose patch is a random candidate; it may overlap or touch the first, or even
+  share its centre (on the template, 4,000 samples: 5.4 % overlap, 3.3 % touch;
+  DeepSIF's own code, issue 14: 7.5 % and 3.5 %);
 * ``scale_ratio`` with every patch region at weight 1 (``alpha_uses_weights=False``);
 * ``mag_change`` from DeepSIF's region distance matrix (``dis_matrix_fs_20k.mat`` when the
   anatomy folder has it, else folded-cortex centroid distances:
   :mod:`esikit.head.deepsif_template`);
+* clip numbers ``k`` as in the esikit preset (from 1, as clip files are numbered; DeepSIF's
+  script draws 0 .. nper-1, which names a clip ``nmm_0`` its own ``process_raw_nmm.m``
+  never writes), so ``nmm_idx = (centre + 1) * nper + k + 1`` follows the sample contract;
 * one file per number of sources, every row with that many sources:
   ``{train,test}_sample_source1.mat`` and ``..._source2.mat``, DeepSIF's names; the sensor
   SNR is written as ``sensor_snr`` (what DeepSIF's ``loaders.py`` reads) and
@@ -65,7 +69,8 @@ demo) keeps esikit's choices, each made for a reason:
   a sample are two sources (an overlapping pair is one larger, oddly weighted source that
   the target still calls two);
 * ``scale_ratio`` including ``mag_change``, so that a sample synthesized by the contract
-  reaches exactly the target source SNR (DeepSIF's values are +1.1 dB off, median);
+  reaches exactly the target source SNR (DeepSIF's weight-1 values are higher: median
+  +0.6 dB on the template with folded-cortex distances, +1.1 dB in issue 14);
 * distances from the anatomy's region centres;
 * one file per split holding one- and two-source rows (padding marks the absent source),
   read by esikit's dataset.

@@ -538,8 +538,6 @@ def test_deepsif_preset_choices(deepsif_files, anatomy, deepsif_folder, clip_dir
 
 def test_deepsif_preset_second_source_may_overlap(anatomy, clip_dir):
     """DeepSIF draws the second source freely: over many draws some overlap the first."""
-    from esikit.head.deepsif_template import load_deepsif_template  # noqa: F401  (import check)
-
     m = generate_metadata(anatomy, clip_dir, n_variations=30, patch_mode="deepsif", second_source="deepsif",
                           n_sources=2, seed=4, progress=False)
     sel = m["selected_region"][::4]
@@ -594,6 +592,15 @@ def test_deepsif_preset_bad_input(anatomy, clip_dir, tmp_path):
     bad = write_deepsif_folder(tmp_path / "c", anatomy, distances=np.zeros((3, 3)))
     with pytest.raises(ValueError, match="raw_dis_matrix"):
         load_deepsif_template(bad)
+    # fields missing or misshapen: every problem in one message
+    import scipy.io
+
+    scipy.io.savemat(bad / "fs_cortex_20k_inflated.mat", {"centres": anatomy.centres})
+    scipy.io.savemat(bad / "fs_cortex_20k_region_mapping.mat", {"rm": np.zeros((1, 256))})
+    with pytest.raises(ValueError) as err:
+        load_deepsif_template(bad)
+    text = str(err.value)
+    assert "2 problem(s)" in text and "no field 'centre'" in text and "no field 'nbs'" in text
 
 
 def test_deepsif_template_neighbour_lists(deepsif_anatomy_dir):

@@ -146,18 +146,23 @@ def load_deepsif_template(folder: str | Path) -> DeepSIFTemplate:
             f"{folder}: DeepSIF's metadata recipe needs file(s) this anatomy folder lacks: " + "; ".join(missing)
         )
     lf_path = sorted(folder.glob("leadfield_*.mat"))[0]
-    fwd = np.asarray(_mat_field(lf_path, "fwd"), dtype=np.float64)
-    problems = []
-    if fwd.ndim != 2:
-        raise ValueError(f"{lf_path}: field 'fwd' has shape {fwd.shape}, expected (n_channels, n_regions)")
+    rm_path, inflated_path = folder / _REGION_MAPPING, folder / _INFLATED
+    problems: list[str] = []
+    fwd = _read(lf_path, "fwd", problems)
+    nbs_cell = _read(rm_path, "nbs", problems)
+    centres = _read(inflated_path, "centre", problems)
+    dist_path = folder / DEEPSIF_DISTANCE_FILE
+    raw_dist = _read(dist_path, "raw_dis_matrix", problems) if dist_path.is_file() else None
+    if fwd is not None and fwd.ndim != 2:
+        problems.append(f"{lf_path}: field 'fwd' has shape {fwd.shape}, expected (n_channels, n_regions)")
+    if problems or fwd is None:
+        raise ValueError(_problem_text(folder, problems))
     n_reg = fwd.shape[1]
-    rm_path = folder / _REGION_MAPPING
-    nbs = _cell_to_lists(_mat_field(rm_path, "nbs"))
+    nbs = _cell_to_lists(nbs_cell)
     if len(nbs) != n_reg:
         problems.append(f"{rm_path}: field 'nbs' has {len(nbs)} entries, expected {n_reg} (columns of {lf_path.name})")
-    centres = np.asarray(_mat_field(folder / _INFLATED, "centre"), dtype=np.float64)
     if centres.shape != (n_reg, 3):
-        problems.append(f"{folder / _INFLATED}: field 'centre' has shape {centres.shape}, expected ({n_reg}, 3)")
+        problems.append(f"{inflated_path}: field 'centre' has shape {centres.shape}, expected ({n_reg}, 3)")
     adjacency = None
     if len(nbs) == n_reg:
         rows = np.concatenate([np.full(len(nb), r) for r, nb in enumerate(nbs)])
@@ -172,31 +177,46 @@ def load_deepsif_template(folder: str | Path) -> DeepSIFTemplate:
             )
             adjacency.sum_duplicates()
             adjacency.sort_indices()
-
-    dist_path = folder / DEEPSIF_DISTANCE_FILE
-    if dist_path.is_file():
-        distances = np.asarray(_mat_field(dist_path, "raw_dis_matrix"), dtype=np.float64)
-        source = DEEPSIF_DISTANCE_FILE
+    if raw_dist is not None:
+        distances, source = raw_dist, DEEPSIF_DISTANCE_FILE
         if distances.shape != (n_reg, n_reg):
-            problems.append(f"{dist_path}: field 'raw_dis_matrix' has shape {distances.shape}, expected ({n_reg}, {n_reg})")
+            problems.append(
+                f"{dist_path}: field 'raw_dis_matrix' has shape {distances.shape}, expected ({n_reg}, {n_reg})"
+            )
     else:
         distances, source = _folded_centroid_distances(folder, n_reg, problems), f"{_CORTEX} region centroids"
         logger.info("%s: no %s; mag_change uses Euclidean distances between region centroids of %s",
                     folder, DEEPSIF_DISTANCE_FILE, _CORTEX)
-    if problems:
-        raise ValueError(f"{folder}: {len(problems)} problem(s) in the DeepSIF template:\n"
-                         + "\n".join(f"  - {p}" for p in problems))
-    assert adjacency is not None
+    if problems or adjacency is None:
+        raise ValueError(_problem_text(folder, problems))
     n_one_way = int((adjacency > adjacency.T).nnz)
     return DeepSIFTemplate(folder=folder, fwd=fwd, adjacency=adjacency.tocsr(), centres=centres,
                            distances=distances, distance_source=source, n_one_way=n_one_way)
 
 
+def _read(path: Path, name: str, problems: list[str]) -> np.ndarray | None:
+    """Field ``name`` of ``path`` as float64 (a cell array as it is), or None with a problem noted."""
+    try:
+        value = _mat_field(path, name)
+    except KeyError:
+        problems.append(f"{path}: no field '{name}'")
+        return None
+    arr = np.asarray(value)
+    return arr if arr.dtype == object else arr.astype(np.float64)
+
+
+def _problem_text(folder: Path, problems: list[str]) -> str:
+    return f"{folder}: {len(problems)} problem(s) in the DeepSIF template:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
 def _folded_centroid_distances(folder: Path, n_reg: int, problems: list[str]) -> np.ndarray:
     """Euclidean distances (mm) between the mean folded-cortex vertex of each region."""
     rm_path, cortex_path = folder / _REGION_MAPPING, folder / _CORTEX
-    rm = np.asarray(_mat_field(rm_path, "rm")).ravel().astype(np.int64)
-    pos = np.asarray(_mat_field(cortex_path, "pos"), dtype=np.float64)
+    rm = _read(rm_path, "rm", problems)
+    pos = _read(cortex_path, "pos", problems)
+    if rm is None or pos is None:
+        return np.zeros((n_reg, n_reg))
+    rm = rm.ravel().astype(np.int64)
     if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] != rm.size:
         problems.append(f"{cortex_path}: field 'pos' has shape {pos.shape}, expected ({rm.size}, 3) "
                         f"(one row per entry of 'rm' in {rm_path.name})")

@@ -71,7 +71,8 @@ demo) keeps esikit's choices, each made for a reason:
 * ``scale_ratio`` including ``mag_change``, so that a sample synthesized by the contract
   reaches exactly the target source SNR (DeepSIF's weight-1 values are higher: median
   +0.6 dB on the template with folded-cortex distances, +1.1 dB in issue 14);
-* distances from the anatomy's region centres;
+* distances from the anatomy's region centres (on DeepSIF's template: the inflated-surface
+  centres its patches grow from);
 * one file per split holding one- and two-source rows (padding marks the absent source),
   read by esikit's dataset.
 

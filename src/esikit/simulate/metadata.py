@@ -77,9 +77,10 @@ demo) keeps esikit's choices, each made for a reason:
   read by esikit's dataset.
 
 Training on both DeepSIF files: :class:`~esikit.data.SpikeEEGMetadataDataset` reads one
-file; ``TRAIN_METADATA_PATH`` names one file. Either train on ``..._source2.mat``
-(DeepSIF's own default), or, from Python, concatenate the two datasets
-(``torch.utils.data.ConcatDataset``); the config has no list of metadata files.
+file and ``TRAIN_METADATA_PATH`` names one file (the config has no list of metadata
+files). Train on ``..._source2.mat`` (DeepSIF's own default), or, from Python, join the two
+datasets with ``torch.utils.data.ConcatDataset`` and call ``set_epoch`` on each part
+every epoch (the concatenation does not pass it on, so draws would repeat).
 """
 
 from __future__ import annotations

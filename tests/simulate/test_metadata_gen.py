@@ -665,3 +665,18 @@ def test_simulate_command_deepsif_preset_needs_the_folder(tmp_path, capsys):
     # the built-in anatomy is refused before anything is simulated
     code = main(["simulate", str(tmp_path / "x"), "--preset", "deepsif", "--no-progress"])
     assert code == 2 and "anatomy folder" in capsys.readouterr().out
+
+
+def test_esikit_mixed_file_is_what_deepsif_loader_cannot_read(anatomy, clip_dir):
+    """Why the deepsif preset writes one file per source count: DeepSIF's loader indexes
+    every slot, and the absent source of a one-source row in a mixed file is all padding."""
+    meta = generate_metadata(anatomy, clip_dir, n_samples=40, n_sources=(1, 2), seed=7, progress=False)
+    meta["sensor_snr"] = meta["current_snr"]
+    one = np.flatnonzero(meta["selected_region"][:, 1, 0] == NAN_NUMBER)
+    assert one.size
+    clips = {int(i): spike_clip(int(c), int(k), anatomy.fwd.shape[1])
+             for i, k, c in zip(meta["nmm_idx"].ravel(), meta["random_samples"].ravel(),
+                                meta["selected_region"][:, :, 0].ravel()) if c != NAN_NUMBER}
+    clips[0] = spike_clip(0, 1, anatomy.fwd.shape[1])  # row 0 of DeepSIF's *_nmm.h5: nmm_idx 0 reads it
+    with pytest.raises(IndexError):
+        deepsif_loader_item(meta, int(one[0]), anatomy.fwd, clips, [0, 0])

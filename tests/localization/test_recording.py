@@ -39,6 +39,13 @@ def test_match_aliases_case_and_prefixes():
     assert m.renamed["EEG FP1-REF"] == "Fp1"
 
 
+def test_dual_names_match_either_half():
+    m = match_channels(["T7/T3", "P8/T6", "Cz"], ["T7", "P8", "Cz"])
+    assert m.source_of == {"T7": "T7/T3", "P8": "P8/T6", "Cz": "Cz"} and not m.extra
+    m = match_channels(["T3", "Cz"], ["T7/T3", "Cz"])
+    assert m.source_of["T7/T3"] == "T3"
+
+
 def test_literal_name_wins_over_alias():
     m = match_channels(["T3", "T7", "Cz"], ["T7", "Cz"])
     assert m.source_of["T7"] == "T7" and m.extra == ["T3"]

@@ -72,7 +72,10 @@ def demo_localization(checkpoint: str | PathLike, nmm_dir: str | PathLike, out_d
     rng = np.random.default_rng(seed)
     regions = rng.choice(have, size=min(n_spikes, len(have)), replace=False)
     times = spacing * (1 + np.arange(len(regions)))
-    rec = make_spike_recording(anat.fwd, anat.channel_names, regions, times, sfreq=sfreq,
+    # the cap's names as the network knows them (the leadfield file's), else the anatomy's
+    known = (state.get("montage") or {}).get("ch_names")
+    ch_names = list(known) if known and len(known) == anat.n_channels else list(anat.channel_names)
+    rec = make_spike_recording(anat.fwd, ch_names, regions, times, sfreq=sfreq,
                                duration=float(times[-1] + spacing), clips=clips_from_folder(nmm_dir, regions),
                                background=background, snr_db=snr_db, seed=seed, path=out_dir / "spikes.edf",
                                overwrite=overwrite)

@@ -3,7 +3,8 @@
 One implementation of channel matching serves both :func:`esikit.localize` and
 ``esikit noise-bank``: names are compared case-insensitively after dropping the usual
 decorations (``EEG Fp1-REF`` is ``Fp1``), with the classic 10-20 aliases (T3 = T7,
-T4 = T8, T5 = P7, T6 = P8, A1 = M1, A2 = M2). A few missing channels (the file lacks them
+T4 = T8, T5 = P7, T6 = P8, A1 = M1, A2 = M2); a dual name such as ``T7/T3`` (tvb-data's
+cap) matches either half. A few missing channels (the file lacks them
 or marks them bad) are interpolated by MNE's spherical splines; more is an error that
 lists them; channels the montage does not use are dropped and listed.
 """
@@ -61,6 +62,15 @@ def canonical_channel_name(name: str) -> str:
     n = _SUFFIX.sub("", n) if len(_SUFFIX.sub("", n)) else n
     n = n.strip().lower()
     return CHANNEL_ALIASES.get(n, n)
+
+
+def _name_keys(name: str) -> list[str]:
+    """Canonical forms a name matches: the whole name, then each half of a dual name ("T7/T3")."""
+    keys = [canonical_channel_name(name)]
+    parts = [p for p in str(name).split("/") if p.strip()]
+    if len(parts) > 1:
+        keys += [k for k in (canonical_channel_name(p) for p in parts) if k not in keys]
+    return keys
 
 
 def _standard_montage():
@@ -305,15 +315,19 @@ def match_channels(rec_names: Sequence[str], target_names: Sequence[str], *, bad
     bad_set = {str(b) for b in bads}
     by_canon: dict[str, list[str]] = {}
     for n in rec_names:
-        by_canon.setdefault(canonical_channel_name(n), []).append(n)
+        for key in _name_keys(n):
+            by_canon.setdefault(key, []).append(n)
     source_of: dict[str, str] = {}
     missing: list[str] = []
     bad: list[str] = []
     used: set[str] = set()
     for t in target_names:
-        cands = [c for c in by_canon.get(canonical_channel_name(t), []) if c not in used]
-        # prefer the literal name (case-insensitive) over an alias, a good channel over a bad one
-        cands.sort(key=lambda c: (c in bad_set, c.lower() != str(t).lower()))
+        keys = _name_keys(t)
+        cands = list(dict.fromkeys(c for k in keys for c in by_canon.get(k, []) if c not in used))
+        # prefer a good channel over a bad one, the literal name (case-insensitive) over an
+        # alias, a whole name over one half of a dual name such as "T7/T3"
+        cands.sort(key=lambda c: (c in bad_set, c.lower() != str(t).lower(),
+                                  canonical_channel_name(c) != keys[0]))
         if not cands:
             missing.append(str(t))
             continue

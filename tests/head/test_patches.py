@@ -280,8 +280,9 @@ def test_gaussian_magnitude_from_distance_matrix():
     dist = np.array([[0, 50, 20], [50, 0, 5], [20, 5, 0.0]])
     w = gaussian_magnitude(None, np.array([0, 1, 2]), 50.0, distances=dist)
     assert w[0] == 1.0 and w[1] == pytest.approx(0.5, abs=1e-3) and w[2] > w[1]
+    euclid = np.abs(centres[:, :1] - centres[:, 0])
     np.testing.assert_allclose(gaussian_magnitude(centres, np.array([1, 0]), 50.0),
-                               gaussian_magnitude(None, np.array([1, 0]), 50.0, distances=np.abs(centres[:, :1] - centres[:, 0])))
+                               gaussian_magnitude(None, np.array([1, 0]), 50.0, distances=euclid))
 
 
 def test_deepsif_template_lists_as_given(deepsif_anatomy_dir):

@@ -413,9 +413,13 @@ def generate_metadata(
 
     anatomy = _resolve_anatomy(anatomy)
     if neighbours not in ("symmetric", "as_given"):
-        raise ValueError(f"Invalid value for 'neighbours': expected one of 'symmetric', 'as_given', got {neighbours!r}.")
+        raise ValueError(
+            f"Invalid value for 'neighbours': expected one of 'symmetric', 'as_given', got {neighbours!r}."
+        )
     if second_source not in ("apart", "deepsif"):
-        raise ValueError(f"Invalid value for 'second_source': expected one of 'apart', 'deepsif', got {second_source!r}.")
+        raise ValueError(
+            f"Invalid value for 'second_source': expected one of 'apart', 'deepsif', got {second_source!r}."
+        )
     if neighbours == "as_given" and patch_mode != "deepsif":
         raise ValueError("neighbours='as_given' needs patch_mode='deepsif' (grown patches use a symmetric adjacency)")
     symmetric = neighbours == "symmetric"
@@ -424,7 +428,9 @@ def generate_metadata(
     if distances is not None:
         distances = np.asarray(distances, dtype=np.float64)
         if distances.shape != (n_regions, n_regions):
-            raise ValueError(f"distances has shape {distances.shape}, expected ({n_regions}, {n_regions}) to match the anatomy")
+            raise ValueError(
+                f"distances has shape {distances.shape}, expected ({n_regions}, {n_regions}) to match the anatomy"
+            )
     fwd = np.asarray(anatomy.fwd if fwd is None else fwd, dtype=np.float64)
     if fwd.ndim != 2 or fwd.shape[1] != n_regions:
         raise ValueError(f"fwd has shape {fwd.shape}, expected (n_channels, {n_regions}) to match the anatomy")
@@ -666,14 +672,17 @@ def resolve_preset(preset: str, anatomy: Any) -> str:
     """
     options = ("auto", *PRESETS)
     if preset not in options:
-        raise ValueError(f"Invalid value for 'preset': expected one of {', '.join(map(repr, options))}, got {preset!r}.")
+        raise ValueError(
+            f"Invalid value for 'preset': expected one of {', '.join(map(repr, options))}, got {preset!r}."
+        )
     if preset != "auto":
         return preset
     from ..head.deepsif_template import DeepSIFTemplate, missing_template_files
 
     if isinstance(anatomy, DeepSIFTemplate):
         return "deepsif"
-    if isinstance(anatomy, (str, os.PathLike)) and not (isinstance(anatomy, str) and anatomy.lower() in ("default", "tvb76")):
+    builtin = isinstance(anatomy, str) and anatomy.lower() in ("default", "tvb76")
+    if isinstance(anatomy, (str, os.PathLike)) and not builtin:
         folder = Path(anatomy)
         if folder.is_dir() and not (folder / "anatomy.npz").exists() and not missing_template_files(folder):
             return "deepsif"

@@ -11,6 +11,7 @@ from esikit.io import load_mat_file
 from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.spikes import (
     CLIP_LENGTH,
+    ClipStream,
     downsample_raw,
     find_spike_times,
     make_spike_clips,
@@ -171,3 +172,39 @@ def test_make_spike_clips_resumable(tmp_path):
     assert not redo.skipped and redo.n_clips == res.n_clips
     assert not (out / "a48" / "nmm_99.mat").exists()
     np.testing.assert_array_equal(load_mat_file(files[0])["data"], clip)  # same seed, same clip
+
+
+def _random_recording(rng, n_regions=4):
+    n = int(rng.integers(800, 5000))
+    x = rng.normal(1.0, 1.0, (n, n_regions))
+    for _ in range(int(rng.integers(5, 40))):
+        t = int(rng.integers(0, n))
+        r = 0 if rng.random() < 0.5 else int(rng.integers(0, n_regions))
+        x[t, r] = rng.uniform(9.0, 20.0)
+        if t + 1 < n and rng.random() < 0.3:  # plateaus are not strict maxima
+            x[t + 1, r] = x[t, r]
+    return x
+
+
+def test_stream_rules_equal_batch_rules():
+    """Fed in random pieces, the stream keeps exactly the clips of the whole-recording rules."""
+    rng = np.random.default_rng(1)
+    total = 0
+    for _ in range(40):
+        x = _random_recording(rng)
+        times, regions = find_spike_times(x)
+        spikes, starts = select_clips(times, regions, 0, len(x))
+        stream, got, pos = ClipStream(region=0), [], 0
+        whole = rng.random() < 0.25  # make_region_clips feeds the whole recording at once
+        while pos < len(x):
+            m = len(x) if whole else int(rng.integers(1, 900))
+            for t, block, ctx, c0 in stream.feed(x[pos:pos + m], final=pos + m >= len(x)):
+                got.append((t, block))
+                # the context holds the clip and the spike's rescaling window
+                np.testing.assert_array_equal(ctx[block - c0:block - c0 + 500], x[block:block + 500])
+            pos += m
+        assert got == list(zip(spikes.tolist(), starts.tolist()))
+        assert stream.n_peaks == int(np.sum(regions == 0))
+        total += len(got)
+        assert whole or len(stream.buf) < 3000  # bounded memory
+    assert total > 20

@@ -15,7 +15,7 @@ from ..head.anatomy import (
     region_adjacency_from_mesh,
 )
 from .distributed import HarvestConfig, harvest_clips, plot_clips_histogram
-from .harvest import ClipStream, run_chunk_task
+from .harvest import run_chunk_task
 from .metadata import (
     generate_metadata,
     index_clips,
@@ -38,6 +38,7 @@ from .pipeline import DEMO_DURATION_S, DEMO_SETTINGS, dataset_paths, make_datase
 from ..head.snr import find_alpha, peak_windows, sensor_snr_db, source_background_power
 from .spikes import (
     CLIP_LENGTH,
+    ClipStream,
     RegionClipResult,
     downsample_raw,
     find_spike_times,

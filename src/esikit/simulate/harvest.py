@@ -8,7 +8,7 @@ clips are written as soon as they are certain, and a variant stops once it has i
 share of the clips wanted (or at a cap of simulated time). No raw simulation is kept.
 
 Streaming the rules exactly
-    :class:`ClipStream` keeps the last few seconds of the downsampled activity and the
+    :class:`~esikit.simulate.spikes.ClipStream` keeps the last few seconds of the downsampled activity and the
     spike peaks that can still matter. A peak's clip is decided once the recording
     reaches 1000 samples past its block start: by then every peak that could veto it
     (``block - 200 .. block + 699``) is known and clear of the end margin, so the
@@ -51,7 +51,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +58,12 @@ import numpy as np
 from .nmm import (
     NOISE_BLOCK, BatchIntegrator, JansenRitParams, NetworkStructure, draw_initial_history, draw_noise,
     excited_A, network_structure)
-from .spikes import (
-    CLIP_LENGTH, DISCARD_RAW, DOWNSAMPLE, rescale_spike_channel, save_clip, spike_alpha, write_json)
+from .spikes import ClipStream, DISCARD_RAW, DOWNSAMPLE, save_clip, scale_clip, write_json
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
-    "ClipStream",
-    "DECIDE_AFTER",
     "chain_dir",
     "integrate_chunk",
     "read_checkpoint",
@@ -77,178 +73,9 @@ __all__ = [
     "write_checkpoint",
 ]
 
-#: A peak's clip is decided once the recording reaches ``block + DECIDE_AFTER`` samples.
-DECIDE_AFTER = 1000
-#: Context of the per-clip rescaling: ``block - CONTEXT_BEFORE .. block + DECIDE_AFTER``.
-CONTEXT_BEFORE = 500
-
-
 def variant_seed(seed: int, region: int, setting: int, chunk: int) -> list[int]:
     """Entropy of the random stream of one chunk of one variant (chunk -1: initial history)."""
     return [int(seed), int(region), int(setting), int(chunk) + 1]
-
-
-# --------------------------------------------------------------------------- stream
-@dataclass
-class ClipStream:
-    """DeepSIF's clip rules applied to a recording that arrives in pieces.
-
-    Parameters
-    ----------
-    region : int
-        The excited region (its isolated peaks make clips).
-    threshold, min_gap, start_margin, end_margin, window : see
-        :func:`~esikit.simulate.spikes.find_spike_times` and
-        :func:`~esikit.simulate.spikes.select_clips`.
-
-    Attributes
-    ----------
-    length : int
-        Samples received so far.
-    """
-
-    region: int
-    threshold: float = 8.0
-    min_gap: int = 100
-    start_margin: int = 249
-    end_margin: int = 250
-    window: tuple[int, int] = (-200, 699)
-    buf: np.ndarray | None = None
-    buf_start: int = 0
-    scanned_to: int = 1            # candidates decided at positions < scanned_to (0 never is)
-    last_candidate: int = -(10 ** 12)
-    peak_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    peak_r: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    pending: list = field(default_factory=list)
-
-    @property
-    def length(self) -> int:
-        return self.buf_start + (0 if self.buf is None else len(self.buf))
-
-    def feed(self, rows: np.ndarray, final: bool = False) -> list[tuple[int, int, np.ndarray, int]]:
-        """Append samples and return the clips decided so far.
-
-        Parameters
-        ----------
-        rows : ndarray, shape (n_new, n_regions)
-            Next samples of the downsampled, region-mapped activity [mV].
-        final : bool
-            The recording ends here: decide every remaining peak with this length.
-
-        Returns
-        -------
-        list of (peak, block, context, context_start)
-            For each kept clip, in time order: the 0-based peak sample, the clip's first
-            sample, and the activity ``context`` (shape (n, n_regions)) from sample
-            ``context_start = max(0, block - 500)`` to ``min(length, block + 1000)``.
-        """
-        rows = np.asarray(rows)
-        if self.buf is None:
-            self.buf = rows.copy()
-        elif len(rows):
-            self.buf = np.concatenate([self.buf, rows])
-        T = self.length
-        lo, hi = max(self.scanned_to, 1), T - 1  # position T - 1 needs the next sample
-        if hi > lo:
-            seg = self.buf[lo - 1 - self.buf_start:hi + 1 - self.buf_start]
-            x = np.where(seg < self.threshold, 0.0, seg)
-            is_max = (x[1:-1] > x[:-2]) & (x[1:-1] > x[2:])
-            tt, rr = np.nonzero(is_max)  # by time, ties by region (as the batch rules)
-            tt = tt.astype(np.int64) + lo
-            gap_ok = np.diff(np.concatenate([[self.last_candidate], tt])) > self.min_gap
-            if len(tt):
-                self.last_candidate = int(tt[-1])
-            keep = gap_ok & (tt + 1 - self.start_margin > 0)
-            self.peak_t = np.concatenate([self.peak_t, tt[keep]])
-            self.peak_r = np.concatenate([self.peak_r, rr[keep].astype(np.int64)])
-            self.pending.extend(int(t) for t in tt[keep & (rr == self.region)])
-            self.scanned_to = hi
-        decided, still = [], []
-        for t in self.pending:
-            block = ((t + 1) // CLIP_LENGTH) * CLIP_LENGTH
-            if not final and T < block + DECIDE_AFTER:
-                still.append(t)
-                continue
-            if self._keep(t, block, T, final):
-                c0 = max(0, block - CONTEXT_BEFORE)
-                c1 = min(T, block + DECIDE_AFTER)
-                decided.append((t, block, self.buf[c0 - self.buf_start:c1 - self.buf_start].copy(), c0))
-        self.pending = still
-        self._trim()
-        return decided
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The stream's state as plain arrays (for a checkpoint; see :meth:`from_arrays`)."""
-        buf = np.zeros((0, 0), np.float32) if self.buf is None else self.buf
-        return {"buf": buf, "peak_t": self.peak_t, "peak_r": self.peak_r,
-                "pending": np.asarray(self.pending, dtype=np.int64),
-                "ints": np.array([self.buf_start, self.scanned_to, self.last_candidate,
-                                  self.buf is None], dtype=np.int64)}
-
-    @classmethod
-    def from_arrays(cls, region: int, arrays: dict[str, np.ndarray]) -> "ClipStream":
-        """Inverse of :meth:`to_arrays` (the rule settings are the defaults)."""
-        buf_start, scanned_to, last_candidate, no_buf = (int(v) for v in arrays["ints"])
-        return cls(region=int(region), buf=None if no_buf else arrays["buf"], buf_start=buf_start,
-                   scanned_to=scanned_to, last_candidate=last_candidate,
-                   peak_t=arrays["peak_t"].astype(np.int64), peak_r=arrays["peak_r"].astype(np.int64),
-                   pending=[int(t) for t in arrays["pending"]])
-
-    def _keep(self, t: int, block: int, T: int, final: bool) -> bool:
-        if final and not (t + 1 + self.end_margin < T and block + CLIP_LENGTH <= T):
-            return False
-        lo, hi = block + self.window[0], block + self.window[1]
-        other = (self.peak_r != self.region) & (self.peak_t >= lo) & (self.peak_t <= hi)
-        if final:  # peaks too close to the end of the recording do not count
-            other &= self.peak_t + 1 + self.end_margin < T
-        return not other.any()
-
-    def _trim(self) -> None:
-        # keep what a pending or future peak can still need
-        keep_from = self.scanned_to - 1 - (CLIP_LENGTH - 2) - CONTEXT_BEFORE
-        for t in self.pending:
-            keep_from = min(keep_from, ((t + 1) // CLIP_LENGTH) * CLIP_LENGTH - CONTEXT_BEFORE)
-        keep_from = max(keep_from, self.buf_start)
-        self.buf = self.buf[keep_from - self.buf_start:]
-        self.buf_start = keep_from
-        old = self.peak_t < keep_from
-        if old.any():
-            self.peak_t, self.peak_r = self.peak_t[~old], self.peak_r[~old]
-
-
-def scale_clip(context: np.ndarray, context_start: int, peak: int, block: int, region: int,
-               fwd: np.ndarray | None, target_snr_db: float = 15.0) -> tuple[np.ndarray, float]:
-    """Rescale one clip's spike to ``target_snr_db`` and cut its 500 samples.
-
-    Parameters
-    ----------
-    context : ndarray, shape (n, n_regions)
-        Activity around the clip (from :meth:`ClipStream.feed`).
-    context_start, peak, block : int
-        Absolute samples of ``context[0]``, of the peak and of the clip start.
-    region : int
-    fwd : ndarray, shape (n_channels, n_regions) | None
-        Leadfield; None keeps the clip unscaled.
-    target_snr_db : float
-
-    Returns
-    -------
-    clip : ndarray, shape (500, n_regions), float32
-    alpha : float
-        The factor applied (NaN when unscaled).
-    """
-    rel = np.array([peak - context_start])
-    alpha = float("nan")
-    scaled = context
-    if fwd is not None:
-        alpha = spike_alpha(context, fwd, region, rel, target_snr_db)
-        if np.isfinite(alpha) and alpha > 0:
-            scaled = rescale_spike_channel(context.astype(np.float64), region, rel, alpha)
-        else:
-            logger.warning("region %d, peak %d: scaling factor %s; clip kept unscaled",
-                           region, peak, alpha)
-    s = block - context_start
-    return np.asarray(scaled[s:s + CLIP_LENGTH], dtype=np.float32), alpha
 
 
 # --------------------------------------------------------------------------- variants
@@ -304,7 +131,7 @@ class CheckpointError(ValueError):
 
 #: Stream fields stored per variant ``b`` as ``s{b}_{field}``.
 _STREAM_FIELDS = ("buf", "peak_t", "peak_r", "pending", "ints")
-_CHECKPOINT_FORMAT = "esikit-harvest-checkpoint-1"
+_CHECKPOINT_FORMAT = "esikit-harvest-checkpoint-2"
 
 
 def write_checkpoint(path: Path, regions: list[int], streams: list[ClipStream], found: list[int],
@@ -394,8 +221,8 @@ def read_checkpoint(path: Path, n_nodes: int, horizon: int, n_regions: int, step
     for b in range(nb):
         f = {k: field(f"s{b}_{k}", ndim=1 if k != "buf" else 2, kind="f" if k == "buf" else "i")
              for k in _STREAM_FIELDS}
-        if f["ints"] is not None and f["ints"].shape != (4,):
-            problems.append(f"field 's{b}_ints' has shape {f['ints'].shape}, expected (4,)")
+        if f["ints"] is not None and f["ints"].shape != (5,):
+            problems.append(f"field 's{b}_ints' has shape {f['ints'].shape}, expected (5,)")
         elif f["buf"] is not None and f["buf"].size and f["buf"].shape[1] != n_regions:
             problems.append(f"field 's{b}_buf' has shape {f['buf'].shape}, expected (n, {n_regions})")
         elif all(v is not None for v in f.values()):

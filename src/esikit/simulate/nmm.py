@@ -382,6 +382,9 @@ def _integrate_batch_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, dela
     width = sbuf.shape[1]
     horizon = (width - block) // 2
     sources = np.repeat(np.arange(n_nodes), np.diff(colptr))
+    # bin (target, variant) of each (edge, variant) value: one bincount sums every variant,
+    # each bin in edge order (sources ascending)
+    bins = (targets[:, None].astype(np.int64) * n_batch + np.arange(n_batch)).ravel()
     row0 = (step0 + record_every - 1) // record_every
     # The random initial history can push exp() past float range: inf gives the right limit.
     with np.errstate(over="ignore"):
@@ -389,9 +392,8 @@ def _integrate_batch_numpy(y, sbuf, step0, z, A, p, colptr, targets, wdata, dela
             n = step0 + s + 1
             t = ((n - 1) - delays) % horizon
             vals = wdata[:, None] * sbuf[sources, t, :]  # (n_edges, B)
-            c = p[P_C_A] * np.stack(
-                [np.bincount(targets, weights=vals[:, b], minlength=n_nodes) for b in range(n_batch)],
-                axis=1)
+            c = p[P_C_A] * np.bincount(bins, weights=vals.ravel(),
+                                       minlength=n_nodes * n_batch).reshape(n_nodes, n_batch)
             eta = noise_amp * z[:, s, :].T  # (n_nodes, B)
             k1 = jansen_rit_dfun(y, c, A, params)
             inter = y + dt * k1

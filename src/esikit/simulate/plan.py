@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
-from .harvest import ClipStream, integrate_chunk, scale_clip, start_variants
+from .harvest import integrate_chunk, start_variants
 from .nmm import JansenRitParams, network_structure
-from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
+from .spikes import DISCARD_RAW, DOWNSAMPLE, ClipStream, save_clip, scale_clip
 
 logger = logging.getLogger(__name__)
 

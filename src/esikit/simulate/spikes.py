@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLIP_LENGTH",
+    "CONTEXT_BEFORE",
+    "ClipStream",
+    "DECIDE_AFTER",
     "DISCARD_RAW",
     "DOWNSAMPLE",
     "RegionClipResult",
@@ -52,6 +55,7 @@ __all__ = [
     "plain_json",
     "rescale_spike_channel",
     "save_clip",
+    "scale_clip",
     "select_clips",
     "spike_alpha",
     "write_clip",
@@ -270,6 +274,181 @@ def rescale_spike_channel(nmm: np.ndarray, region: int, spike_times: np.ndarray,
     return out
 
 
+#: A peak's clip is decided once the recording reaches ``block + DECIDE_AFTER`` samples.
+DECIDE_AFTER = 1000
+#: Context of the per-clip rescaling: ``block - CONTEXT_BEFORE .. block + DECIDE_AFTER``.
+CONTEXT_BEFORE = 500
+
+
+# --------------------------------------------------------------------------- stream
+@dataclass
+class ClipStream:
+    """DeepSIF's clip rules applied to a recording that arrives in pieces.
+
+    Parameters
+    ----------
+    region : int
+        The excited region (its isolated peaks make clips).
+    threshold, min_gap, start_margin, end_margin, window : see
+        :func:`find_spike_times` and
+        :func:`select_clips`.
+
+    Attributes
+    ----------
+    length : int
+        Samples received so far.
+    n_peaks : int
+        Peaks of ``region`` decided so far that pass the peak rules (those
+        :func:`find_spike_times` returns for it), isolated or not.
+    """
+
+    region: int
+    threshold: float = 8.0
+    min_gap: int = 100
+    start_margin: int = 249
+    end_margin: int = 250
+    window: tuple[int, int] = (-200, 699)
+    buf: np.ndarray | None = None
+    buf_start: int = 0
+    scanned_to: int = 1            # candidates decided at positions < scanned_to (0 never is)
+    last_candidate: int = -(10 ** 12)
+    peak_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    peak_r: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pending: list = field(default_factory=list)
+    n_peaks: int = 0               # decided peaks of the region that pass the peak rules
+
+    @property
+    def length(self) -> int:
+        return self.buf_start + (0 if self.buf is None else len(self.buf))
+
+    def feed(self, rows: np.ndarray, final: bool = False) -> list[tuple[int, int, np.ndarray, int]]:
+        """Append samples and return the clips decided so far.
+
+        Parameters
+        ----------
+        rows : ndarray, shape (n_new, n_regions)
+            Next samples of the downsampled, region-mapped activity [mV].
+        final : bool
+            The recording ends here: decide every remaining peak with this length.
+
+        Returns
+        -------
+        list of (peak, block, context, context_start)
+            For each kept clip, in time order: the 0-based peak sample, the clip's first
+            sample, and the activity ``context`` (shape (n, n_regions)) from sample
+            ``context_start = max(0, block - 500)`` to ``min(length, block + 1000)``.
+        """
+        rows = np.asarray(rows)
+        if self.buf is None:
+            self.buf = rows if final else rows.copy()  # a final piece is never appended to
+        elif len(rows):
+            self.buf = np.concatenate([self.buf, rows])
+        T = self.length
+        lo, hi = max(self.scanned_to, 1), T - 1  # position T - 1 needs the next sample
+        if hi > lo:
+            seg = self.buf[lo - 1 - self.buf_start:hi + 1 - self.buf_start]
+            x = np.where(seg < self.threshold, 0.0, seg)
+            is_max = (x[1:-1] > x[:-2]) & (x[1:-1] > x[2:])
+            tt, rr = np.nonzero(is_max)  # by time, ties by region (as the batch rules)
+            tt = tt.astype(np.int64) + lo
+            gap_ok = np.diff(np.concatenate([[self.last_candidate], tt])) > self.min_gap
+            if len(tt):
+                self.last_candidate = int(tt[-1])
+            keep = gap_ok & (tt + 1 - self.start_margin > 0)
+            self.peak_t = np.concatenate([self.peak_t, tt[keep]])
+            self.peak_r = np.concatenate([self.peak_r, rr[keep].astype(np.int64)])
+            self.pending.extend(int(t) for t in tt[keep & (rr == self.region)])
+            self.scanned_to = hi
+        decided, still = [], []
+        for t in self.pending:
+            block = ((t + 1) // CLIP_LENGTH) * CLIP_LENGTH
+            if not final and T < block + DECIDE_AFTER:
+                still.append(t)
+                continue
+            if not final or t + 1 + self.end_margin < T:
+                self.n_peaks += 1
+            if self._keep(t, block, T, final):
+                c0 = max(0, block - CONTEXT_BEFORE)
+                c1 = min(T, block + DECIDE_AFTER)
+                decided.append((t, block, self.buf[c0 - self.buf_start:c1 - self.buf_start].copy(), c0))
+        self.pending = still
+        self._trim()
+        return decided
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The stream's state as plain arrays (for a checkpoint; see :meth:`from_arrays`)."""
+        buf = np.zeros((0, 0), np.float32) if self.buf is None else self.buf
+        return {"buf": buf, "peak_t": self.peak_t, "peak_r": self.peak_r,
+                "pending": np.asarray(self.pending, dtype=np.int64),
+                "ints": np.array([self.buf_start, self.scanned_to, self.last_candidate,
+                                  self.buf is None, self.n_peaks], dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, region: int, arrays: dict[str, np.ndarray]) -> "ClipStream":
+        """Inverse of :meth:`to_arrays` (the rule settings are the defaults)."""
+        buf_start, scanned_to, last_candidate, no_buf, n_peaks = (int(v) for v in arrays["ints"])
+        return cls(region=int(region), buf=None if no_buf else arrays["buf"], buf_start=buf_start,
+                   scanned_to=scanned_to, last_candidate=last_candidate,
+                   peak_t=arrays["peak_t"].astype(np.int64), peak_r=arrays["peak_r"].astype(np.int64),
+                   pending=[int(t) for t in arrays["pending"]], n_peaks=n_peaks)
+
+    def _keep(self, t: int, block: int, T: int, final: bool) -> bool:
+        if final and not (t + 1 + self.end_margin < T and block + CLIP_LENGTH <= T):
+            return False
+        lo, hi = block + self.window[0], block + self.window[1]
+        other = (self.peak_r != self.region) & (self.peak_t >= lo) & (self.peak_t <= hi)
+        if final:  # peaks too close to the end of the recording do not count
+            other &= self.peak_t + 1 + self.end_margin < T
+        return not other.any()
+
+    def _trim(self) -> None:
+        # keep what a pending or future peak can still need
+        keep_from = self.scanned_to - 1 - (CLIP_LENGTH - 2) - CONTEXT_BEFORE
+        for t in self.pending:
+            keep_from = min(keep_from, ((t + 1) // CLIP_LENGTH) * CLIP_LENGTH - CONTEXT_BEFORE)
+        keep_from = max(keep_from, self.buf_start)
+        self.buf = self.buf[keep_from - self.buf_start:]
+        self.buf_start = keep_from
+        old = self.peak_t < keep_from
+        if old.any():
+            self.peak_t, self.peak_r = self.peak_t[~old], self.peak_r[~old]
+
+
+def scale_clip(context: np.ndarray, context_start: int, peak: int, block: int, region: int,
+               fwd: np.ndarray | None, target_snr_db: float = 15.0) -> tuple[np.ndarray, float]:
+    """Rescale one clip's spike to ``target_snr_db`` and cut its 500 samples.
+
+    Parameters
+    ----------
+    context : ndarray, shape (n, n_regions)
+        Activity around the clip (from :meth:`ClipStream.feed`).
+    context_start, peak, block : int
+        Absolute samples of ``context[0]``, of the peak and of the clip start.
+    region : int
+    fwd : ndarray, shape (n_channels, n_regions) | None
+        Leadfield; None keeps the clip unscaled.
+    target_snr_db : float
+
+    Returns
+    -------
+    clip : ndarray, shape (500, n_regions), float32
+    alpha : float
+        The factor applied (NaN when unscaled).
+    """
+    rel = np.array([peak - context_start])
+    alpha = float("nan")
+    scaled = context
+    if fwd is not None:
+        alpha = spike_alpha(context, fwd, region, rel, target_snr_db)
+        if np.isfinite(alpha) and alpha > 0:
+            scaled = rescale_spike_channel(context.astype(np.float64), region, rel, alpha)
+        else:
+            logger.warning("region %d, peak %d: scaling factor %s; clip kept unscaled",
+                           region, peak, alpha)
+    s = block - context_start
+    return np.asarray(scaled[s:s + CLIP_LENGTH], dtype=np.float32), alpha
+
+
 # --------------------------------------------------------------------------- files
 def save_clip(path: str | Path, clip: np.ndarray) -> Path:
     """Write one clip to ``path`` (MAT v5, field ``data``, float32) atomically.
@@ -436,9 +615,13 @@ def make_region_clips(
                                backend=backend, record_every=DOWNSAMPLE, dtype=np.float32)
         nmm = raw[DISCARD_RAW // DOWNSAMPLE:][:, node_of_region]
         del raw
-        times, regions = find_spike_times(nmm)
-        spike_times, starts = select_clips(times, regions, region, nmm.shape[0])
-        result.peaks_per_setting.append(int(np.sum(regions == region)))
+        # the harvest's stream rules, fed the whole recording at once (the same clips as
+        # find_spike_times + select_clips, tested)
+        stream = ClipStream(region=int(region))
+        decided = stream.feed(nmm, final=True)
+        spike_times = np.array([d[0] for d in decided], dtype=np.int64)
+        starts = [d[1] for d in decided]
+        result.peaks_per_setting.append(stream.n_peaks)
         result.clips_per_setting.append(int(len(spike_times)))
         result.simulated_s += float(duration_s)
         if len(spike_times) == 0:

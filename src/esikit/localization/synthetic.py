@@ -19,7 +19,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpikeRecording", "clips_from_folder", "make_spike_recording", "spike_waveform"]
+__all__ = ["SpikeRecording", "clips_from_folder", "make_spike_recording", "spike_raw", "spike_source",
+           "spike_waveform"]
 
 
 @dataclass
@@ -131,10 +132,7 @@ def make_spike_recording(
     -------
     SpikeRecording
     """
-    import mne
     from scipy.ndimage import gaussian_filter1d
-
-    from .recording import standard_positions
 
     fwd = np.asarray(fwd, dtype=np.float64)
     n_ch, n_reg = fwd.shape
@@ -153,18 +151,9 @@ def make_spike_recording(
     eeg_spikes = np.zeros((n, n_ch))
     on = np.zeros(n, dtype=bool)
     for r, t in zip(regions, times):
-        if clips is not None:
-            clip = np.asarray(clips[int(r)], dtype=np.float64)
-            clip = (clip - clip.mean(axis=0)) * _taper(len(clip))[:, None]
-            peak = int(np.argmax(np.abs(clip[:, r])))
-            clip = clip / np.abs(clip[peak, r])
-            proj = clip @ fwd.T
-            src_abs = np.abs(clip).max(axis=1)
-        else:
-            w = spike_waveform(sfreq)
-            proj = w[:, None] * fwd[:, r][None, :]
-            src_abs = np.abs(w)
-            peak = len(w) // 2
+        src, peak = spike_source(int(r), n_reg, None if clips is None else clips[int(r)], sfreq)
+        proj = src @ fwd.T
+        src_abs = np.abs(src).max(axis=1)
         a = int(round(t * sfreq)) - peak
         lo, hi = max(a, 0), min(a + len(proj), n)
         if hi <= lo:
@@ -189,17 +178,72 @@ def make_spike_recording(
     if snr_db is not None:
         power = np.mean((eeg_spikes[on] * scale) ** 2) if on.any() else np.mean(eeg ** 2)
         eeg += rng.standard_normal(eeg.shape) * np.sqrt(power * 10 ** (-snr_db / 10))
+    raw, out = spike_raw(eeg, ch_names, times, sfreq=sfreq, ch_pos=ch_pos, path=path, overwrite=overwrite)
+    return SpikeRecording(raw=raw, regions=regions, times=times, path=out)
+
+
+def spike_source(region: int, n_regions: int, clip: np.ndarray | None = None,
+                 sfreq: float = 500.0) -> tuple[np.ndarray, int]:
+    """One spike's source activity with a unit peak in ``region``.
+
+    Parameters
+    ----------
+    region : int
+    n_regions : int
+    clip : ndarray, shape (T, R), optional
+        An NMM clip: all regions, mean removed, tapered at the ends (Tukey, 20 %), divided
+        by the absolute peak of ``region``. Default: :func:`spike_waveform` in ``region`` alone.
+    sfreq : float
+        Rate (Hz) of the default waveform.
+
+    Returns
+    -------
+    src : ndarray, shape (T, R)
+    peak : int
+        Sample of the peak of ``|src[:, region]|``.
+    """
+    if clip is not None:
+        clip = np.asarray(clip, dtype=np.float64)
+        if clip.ndim != 2 or clip.shape[1] != n_regions:
+            raise ValueError(f"clip of region {region} has shape {clip.shape}, expected (T, R) with R={n_regions}")
+        clip = (clip - clip.mean(axis=0)) * _taper(len(clip))[:, None]
+        peak = int(np.argmax(np.abs(clip[:, region])))
+        return clip / max(float(np.abs(clip[peak, region])), 1e-30), peak
+    w = spike_waveform(sfreq)
+    src = np.zeros((len(w), n_regions))
+    src[:, region] = w
+    return src, len(w) // 2
+
+
+def spike_raw(eeg: np.ndarray, ch_names: Sequence[str], times: Sequence[float], *, sfreq: float = 500.0,
+              ch_pos: np.ndarray | None = None, path: str | PathLike | None = None, overwrite: bool = False,
+              description: str = "spike"):
+    """An ``mne.io.RawArray`` of ``eeg`` (N x C, volts) with one annotation per time, optionally as EDF.
+
+    Positions: ``ch_pos`` (C x 3, m, head frame) or MNE's 10-05 where the name is known.
+    The EDF is written by ``mne.export.export_raw`` (needs ``edfio``).
+
+    Returns
+    -------
+    raw : mne.io.RawArray
+    path : Path | None
+    """
+    import mne
+
+    from .recording import standard_positions
+
     info = mne.create_info(list(map(str, ch_names)), sfreq, "eeg")
-    raw = mne.io.RawArray(eeg.T, info, verbose="error")
+    raw = mne.io.RawArray(np.asarray(eeg).T, info, verbose="error")
     pos = standard_positions(ch_names) if ch_pos is None else np.asarray(ch_pos, dtype=float)
     known = np.isfinite(pos).all(axis=1)
     if known.any():
         raw.set_montage(mne.channels.make_dig_montage(
             ch_pos={c: p for c, p, k in zip(ch_names, pos, known) if k}, coord_frame="head"), on_missing="ignore")
-    raw.set_annotations(mne.Annotations(times, np.zeros(len(times)), ["spike"] * len(times)))
+    times = np.asarray(times, dtype=float).ravel()
+    raw.set_annotations(mne.Annotations(times, np.zeros(len(times)), [description] * len(times)))
     out = None
     if path is not None:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         mne.export.export_raw(out, raw, fmt="edf", overwrite=overwrite, verbose="error")
-    return SpikeRecording(raw=raw, regions=regions, times=times, path=out)
+    return raw, out

@@ -9,7 +9,7 @@ or unreadable included, unless --allow-missing-clips).
 import sys
 from pathlib import Path
 
-from esikit.diagnose import main
+from esikit.commands.check import main
 
 if __name__ == "__main__":
     # The config beside this script, wherever it is run from; --config overrides it.

@@ -9,7 +9,7 @@
 import sys
 from pathlib import Path
 
-from esikit.train.cli import main
+from esikit.commands.train import main
 
 if __name__ == "__main__":
     # The config beside this script, wherever it is run from; --config overrides it.

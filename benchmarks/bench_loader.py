@@ -183,7 +183,7 @@ def _training_wait(meta: Path, fwd_path: Path, nmm: Path, n_samples: int) -> dic
 import json, tempfile, time
 from pathlib import Path
 from esikit.config import default_config
-from esikit.train.cli import build_loaders
+from esikit.commands.train import build_loaders
 from esikit.train.trainer import Trainer
 cfg = default_config()
 tmp = Path(tempfile.mkdtemp(prefix="esikit_bench_train_"))

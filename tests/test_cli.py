@@ -9,7 +9,7 @@ import pytest
 from esikit.cli import build_parser, main
 from esikit.config import default_config, validate_config
 from esikit.data.toy import make_toy_dataset
-from esikit.train.cli import train
+from esikit.commands.train import train
 
 
 def test_help_lists_every_command(capsys):

@@ -10,6 +10,8 @@ Sub-commands:
 - ``esikit localize RECORDING --checkpoint CKPT``: localize a recording's events.
 - ``esikit noise-bank RECORDING OUT --forward FWD``: spike-free segments as DeepSIF's noise file.
 - ``esikit demo``: make the built-in dataset when missing, check it, train, evaluate.
+
+The code of each sub-command is in :mod:`esikit.commands`; this module only dispatches.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .diagnose import main
+    from .commands.check import main
 
     flags = [f for f, on in (("--verify-clips", args.verify_clips), ("--allow-missing-clips", args.allow_missing_clips))
              if on and f not in args.overrides]
@@ -29,21 +31,21 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train.cli import main
+    from .commands.train import main
 
     return main(args.overrides)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .train.cli import evaluate_main
+    from .commands.evaluate import main
 
-    return evaluate_main(args)
+    return main(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .train.cli import demo_main
+    from .commands.demo import main
 
-    return demo_main(args)
+    return main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,15 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="region rule for the network's output (default: DeepSIF's)")
     p.set_defaults(func=_run_evaluate)
 
-    from .simulate._cli import add_parsers as add_simulate
+    from .commands.simulate import add_parsers as add_simulate
 
     add_simulate(sub)
 
-    from .forward_cli import add_parser as add_forward
+    from .commands.forward import add_parser as add_forward
 
     add_forward(sub)
 
-    from .localization._cli import add_parsers as add_localization
+    from .commands.localize import add_parsers as add_localization
 
     add_localization(sub)
 

@@ -279,7 +279,7 @@ def test_dynamic_loaders_pass_every_dataset_option(tmp_path):
     from esikit.config import KEYS
     from esikit.data.toy import make_toy_dataset
     from esikit.head.anatomy import Anatomy
-    from esikit.train.cli import dynamic_loaders
+    from esikit.commands.train import dynamic_loaders
 
     toy = make_toy_dataset(tmp_path / "toy", n_regions=16, n_channels=8, n_train=8, n_test=4, clips_per_region=3,
                            seed=3)

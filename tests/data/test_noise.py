@@ -143,7 +143,7 @@ def test_config_keys_reach_the_dataset(toy, bank_path):
 
 
 def test_data_check_validates_the_noise_bank(tmp_path, bank_path, capsys):
-    from esikit.diagnose import main
+    from esikit.commands.check import main
 
     toy = make_toy_dataset(tmp_path / "ds", n_regions=20, n_channels=N_CH, n_train=8, n_test=4, seed=2)
     args = [f"TRAIN_METADATA_PATH={toy['train_metadata']}", f"TEST_METADATA_PATH={toy['test_metadata']}",

@@ -348,7 +348,7 @@ def test_h5_store_checksums(tmp_path):
     np.testing.assert_array_equal(fixed.clips[2], (data[2] * 2).T)
 
 
-# -- the data check (esikit.diagnose) ------------------------------------------------------------
+# -- the data check (esikit.commands.check) ------------------------------------------------------------
 
 
 def _check_args(toy, cache_dir, *extra):
@@ -361,7 +361,7 @@ def _check_args(toy, cache_dir, *extra):
 def test_data_check_verify_clips_finds_and_repairs_a_damaged_cache(tmp_path, capsys):
     """Issue 10 case 3/5: the check with --verify-clips no longer passes over a wrong cache."""
     from esikit.data.toy import make_toy_dataset
-    from esikit.diagnose import main
+    from esikit.commands.check import main
 
     toy = make_toy_dataset(tmp_path / "d", n_regions=12, n_channels=5, n_train=8, n_test=4, seed=3)
     folder = tmp_path / "c"
@@ -384,7 +384,7 @@ def test_data_check_verify_clips_finds_and_repairs_a_damaged_cache(tmp_path, cap
 
 def test_data_check_names_the_cache_fix(tmp_path, capsys, monkeypatch):
     from esikit.data.toy import make_toy_dataset
-    from esikit.diagnose import main
+    from esikit.commands.check import main
 
     toy = make_toy_dataset(tmp_path / "d", n_regions=12, n_channels=5, n_train=8, n_test=4, seed=3)
     usage = namedtuple("usage", "total used free")

@@ -87,7 +87,7 @@ def test_real_scheduler_connects():
 
 
 def test_cli_names_the_address(tmp_path, capsys):
-    from esikit.simulate._cli import main
+    from esikit.commands.simulate import main
 
     with _server(None) as address:
         t0 = time.perf_counter()

@@ -237,7 +237,7 @@ def test_plan_extrapolates(tmp_path):
 
 
 def test_cli_clips_per_region_makes_dataset(tmp_path, capsys):
-    from esikit.simulate._cli import main
+    from esikit.commands.simulate import main
 
     out = tmp_path / "ds"
     rc = main(["simulate", str(out), "--regions", "3,48", "--settings", "0", "--clips-per-region", "1",

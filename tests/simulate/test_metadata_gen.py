@@ -634,7 +634,7 @@ def _fake_spike_clips(anat, nmm_dir, regions, **_kw):
 def test_simulate_command_deepsif_preset(deepsif_anatomy_dir, tmp_path, monkeypatch, capsys):
     """esikit simulate --anatomy <DeepSIF folder> --preset deepsif: the metadata steps on the
     real template (the simulation itself is replaced by synthetic clips)."""
-    from esikit.simulate._cli import main
+    from esikit.commands.simulate import main
 
     monkeypatch.setattr("esikit.simulate.pipeline.make_spike_clips", _fake_spike_clips)
     out = tmp_path / "ds"
@@ -660,7 +660,7 @@ def test_simulate_command_deepsif_preset(deepsif_anatomy_dir, tmp_path, monkeypa
 
 
 def test_simulate_command_deepsif_preset_needs_the_folder(tmp_path, capsys):
-    from esikit.simulate._cli import main
+    from esikit.commands.simulate import main
 
     # the built-in anatomy is refused before anything is simulated
     code = main(["simulate", str(tmp_path / "x"), "--preset", "deepsif", "--no-progress"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from esikit.io import load_mat_file
-from esikit.simulate._cli import config_lines, main, parse_index_list
+from esikit.commands.simulate import config_lines, main, parse_index_list
 from esikit.simulate.pipeline import make_dataset
 
 REGIONS = [10, 48, 60]

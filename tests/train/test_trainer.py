@@ -16,7 +16,7 @@ from esikit.config import ConfigError, default_config, validate_config
 from esikit.data.toy import make_toy_dataset
 from esikit.train import CheckpointError, NonFiniteLossError, load_checkpoint
 from esikit.train.checkpoint import RunLockedError
-from esikit.train.cli import build_loaders, main, train
+from esikit.commands.train import build_loaders, main, train
 from esikit.train.trainer import DataLoaderWorkerError, ResumeConfigError, Trainer, choose_amp
 
 

@@ -12,7 +12,7 @@ from esikit.head import load_default_anatomy
 from esikit.head.forward import make_forward_model
 from esikit.io import save_forward_model
 from esikit.train import load_checkpoint
-from esikit.train.cli import train
+from esikit.commands.train import train
 
 TEN_TWENTY = ["Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz",
               "P4", "P8", "O1", "O2"]

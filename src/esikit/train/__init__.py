@@ -1,4 +1,4 @@
-"""Training: the loop, atomic checkpoints, resume, and the train/evaluate/demo commands."""
+"""Training: the loop, atomic checkpoints, resume (the commands are in :mod:`esikit.commands`)."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .trainer import NonFiniteLossError, Trainer, TrainState, load_model

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .pipeline import DEMO_DURATION_S, DEMO_N_TEST, DEMO_N_TRAIN, DEMO_SETTINGS
+from ..simulate.pipeline import DEMO_DURATION_S, DEMO_N_TEST, DEMO_N_TRAIN, DEMO_SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def config_lines(summary: dict) -> list[str]:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Run ``esikit simulate`` with parsed arguments; returns the exit code."""
-    from .pipeline import make_dataset
+    from ..simulate.pipeline import make_dataset
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -197,8 +197,8 @@ def run_plan(args: argparse.Namespace) -> int:
     """``esikit simulate --plan``: pilot run and extrapolation, printed."""
     import dataclasses
 
-    from .nmm import JansenRitParams
-    from .plan import format_plan, plan_harvest
+    from ..simulate.nmm import JansenRitParams
+    from ..simulate.plan import format_plan, plan_harvest
 
     k = args.clips_per_region
     if k is None:
@@ -221,7 +221,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m esikit.simulate._cli``)."""
+    """Stand-alone entry point (``python -m esikit.commands.simulate``)."""
     parser = argparse.ArgumentParser(prog="esikit")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)

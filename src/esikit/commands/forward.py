@@ -51,12 +51,12 @@ def add_parser(sub) -> None:
 
 
 def _attach(args: argparse.Namespace, names: list[str], pos) -> int:
-    from esikit.io.forward_model import ForwardModel, load_forward_model, montage_dict, save_forward_model
+    from ..io.forward_model import ForwardModel, load_forward_model, montage_dict, save_forward_model
 
     src = Path(args.attach)
     if src.suffix == ".pt":
-        from esikit.constants import SFREQ_HZ
-        from esikit.train.checkpoint import load_checkpoint, save_checkpoint
+        from ..constants import SFREQ_HZ
+        from ..train.checkpoint import load_checkpoint, save_checkpoint
 
         state = load_checkpoint(src)
         n_ch = (state.get("data") or {}).get("n_channels") or (state.get("model_config") or {}).get("n_channels")
@@ -79,9 +79,9 @@ def _attach(args: argparse.Namespace, names: list[str], pos) -> int:
 
 def run_forward(args: argparse.Namespace) -> int:
     """Run ``esikit forward`` (see the module docstring)."""
-    from esikit.head import load_anatomy
-    from esikit.head.forward import make_forward_model, read_montage
-    from esikit.io.forward_model import save_forward_model
+    from ..head import load_anatomy
+    from ..head.forward import make_forward_model, read_montage
+    from ..io.forward_model import save_forward_model
 
     try:
         if args.attach is not None:

@@ -65,9 +65,9 @@ def _verify_packed_cache(nmm_dir: Any, metadata_path: Path, cache_dir: Any, done
                          report: _Report) -> None:
     """``--verify-clips`` on the fast path: every packed clip, projection and clip file
     against the CRC32 recorded when the cache was built; anything wrong is rebuilt."""
-    from .data import find_clip_location, open_clip_store
-    from .data.dataset import learn_clip_shape
-    from .data.packed import PackedClipCache
+    from ..data import find_clip_location, open_clip_store
+    from ..data.dataset import learn_clip_shape
+    from ..data.packed import PackedClipCache
 
     location = Path(nmm_dir) if nmm_dir is not None else find_clip_location(metadata_path)
     key = (str(Path(location).resolve()), str(cache_dir))
@@ -90,8 +90,8 @@ def _verify_packed_cache(nmm_dir: Any, metadata_path: Path, cache_dir: Any, done
 
 def _clip_regions(cfg: dict[str, Any]) -> int | None:
     """R of the configured clips (None when they cannot be read: the dataset check says why)."""
-    from .data import find_clip_location, open_clip_store
-    from .data.dataset import learn_clip_shape
+    from ..data import find_clip_location, open_clip_store
+    from ..data.dataset import learn_clip_shape
 
     try:
         location = cfg.get("NMM_SPIKES_DIR") or find_clip_location(Path(cfg["TRAIN_METADATA_PATH"]))
@@ -107,7 +107,7 @@ def _centre_problems(ds: Any, positions: Sequence[int]) -> list[str]:
     Such a clip cannot be scaled to a peak: the source would contribute nothing. Only
     the clips these samples use are read (``--verify-clips`` reads every clip).
     """
-    from .data.clips import ClipReadError
+    from ..data.clips import ClipReadError
 
     meta, found = ds.metadata, []
     for i in positions:
@@ -134,15 +134,15 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
     ``allow_missing_clips`` (then they are reported and training goes on per
     ``MISSING_CLIPS``).
     """
-    from .config import dataset_options
-    from .data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
-    from .data.noise import NoiseBankError
-    from .data.packed import CacheError
+    from ..config import dataset_options
+    from ..data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
+    from ..data.noise import NoiseBankError
+    from ..data.packed import CacheError
 
     report = _Report()
     if not cfg.get("USE_METADATA_LOADER", True):
         report.info("USE_METADATA_LOADER is False: checking the dynamic mode is the data-generation issue's")
-        from .data import dynamic  # noqa: F401  (raises ImportError with a clear message when absent)
+        from ..data import dynamic  # noqa: F401  (raises ImportError with a clear message when absent)
 
     paths_ok = _check_paths(cfg, report)
     fwd = None
@@ -265,7 +265,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
 
 def main(argv: Sequence[str] = (), default_config: str | PathLike | None = None) -> int:
     """Entry point of ``test_metadata_loader.py`` and ``esikit check``."""
-    from .config import ConfigError, get_config
+    from ..config import ConfigError, get_config
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv)

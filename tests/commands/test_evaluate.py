@@ -13,7 +13,8 @@ import scipy.io
 from esikit.config import default_config, validate_config
 from esikit.data.toy import make_toy_dataset
 from esikit.train import load_checkpoint, save_checkpoint
-from esikit.train.cli import evaluate_main, train
+from esikit.commands.evaluate import main as evaluate_main
+from esikit.commands.train import train
 
 
 class _Args:

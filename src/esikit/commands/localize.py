@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .preprocess import H_FREQ, L_FREQ
-from .recording import MAX_MISSING
+from ..localization.preprocess import H_FREQ, L_FREQ
+from ..localization.recording import MAX_MISSING
 
 
 def _freq(text: str) -> float | None:
@@ -68,7 +68,7 @@ def add_parsers(sub) -> None:
 
 
 def run_localize(args: argparse.Namespace) -> int:
-    from .run import localize_file
+    from ..localization.run import localize_file
 
     out = Path(args.out) if args.out else Path(args.recording).with_name(Path(args.recording).stem + "_localization")
     t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def run_localize(args: argparse.Namespace) -> int:
 
 
 def run_noise_bank(args: argparse.Namespace) -> int:
-    from .noise_bank import make_noise_bank, write_noise_bank
+    from ..localization.noise_bank import make_noise_bank, write_noise_bank
 
     try:
         if Path(args.out).exists() and not args.overwrite:

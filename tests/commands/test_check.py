@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from esikit.diagnose import main
+from esikit.commands.check import main
 from esikit.io import save_mat_file
 from esikit.data.toy import make_toy_dataset
 

@@ -1,9 +1,12 @@
-"""``train.py`` / ``esikit train``, ``esikit evaluate`` and ``esikit demo``."""
+"""``python train.py`` / ``esikit train``: build the loaders, train, then evaluate.
+
+Exit status of :func:`main`: 0 done, 1 data, checkpoint, disk or worker problem, 2 bad
+configuration, 3 non-finite loss, 4 the run folder is locked by another run.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -15,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, dataset_options, get_config, resolve_config_paths
+from ..config import ConfigError, dataset_options, get_config
+from .evaluate import print_evaluation, run_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +27,7 @@ logger = logging.getLogger(__name__)
 def build_loaders(cfg: dict[str, Any]):
     """Loaders and data info for a validated configuration (metadata or dynamic mode)."""
     from ..data import create_dataloaders_from_metadata
-    from .trainer import distributed_context
+    from ..train.trainer import distributed_context
 
     rank, world, _ = distributed_context()
     common = dict(
@@ -99,35 +103,6 @@ def run_dirs(cfg: dict[str, Any]) -> tuple[Path, Path]:
     return Path(cfg["CHECKPOINT_DIR"]) / name, Path(cfg["LOG_DIR"]) / name
 
 
-def check_model_fits(model, fwd, *, checkpoint=None, fwd_path=None) -> None:
-    """Raise a ValueError naming both shapes when ``model`` cannot run on ``fwd`` (C x R)."""
-    shape = tuple(int(n) for n in np.shape(fwd))
-    want = (getattr(model, "n_channels", None), getattr(model, "n_regions", None))
-    if None in want:  # not an esikit model: nothing to compare
-        return
-    if shape != want:
-        where = f"{checkpoint}: " if checkpoint else ""
-        what = f"the forward matrix {fwd_path}" if fwd_path else "the forward matrix"
-        raise ValueError(f"{where}the model takes {want[0]} channels and gives {want[1]} regions (expects a "
-                         f"forward matrix of shape {want}), but {what} has shape {shape}; evaluate on data with "
-                         "the leadfield the model was trained with")
-
-
-def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], history=None, device="cpu",
-                   fwd_path=None, **options: Any) -> dict[str, Any]:
-    """Evaluate ``model`` and ``cfg['BASELINES']``; ``options`` (``oracle``, ``depth``, ``rule``) go to
-    :func:`esikit.evaluate.runner.evaluate_model`."""
-    from ..evaluate.runner import evaluate_model, find_anatomy
-
-    check_model_fits(model, fwd, fwd_path=fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))
-    anatomy = find_anatomy(cfg.get("ANATOMY"), fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))
-    return evaluate_model(
-        model, test_dataset, fwd, out_dir, anatomy=anatomy, baselines=tuple(cfg.get("BASELINES") or ()),
-        max_samples=cfg.get("EVAL_MAX_SAMPLES"), batch_size=max(int(cfg["BATCH_SIZE"]), 16), device=device,
-        history=history, model_name=cfg["MODEL"], **options,
-    )
-
-
 def train(cfg: dict[str, Any], *, resume: bool = False, force: bool = False,
           show_progress: bool = True) -> dict[str, Any]:
     """Train (and evaluate, when ``EVALUATE``) with a validated configuration.
@@ -136,8 +111,8 @@ def train(cfg: dict[str, Any], *, resume: bool = False, force: bool = False,
     written (a second run with the same RUN_NAME stops at once with the holder's PID).
     ``force`` (with ``resume``) accepts a changed configuration (:meth:`Trainer.resume`).
     """
-    from .checkpoint import RunLock
-    from .trainer import distributed_context
+    from ..train.checkpoint import RunLock
+    from ..train.trainer import distributed_context
 
     run_dir, _ = run_dirs(cfg)
     rank = distributed_context()[0]
@@ -146,7 +121,7 @@ def train(cfg: dict[str, Any], *, resume: bool = False, force: bool = False,
 
 
 def _train(cfg: dict[str, Any], *, resume: bool, force: bool, show_progress: bool) -> dict[str, Any]:
-    from .trainer import Trainer, load_model
+    from ..train.trainer import Trainer, load_model
 
     t0 = time.perf_counter()
     train_loader, val_loader, test_loader, info = build_loaders(cfg)
@@ -189,8 +164,8 @@ def main(argv: Sequence[str] = (), default_config: str | os.PathLike | None = No
     (or a changed one on ``--resume`` without ``--force``), 3 non-finite loss, 4 the run
     folder is locked by another run.
     """
-    from .checkpoint import CheckpointError, RunLockedError
-    from .trainer import DataLoaderWorkerError, ResumeConfigError, is_worker_death, worker_death_message
+    from ..train.checkpoint import CheckpointError, RunLockedError
+    from ..train.trainer import DataLoaderWorkerError, ResumeConfigError, is_worker_death, worker_death_message
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(argv)
@@ -236,16 +211,8 @@ def main(argv: Sequence[str] = (), default_config: str | os.PathLike | None = No
         return 1
     ev = result.get("evaluation")
     if ev is not None:
-        _print_evaluation(ev, result["run_dir"])
+        print_evaluation(ev, result["run_dir"])
     return 0
-
-
-def _print_evaluation(ev: dict[str, Any], run_dir: Path) -> None:
-    print()
-    print(f"Test results on {ev['n_samples']} samples (median over samples; full tables in {run_dir}/results.md):")
-    print()
-    print(ev["comparison"])
-    print(f"\nresults and figures: {run_dir}")
 
 
 def _init_distributed() -> None:
@@ -256,130 +223,3 @@ def _init_distributed() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def evaluate_main(args) -> int:
-    """``esikit evaluate CHECKPOINT``: everything needed is recorded in the checkpoint."""
-    from ..data import SpikeEEGMetadataDataset
-    from .trainer import load_model
-
-    try:
-        model, state = load_model(args.checkpoint)
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    cfg = resolve_config_paths(dict(state["config"]), _path_bases(Path(args.checkpoint), state))
-    if args.max_samples is not None:
-        cfg["EVAL_MAX_SAMPLES"] = args.max_samples
-    if getattr(args, "baselines", None) is not None:
-        cfg["BASELINES"] = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    options = {"oracle": bool(getattr(args, "oracle", False)), "depth": getattr(args, "depth", None),
-               "rule": getattr(args, "rule", None) or "deepsif"}
-    test_path = args.test_metadata or cfg.get("TEST_METADATA_PATH")
-    if not test_path:
-        print("error: the checkpoint's config has no TEST_METADATA_PATH; pass --test-metadata", file=sys.stderr)
-        return 1
-    try:
-        ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
-                                     dataset_len=cfg.get("TEST_DATASET_LEN") if not args.test_metadata else None,
-                                     seed=cfg.get("SEED", 0), **dataset_options(cfg))
-        check_model_fits(model, ds.fwd, checkpoint=args.checkpoint, fwd_path=cfg["FWD_MATRIX_PATH"])
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    ds = ds.subset(np.arange(len(ds)), freeze_epoch=True)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    history = state.get("train_state", {}).get("history")
-    try:
-        ev = run_evaluation(model, ds, ds.fwd, out, cfg, history=history, **options)
-    except ValueError as exc:  # e.g. an unknown baseline or rule name
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        from .trainer import is_worker_death, worker_death_message
-
-        if not is_worker_death(exc):
-            raise
-        print(f"error: {worker_death_message(exc)}", file=sys.stderr)
-        return 1
-    _print_evaluation(ev, out)
-    return 0
-
-
-def _path_bases(checkpoint: Path, state: dict[str, Any]) -> list[Path | None]:
-    """Where a checkpoint's relative config paths may be relative to, most likely first.
-
-    The folder training ran in (recorded as ``run_cwd``), then the folder that holds
-    ``CHECKPOINT_DIR`` judging by where the checkpoint file is now (a project moved or
-    copied as a whole), then the current folder.
-    """
-    bases: list[Path | None] = [Path(state["run_cwd"]) if state.get("run_cwd") else None]
-    ckpt_dir = state.get("config", {}).get("CHECKPOINT_DIR")
-    if isinstance(ckpt_dir, str) and not Path(ckpt_dir).is_absolute():
-        # <root>/<CHECKPOINT_DIR>/<run>/best.pt -> <root>
-        root = checkpoint.resolve().parent.parent
-        for _ in Path(ckpt_dir).parts:
-            root = root.parent
-        bases.append(root)
-    bases.append(Path.cwd())
-    return bases
-
-
-# -- the demo ---------------------------------------------------------------------------------
-
-DEMO_OVERRIDES = {
-    "MODEL": "deepsif",
-    "BATCH_SIZE": 16,
-    "NUM_EPOCHS": 5,
-    "LEARNING_RATE": 1e-3,
-    "NUM_WORKERS": 1,
-    "VAL_SPLIT": 0.1,
-    "GRAD_CLIP": 100.0,
-    "RUN_NAME": "demo",
-    "EVAL_MAX_SAMPLES": 200,
-}
-
-
-def demo_main(args) -> int:
-    """Make the built-in dataset when missing, check it, train the default model, evaluate."""
-    from ..diagnose import run_checks
-    from ..simulate.pipeline import make_dataset
-
-    data = Path(args.data)
-    t0 = time.perf_counter()
-    if not (data / "dataset.json").is_file():
-        print(f"making the built-in dataset in {data} (tvb-data anatomy, Jansen-Rit simulation) ...")
-        make_dataset(data)
-        print(f"dataset ready in {time.perf_counter() - t0:.0f} s")
-    summary = json.loads((data / "dataset.json").read_text())
-    paths = summary.get("paths", {})
-    cfg, _ = get_config([])
-    cfg.update(DEMO_OVERRIDES)
-    source = data / "source"
-    cfg.update({
-        "TRAIN_METADATA_PATH": paths.get("train_metadata", str(source / "train_sample_source1.mat")),
-        "TEST_METADATA_PATH": paths.get("test_metadata", str(source / "test_sample_source1.mat")),
-        "NMM_SPIKES_DIR": paths.get("nmm_spikes", str(source / "nmm_spikes")),
-        "FWD_MATRIX_PATH": paths["fwd"],
-        "ANATOMY": paths.get("anatomy"),
-    })
-    if args.epochs is not None:
-        cfg["NUM_EPOCHS"] = int(args.epochs)
-    from ..config import validate_config
-
-    validate_config(cfg, source="demo configuration")
-    print("\nchecking the dataset (python test_metadata_loader.py) ...")
-    if run_checks(cfg):
-        return 1
-    print("\ntraining (python train.py with the demo settings) ...")
-    result = train(cfg)
-    print()
-    ev = result.get("evaluation")
-    if ev is not None:
-        _print_evaluation(ev, result["run_dir"])
-    # the trained network applied to a recording: an EDF with spikes at known regions (esikit localize)
-    from ..localization.demo import demo_localization
-
-    run_dir = Path(result["run_dir"])
-    ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-    demo_localization(ckpt, cfg["NMM_SPIKES_DIR"], run_dir / "localization_demo")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; results and figures in {result['run_dir']}")
-    return 0

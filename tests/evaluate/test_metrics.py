@@ -458,3 +458,13 @@ def test_dice_hd95_percentile():
     assert dice == pytest.approx(2 / 22)
     assert hd == pytest.approx(np.percentile(np.arange(21.0), 95))  # 19.0
     assert math.isnan(dice_hd95([], [], centres)[0])
+
+
+def test_deepsif_rule_degenerate_outputs_as_deepsif():
+    from esikit.evaluate.metrics import identify_regions_deepsif
+
+    regions, thr = identify_regions_deepsif(np.zeros((20, 6)))
+    assert regions.size == 0 and math.isnan(thr)
+    const = np.full((20, 6), 0.3)
+    const[:, 2] = -0.3  # same magnitude, negative: never above the threshold
+    assert identify_regions_deepsif(const)[0].tolist() == _deepsif_get_otsu_regions(const).tolist() == [0, 1, 3, 4, 5]

@@ -267,15 +267,16 @@ def identify_regions_deepsif(
     Returns
     -------
     regions : int array, shape (n_identified,)
-        Sorted region ids; empty when ``out`` is all zeros or its magnitude is constant
-        (where DeepSIF's code would divide by zero or get a meaningless threshold).
+        Sorted region ids; empty when ``out`` is all zeros (where DeepSIF's code divides
+        by zero and nothing exceeds the NaN threshold). A constant magnitude gives a
+        threshold of 0 (skimage's value for a constant image), as in DeepSIF.
     threshold : float
         The Otsu threshold (NaN when undefined).
     """
     out = _as_2d("out", out)
     mag = np.abs(out)
     peak = float(mag.max()) if mag.size else 0.0
-    if peak <= 0.0 or float(mag.min()) == peak:
+    if peak <= 0.0:
         return np.zeros(0, dtype=np.int64), math.nan
     thr = float(threshold_otsu((mag - mag.min()) / peak, nbins=nbins))
     counts = np.sum(out > thr, axis=0)

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     metric_time = time.process_time() - t0
     per_metric = metric_time / (args.samples * len(BASELINES))
 
-    print(f"\nsetup (Forward, solvers, kernels' first use): {setup:.2f} s\n")
+    print(f"\nsetup (region Forward and all solvers, once): {setup:.2f} CPU-s\n")
     print("| method | (a) straightforward, samples/s | (b) esikit, samples/s | x (a) | 1,000 samples (s) |")
     print("|---|---:|---:|---:|---:|")
     for name in BASELINES:

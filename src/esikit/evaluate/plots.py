@@ -342,9 +342,9 @@ def plot_metric_distributions(
     methods = list(records_by_method)
     levels = _snr_levels(records_by_method)
     n = len(metric_names)
-    ncols = min(n, 3)
-    nrows = math.ceil(n / ncols)
     width = max(4.5, 1.0 + 0.45 * len(methods) * len(levels))
+    ncols = max(1, min(n, 3, int(16 // width)))  # wide panels (many methods x SNR levels) stack
+    nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), squeeze=False)
     box_w = 0.8 / len(methods)
     for i, metric in enumerate(metric_names):

@@ -105,3 +105,12 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
         save_forward_model(path, _model(seed=2))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["lf.mat"]
+
+
+def test_more_channels_than_regions_oriented_by_the_names(tmp_path):
+    m = _model(c=12, r=5)
+    path = save_forward_model(tmp_path / "lf.mat", m)
+    back = load_forward_model(path)
+    np.testing.assert_array_equal(back.fwd, m.fwd)
+    assert back.ch_names == m.ch_names
+    np.testing.assert_array_equal(load_forward_model(path, n_regions=5).fwd, m.fwd)

@@ -163,7 +163,8 @@ def _as_str_list(value) -> list[str]:
     return out
 
 
-def load_forward_model(path: str | os.PathLike, key: str | None = None) -> ForwardModel:
+def load_forward_model(path: str | os.PathLike, key: str | None = None, *,
+                       n_regions: int | None = None) -> ForwardModel:
     """Load a leadfield with its channel names and positions when the file has them.
 
     Parameters
@@ -174,6 +175,10 @@ def load_forward_model(path: str | os.PathLike, key: str | None = None) -> Forwa
         present (not from ``.npy``, which holds one array).
     key : str | None
         The leadfield variable (default: ``fwd``, ``forward``, ``leadfield``, ``L``).
+    n_regions : int | None
+        R when known (decides the orientation). Without it, a file with channel names
+        is oriented by them (so a 128-channel, 76-region leadfield stays 128 x 76);
+        a plain file as :func:`esikit.io.load_forward_matrix` does.
 
     Returns
     -------
@@ -187,7 +192,8 @@ def load_forward_model(path: str | os.PathLike, key: str | None = None) -> Forwa
         channel fields do not fit it; the message names the file and every bad field.
     """
     p = Path(path)
-    fwd = load_forward_matrix(p, key)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file (expected a forward matrix)")
     suffix = p.suffix.lower()
     fields: dict[str, object] = {}
     if suffix == ".npz":
@@ -198,11 +204,15 @@ def load_forward_model(path: str | os.PathLike, key: str | None = None) -> Forwa
         if present:
             fields = load_mat_file(p, variable_names=present)
     ch_names = _as_str_list(fields["ch_names"]) if "ch_names" in fields else None
-    ch_pos = None
-    if "ch_pos" in fields:
-        ch_pos = np.asarray(fields["ch_pos"])
-        if ch_pos.ndim == 2 and ch_pos.shape == (3, fwd.shape[0]) and fwd.shape[0] != 3:
-            ch_pos = ch_pos.T  # written 3 x C (MATLAB habit)
+    ch_pos = np.asarray(fields["ch_pos"]) if "ch_pos" in fields else None
+    n_ch = len(ch_names) if ch_names is not None else (
+        ch_pos.shape[0] if ch_pos is not None and ch_pos.ndim == 2 and ch_pos.shape[1] == 3 else None)
+    fwd = load_forward_matrix(p, key) if n_regions is None else load_forward_matrix(p, key, n_regions=n_regions)
+    if n_regions is None and n_ch is not None and fwd.shape[0] != n_ch and fwd.shape[1] == n_ch:
+        # More channels than regions: the names say which side is which.
+        fwd = load_forward_matrix(p, key, n_regions=fwd.shape[0])
+    if ch_pos is not None and ch_pos.ndim == 2 and ch_pos.shape == (3, fwd.shape[0]) and fwd.shape[0] != 3:
+        ch_pos = ch_pos.T  # written 3 x C (MATLAB habit)
     problems = validate_channels(fwd.shape[0], ch_names, ch_pos)
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))

@@ -42,3 +42,15 @@ def test_attach_names_to_a_plain_deepsif_file(tmp_path, capsys):
     assert load_forward_model(plain).ch_names is None  # the original is untouched
     with pytest.raises(SystemExit, match="has 3 rows but the montage gives 2 channels"):
         main(["forward", str(out), "--montage", "standard_1020", "--channels", "Fz,Cz", "--attach", str(plain)])
+
+
+def test_attach_to_a_plain_file_with_more_channels_than_regions(tmp_path):
+    plain = tmp_path / "leadfield_5_3.mat"
+    fwd = np.arange(15.0).reshape(5, 3) ** 1.3 + np.eye(5, 3)
+    save_mat_file(plain, {"fwd": fwd})
+    out = tmp_path / "named.mat"
+    assert main(["forward", str(out), "--montage", "standard_1020", "--channels", "Fz,Cz,Pz,C3,C4",
+                 "--attach", str(plain)]) == 0
+    model = load_forward_model(out)
+    np.testing.assert_allclose(model.fwd, fwd)
+    assert model.ch_names == ["Fz", "Cz", "Pz", "C3", "C4"]

@@ -69,6 +69,9 @@ def _attach(args: argparse.Namespace, names: list[str], pos) -> int:
         print(f"wrote {args.out}: checkpoint with montage of {len(names)} channels")
         return 0
     model = load_forward_model(src)
+    if model.n_channels != len(names) and model.n_regions == len(names) and model.ch_names is None:
+        # A plain file with more channels than regions: the montage says which side is which.
+        model = load_forward_model(src, n_regions=model.n_channels)
     if model.n_channels != len(names):
         raise SystemExit(f"error: {src}: the leadfield has {model.n_channels} rows but the montage gives "
                          f"{len(names)} channels; pick them in row order with --channels")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from esikit.train import checkpoint
+from esikit.io import atomic
+from esikit.io.atomic import remove_stale_temporaries
 from esikit.train.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
     RunLock,
     RunLockedError,
-    cleanup_stale_temporaries,
     load_checkpoint,
     save_checkpoint,
     to_plain,
@@ -78,7 +78,7 @@ def test_killed_writer_leaves_the_previous_checkpoint(tmp_path):
         state = load_checkpoint(path)  # always a complete checkpoint, old or new
         w = state["model_state"]["w"]
         assert torch.all(w == w[0]) and int(w[0]) == state["epoch"]
-    cleanup_stale_temporaries(tmp_path)
+    remove_stale_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -104,7 +104,7 @@ def test_disk_full_mid_write_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_p
         os.write(fd, bytes(memoryview(data)[: len(data) // 2]))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_all", half_then_full)
+    monkeypatch.setattr(atomic, "_write_all", half_then_full)
     with pytest.raises(CheckpointWriteError) as err:
         save_checkpoint(_state(5.0, 100_000), path)
     text = str(err.value)
@@ -115,7 +115,7 @@ def test_disk_full_mid_write_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_p
     assert torch.equal(load_checkpoint(path)["model_state"]["w"], torch.full((10,), 1.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
     # Another write error (permissions) also names the file.
-    monkeypatch.setattr(checkpoint, "_write_all", lambda fd, data: (_ for _ in ()).throw(
+    monkeypatch.setattr(atomic, "_write_all", lambda fd, data: (_ for _ in ()).throw(
         OSError(errno.EACCES, "Permission denied")))
     with pytest.raises(CheckpointWriteError, match=r"last\.pt: cannot write the checkpoint \(Permission denied\)"):
         save_checkpoint(_state(5.0), path)

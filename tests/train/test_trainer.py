@@ -386,12 +386,12 @@ def test_train_command_resume_force_and_disk_full(toy, tmp_path, capsys, monkeyp
     assert main(_argv(cfg) + ["--force"]) == 2
     assert "--force only goes with --resume" in capsys.readouterr().err
 
-    from esikit.train import checkpoint
+    from esikit.io import atomic
 
     def disk_full(fd, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_all", disk_full)
+    monkeypatch.setattr(atomic, "_write_all", disk_full)
     assert main(_argv(cfg, NUM_EPOCHS=2, LEARNING_RATE=1e-2) + ["--resume", "--force"]) == 1
     err = capsys.readouterr().err
     assert "no space left on the device" in err and "Traceback" not in err

@@ -5,7 +5,8 @@ Public API
 detect_mat_format, list_mat_variables, load_mat_file, save_mat_file, fits_in_mat_v5,
 load_forward_matrix, orient_forward_matrix, FORWARD_KEYS, ForwardMatrixKeyError;
 ForwardModel, load_forward_model, save_forward_model, montage_dict (leadfields with
-their channel names and positions).
+their channel names and positions); atomic_write_bytes, atomic_write_text,
+atomic_write_json, atomic_output, remove_stale_temporaries (writes a kill cannot leave half done).
 """
 
 from esikit.io._mat import (
@@ -16,6 +17,13 @@ from esikit.io._mat import (
     list_mat_variables,
     load_mat_file,
     save_mat_file,
+)
+from esikit.io.atomic import (
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
 )
 from esikit.io.forward import (
     FORWARD_KEYS,
@@ -36,6 +44,10 @@ __all__ = [
     "SAVE_FORMATS",
     "ForwardMatrixKeyError",
     "ForwardModel",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "detect_mat_format",
     "fits_in_mat_v5",
     "list_mat_variables",
@@ -44,6 +56,7 @@ __all__ = [
     "load_mat_file",
     "montage_dict",
     "orient_forward_matrix",
+    "remove_stale_temporaries",
     "save_forward_model",
     "save_mat_file",
 ]

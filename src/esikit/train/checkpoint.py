@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, read without running code, one writer per run folder.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsynced,
-then renamed over the old one (``os.replace`` is atomic on POSIX and Windows), and the
+A checkpoint is written (:mod:`esikit.io.atomic`) to a temporary file in the same folder, flushed
+and fsynced, then renamed over the old one (``os.replace`` is atomic on POSIX and Windows), and the
 folder is fsynced so the rename itself survives a crash. A reader therefore sees either
 the previous complete checkpoint or the new complete one, never half of one. Each file
 also carries a format marker and the keys it must have, checked on load.
@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..io.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -103,27 +104,6 @@ def to_plain(obj: Any, where: str = "state") -> Any:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - some filesystems do not allow it
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: memoryview | bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _free_bytes(folder: Path) -> int | None:
     try:
         return shutil.disk_usage(folder).free
@@ -148,43 +128,23 @@ def _write_error(path: Path, exc: OSError, size: int, what: str) -> CheckpointWr
     return CheckpointWriteError(f"{path}: cannot write the {what} ({exc.strerror or exc}); {kept}.", exc.errno)
 
 
-def atomic_write_bytes(path: str | PathLike, payload: bytes | memoryview, what: str = "file") -> Path:
-    """Write ``payload`` to ``path`` through a temporary file and one rename.
+def write_run_file(path: str | PathLike, payload: bytes | memoryview | str, what: str = "file") -> Path:
+    """Write ``payload`` (bytes, or text as UTF-8) to ``path`` atomically (:mod:`esikit.io.atomic`).
 
     Raises
     ------
     CheckpointWriteError
-        When the write fails (disk full, permissions); the temporary file is removed and
-        the previous ``path`` is left as it was.
+        When the write fails (disk full, permissions): names the file, what was needed
+        and what is free; the temporary file is removed and the previous ``path`` is left
+        as it was.
     """
     path = Path(path)
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return atomic_write_bytes(path, payload)
     except OSError as exc:
         raise _write_error(path, exc, len(payload), what) from exc
-    try:
-        try:
-            _write_all(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc, len(payload), what) from exc
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | PathLike, text: str, what: str = "file") -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text (``history.json`` and the like)."""
-    return atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | PathLike) -> Path:
@@ -213,7 +173,7 @@ def save_checkpoint(state: dict[str, Any], path: str | PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getbuffer()
-    atomic_write_bytes(path, payload, "checkpoint")
+    write_run_file(path, payload, "checkpoint")
     logger.debug("checkpoint written: %s (%d bytes)", path, len(payload))
     return path
 
@@ -281,18 +241,6 @@ def load_checkpoint(path: str | PathLike, map_location: str | torch.device = "cp
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     return state
-
-
-def cleanup_stale_temporaries(folder: str | PathLike) -> int:
-    """Remove temporary files left by a save that was killed; return how many."""
-    n = 0
-    for tmp in Path(folder).glob(".*.tmp"):
-        try:
-            tmp.unlink()
-            n += 1
-        except OSError:  # pragma: no cover
-            pass
-    return n
 
 
 # -- one writer per run folder -----------------------------------------------------------------

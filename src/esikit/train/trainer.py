@@ -27,14 +27,14 @@ from torch.utils.data import DataLoader
 
 from ..config import KEYS, PATH_KEYS, RESUME_FREE_KEYS, ConfigError
 from ..data import set_loader_epoch
+from ..io.atomic import remove_stale_temporaries
 from ..models import build_model, model_from_config
 from .checkpoint import (
     CheckpointError,
     RunLock,
-    atomic_write_text,
-    cleanup_stale_temporaries,
     load_checkpoint,
     save_checkpoint,
+    write_run_file,
 )
 
 try:
@@ -412,14 +412,14 @@ class Trainer:
         """
         if path is not None:
             path = Path(path)
-            cleanup_stale_temporaries(path.parent)
+            remove_stale_temporaries(path.parent)
             if not path.exists():
                 logger.warning("--resume: no checkpoint at %s; starting from scratch", path)
                 return False
             state, last, best, problems = load_checkpoint(path, map_location=self.device), None, None, {}
         else:
             path = self.run_dir / "last.pt"
-            cleanup_stale_temporaries(self.run_dir)
+            remove_stale_temporaries(self.run_dir)
             last, best, problems = self._read_run_checkpoints(self.run_dir)
             if last is None and best is None:
                 if problems:
@@ -675,7 +675,7 @@ class Trainer:
             self.save("last.pt")
             if self.rank == 0:
                 record = dict(st.history, **({"config_changes": st.config_changes} if st.config_changes else {}))
-                atomic_write_text(self.run_dir / "history.json", json.dumps(record, indent=1), "training history")
+                write_run_file(self.run_dir / "history.json", json.dumps(record, indent=1), "training history")
                 logger.info("epoch %d: train %.5g, val %.5g, lr %.3g, %.1f samples/s, data wait %.1f%%",
                             epoch + 1, stats["train_loss"], val, lr, stats["samples_per_s"],
                             100 * stats["data_wait_fraction"])

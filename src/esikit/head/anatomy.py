@@ -32,6 +32,8 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
+from ..io.atomic import atomic_output
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -227,10 +229,8 @@ class Anatomy:
             value = getattr(self, key)
             if value is not None:
                 arrays[key] = np.asarray(value)
-        # Write to a temporary name then rename so a crash never leaves half a file.
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
+        with atomic_output(path) as tmp:  # a crash never leaves half a file
+            np.savez_compressed(tmp, **arrays)
         return path
 
     @classmethod

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from esikit.io._mat import list_mat_variables, load_mat_file, save_mat_file
+from esikit.io.atomic import atomic_output
 from esikit.io.forward import load_forward_matrix
 
 logger = logging.getLogger(__name__)
@@ -250,8 +251,7 @@ def save_forward_model(path: str | os.PathLike, fwd: np.ndarray | ForwardModel,
         model = ForwardModel(fwd, ch_names, ch_pos)  # C x R as given: no guessing of the orientation
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp{p.suffix}")
-    try:
+    with atomic_output(p) as tmp:
         if p.suffix.lower() == ".npz":
             arrays = {"fwd": model.fwd}
             if model.ch_names is not None:
@@ -269,7 +269,4 @@ def save_forward_model(path: str | os.PathLike, fwd: np.ndarray | ForwardModel,
             if model.ch_pos is not None:
                 data["ch_pos"] = model.ch_pos
             save_mat_file(tmp, data, format="v5")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p

@@ -158,7 +158,7 @@ def write_noise_bank(bank: NoiseBank, path: str | PathLike, *, overwrite: bool =
 
     Also ``sfreq`` (Hz) and ``starts`` (s). Written to a temporary name, then renamed.
     """
-    from ..io import fits_in_mat_v5, save_mat_file
+    from ..io import atomic_output, fits_in_mat_v5, save_mat_file
 
     path = Path(path)
     if path.exists() and not overwrite:
@@ -168,11 +168,6 @@ def write_noise_bank(bank: NoiseBank, path: str | PathLike, *, overwrite: bool =
     names[:] = bank.ch_names
     mat = {"data": bank.data, "npower": bank.npower, "ch_names": names, "sfreq": float(bank.sfreq),
            "starts": bank.starts}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         save_mat_file(tmp, mat, format="v5" if fits_in_mat_v5(mat) else "v7.3")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

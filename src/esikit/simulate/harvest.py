@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_output
 from .nmm import (
     NOISE_BLOCK, BatchIntegrator, JansenRitParams, NetworkStructure, draw_initial_history, draw_noise,
     excited_A, network_structure)
@@ -155,10 +156,8 @@ def write_checkpoint(path: Path, regions: list[int], streams: list[ClipStream], 
               "A": state["A"], "step": np.int64(state["step"])}
     for b, stream in enumerate(streams):
         arrays.update({f"s{b}_{k}": v for k, v in stream.to_arrays().items()})
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    with open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
     return path
 
 

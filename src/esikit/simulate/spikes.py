@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy
+from ..io.atomic import atomic_output, atomic_write_json, remove_stale_temporaries
 from .nmm import NOISE_SETTINGS, JansenRitParams, simulate_network
 from ..head.snr import find_alpha, peak_windows
 
@@ -459,9 +460,8 @@ def save_clip(path: str | Path, clip: np.ndarray) -> Path:
     from ..io import save_mat_file
 
     path = Path(path)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    save_mat_file(tmp, {"data": np.asarray(clip, dtype=np.float32)}, format="v5")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_mat_file(tmp, {"data": np.asarray(clip, dtype=np.float32)}, format="v5")
     return path
 
 
@@ -487,11 +487,7 @@ def write_json(path: str | Path, data) -> Path:
 
     NumPy scalars and arrays become numbers and lists, NaN becomes null, paths strings.
     """
-    path = Path(path)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, data, default=_json_default)
 
 
 def write_clip(folder: Path, k: int, clip: np.ndarray) -> Path:
@@ -598,8 +594,9 @@ def make_region_clips(
                        marker, {key: info.get(key) for key in config}, region, config)
         marker.unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in list(folder.glob("nmm_*.mat")) + list(folder.glob(".tmp_*")):
-        stale.unlink()  # left by an interrupted run: redo the region from scratch
+    remove_stale_temporaries(folder)  # left by an interrupted run: redo the region from scratch
+    for stale in folder.glob("nmm_*.mat"):
+        stale.unlink()
 
     node_of_region = np.asarray(node_of_region)
     excited = int(node_of_region[region])

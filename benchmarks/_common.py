@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esikit.head.anatomy import _load_tvb_connectivity, load_default_anatomy
+from esikit.head import load_default_anatomy, load_tvb_connectivity
 
 
 def benchmark_networks(deepsif_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -16,7 +16,7 @@ def benchmark_networks(deepsif_dir: Path) -> list[tuple[str, np.ndarray, np.ndar
     nets = [("tvb76", anat.weights, anat.tract_lengths)]
     zip998 = Path(deepsif_dir) / "connectivity_998.zip"
     if zip998.exists():
-        w, t, _, _ = _load_tvb_connectivity(zip998)
+        w, t, _, _ = load_tvb_connectivity(zip998)
         nets.append(("deepsif998", w, t))
     else:
         print(f"({zip998} not found: 998-node runs skipped)")

@@ -527,3 +527,13 @@ def test_deepsif_region_mapping_survives_v73(deepsif_anatomy_dir, tmp_path):
     for a, b in zip(again["nbs"].ravel(), original["nbs"].ravel()):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
+
+
+def test_load_mat_field_reads_one_variable_and_names_a_missing_one(tmp_path):
+    from esikit.io import load_mat_field
+
+    path = tmp_path / "f.mat"
+    save_mat_file(path, {"fwd": np.ones((2, 3)), "other": np.zeros(4)})
+    assert load_mat_field(path, "fwd").shape == (2, 3)
+    with pytest.raises(KeyError, match=r"f\.mat: no field 'rm'"):
+        load_mat_field(path, "rm")

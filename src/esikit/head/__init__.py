@@ -12,6 +12,7 @@ from .anatomy import (
     load_anatomy,
     load_deepsif_anatomy,
     load_default_anatomy,
+    load_tvb_connectivity,
     region_adjacency_from_mesh,
 )
 from .patches import (
@@ -35,6 +36,7 @@ __all__ = [
     "load_anatomy",
     "load_deepsif_anatomy",
     "load_default_anatomy",
+    "load_tvb_connectivity",
     "peak_windows",
     "pick_second_patch",
     "region_adjacency_from_mesh",

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
+from ..io import load_mat_field
 from ..io.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -318,8 +319,8 @@ def region_adjacency_from_mesh(triangles: np.ndarray, vertex_region: np.ndarray,
     return adj
 
 
-def _read_zip_text(zf: zipfile.ZipFile, name: str) -> io.TextIOWrapper:
-    # Some TVB zips nest files in a folder: match by basename.
+def open_zip_text(zf: zipfile.ZipFile, name: str) -> io.TextIOWrapper:
+    """Member ``name`` of a TVB zip as UTF-8 text; matched by basename (some zips nest a folder)."""
     for info in zf.infolist():
         if Path(info.filename).name == name:
             return io.TextIOWrapper(zf.open(info), encoding="utf-8")
@@ -327,13 +328,13 @@ def _read_zip_text(zf: zipfile.ZipFile, name: str) -> io.TextIOWrapper:
                             f"(members: {[i.filename for i in zf.infolist()]})")
 
 
-def _load_tvb_connectivity(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+def load_tvb_connectivity(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """Weights, tract lengths, centre labels and centres (mm) of a TVB connectivity zip."""
     with zipfile.ZipFile(path) as zf:
-        weights = np.loadtxt(_read_zip_text(zf, "weights.txt"))
-        tracts = np.loadtxt(_read_zip_text(zf, "tract_lengths.txt"))
+        weights = np.loadtxt(open_zip_text(zf, "weights.txt"))
+        tracts = np.loadtxt(open_zip_text(zf, "tract_lengths.txt"))
         labels, centres = [], []
-        for line in _read_zip_text(zf, "centres.txt"):
+        for line in open_zip_text(zf, "centres.txt"):
             parts = line.split()
             if len(parts) >= 4:
                 labels.append(parts[0])
@@ -347,7 +348,8 @@ def _load_tvb_connectivity(path: Path) -> tuple[np.ndarray, np.ndarray, list[str
     return weights, tracts, labels, centres
 
 
-def _tvb_data_dir() -> Path:
+def tvb_data_dir() -> Path:
+    """The installed ``tvb-data`` package's folder (connectomes, surfaces, sensors, projections)."""
     try:
         import tvb_data
     except ImportError as err:  # pragma: no cover - tvb-data is a hard dependency
@@ -387,13 +389,13 @@ def load_default_anatomy() -> Anatomy:
     Anatomy
         ``fwd`` (63, 76), mesh of 16384 vertices.
     """
-    root = _tvb_data_dir()
-    weights, tracts, labels, centres = _load_tvb_connectivity(
+    root = tvb_data_dir()
+    weights, tracts, labels, centres = load_tvb_connectivity(
         root / "connectivity" / "connectivity_76.zip")
     n_reg = weights.shape[0]
     with zipfile.ZipFile(root / "surfaceData" / "cortex_16384.zip") as zf:
-        vertices = np.loadtxt(_read_zip_text(zf, "vertices.txt"))
-        triangles = np.loadtxt(_read_zip_text(zf, "triangles.txt"), dtype=np.int64)
+        vertices = np.loadtxt(open_zip_text(zf, "vertices.txt"))
+        triangles = np.loadtxt(open_zip_text(zf, "triangles.txt"), dtype=np.int64)
     vertex_region = np.loadtxt(root / "regionMapping" / "regionMapping_16k_76.txt").astype(np.int64)
     proj_path = root / "projectionMatrix" / "projection_eeg_65_surface_16k.npy"
     proj = np.load(proj_path)
@@ -426,21 +428,7 @@ def load_default_anatomy() -> Anatomy:
         vertices=vertices, triangles=triangles, vertex_region=vertex_region)
 
 
-def _mat_field(path: Path, name: str) -> np.ndarray:
-    try:
-        from esikit.io import load_mat_file  # v7.3 support when the io package exists
-    except ImportError:
-        load_mat_file = None
-    if load_mat_file is not None:
-        data = load_mat_file(path, variable_names=[name])
-    else:
-        data = scipy.io.loadmat(path, variable_names=[name])
-    if name not in data:
-        raise KeyError(f"{path}: no field {name!r}")
-    return data[name]
-
-
-def _cell_to_lists(cell) -> list[np.ndarray]:
+def cell_to_lists(cell) -> list[np.ndarray]:
     """Flatten a MATLAB 1 x n cell array of numeric vectors into a list of arrays."""
     arr = np.asarray(cell, dtype=object)
     return [np.asarray(x, dtype=np.int64).ravel() for x in arr.ravel()]
@@ -487,11 +475,11 @@ def load_deepsif_anatomy(folder: str | Path) -> Anatomy:
     if lf_path is None:
         raise FileNotFoundError(f"{folder}: no leadfield_*.mat (expected leadfield_75_20k.mat "
                                 "with field 'fwd')")
-    fwd = np.asarray(_mat_field(lf_path, "fwd"), dtype=np.float64)
+    fwd = np.asarray(load_mat_field(lf_path, "fwd"), dtype=np.float64)
     n_ch, n_reg = fwd.shape
     rm_path = folder / "fs_cortex_20k_region_mapping.mat"
-    vertex_region = np.asarray(_mat_field(rm_path, "rm")).ravel().astype(np.int64)
-    nbs = _cell_to_lists(_mat_field(rm_path, "nbs"))
+    vertex_region = np.asarray(load_mat_field(rm_path, "rm")).ravel().astype(np.int64)
+    nbs = cell_to_lists(load_mat_field(rm_path, "nbs"))
     if len(nbs) != n_reg:
         raise ValueError(f"{rm_path}: field 'nbs' has {len(nbs)} entries, expected {n_reg} "
                          f"(columns of {lf_path.name})")
@@ -511,9 +499,9 @@ def load_deepsif_anatomy(folder: str | Path) -> Anatomy:
     mesh_path = folder / "fs_cortex_20k.mat"
     vertices = triangles = None
     if mesh_path.exists():
-        vertices = np.asarray(_mat_field(mesh_path, "pos"), dtype=np.float64)
-        triangles = np.asarray(_mat_field(mesh_path, "tri"), dtype=np.int64) - 1
-    centres = np.asarray(_mat_field(folder / "fs_cortex_20k_inflated.mat", "centre"),
+        vertices = np.asarray(load_mat_field(mesh_path, "pos"), dtype=np.float64)
+        triangles = np.asarray(load_mat_field(mesh_path, "tri"), dtype=np.int64) - 1
+    centres = np.asarray(load_mat_field(folder / "fs_cortex_20k_inflated.mat", "centre"),
                          dtype=np.float64)
     elec_path = folder / "electrode_75.mat"
     if elec_path.exists():
@@ -524,7 +512,7 @@ def load_deepsif_anatomy(folder: str | Path) -> Anatomy:
         logger.warning("%s: %d labels for %d channels; using E1..", elec_path, len(channel_names), n_ch)
         channel_names = [f"E{i + 1}" for i in range(n_ch)]
 
-    weights, tracts, node_labels, _ = _load_tvb_connectivity(folder / "connectivity_998.zip")
+    weights, tracts, node_labels, _ = load_tvb_connectivity(folder / "connectivity_998.zip")
     node_of_region = np.arange(n_reg)
     if weights.shape[0] > n_reg:
         for r, node in DEEPSIF_EXTRA_NODES.items():

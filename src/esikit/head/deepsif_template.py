@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .anatomy import _cell_to_lists, _mat_field
+from ..io import load_mat_field
+from .anatomy import cell_to_lists
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def load_deepsif_template(folder: str | Path) -> DeepSIFTemplate:
     if problems or fwd is None:
         raise ValueError(_problem_text(folder, problems))
     n_reg = fwd.shape[1]
-    nbs = _cell_to_lists(nbs_cell)
+    nbs = cell_to_lists(nbs_cell)
     if len(nbs) != n_reg:
         problems.append(f"{rm_path}: field 'nbs' has {len(nbs)} entries, expected {n_reg} (columns of {lf_path.name})")
     if centres.shape != (n_reg, 3):
@@ -197,7 +198,7 @@ def load_deepsif_template(folder: str | Path) -> DeepSIFTemplate:
 def _read(path: Path, name: str, problems: list[str]) -> np.ndarray | None:
     """Field ``name`` of ``path`` as float64 (a cell array as it is), or None with a problem noted."""
     try:
-        value = _mat_field(path, name)
+        value = load_mat_field(path, name)
     except KeyError:
         problems.append(f"{path}: no field '{name}'")
         return None

@@ -52,7 +52,7 @@ from scipy.spatial import cKDTree
 
 from esikit.io.forward_model import ForwardModel
 
-from .anatomy import Anatomy, _read_zip_text, _tvb_data_dir
+from .anatomy import Anatomy, open_zip_text, tvb_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def _fsaverage_geometry() -> HeadGeometry:
 
 def _tvb_sensors_raw() -> tuple[list[str], np.ndarray]:
     """tvb-data's 65 EEG sensor names (first of ``T8/T4`` style pairs) and positions (mm, RAS)."""
-    path = _tvb_data_dir() / "sensors" / "eeg_brainstorm_65.txt"
+    path = tvb_data_dir() / "sensors" / "eeg_brainstorm_65.txt"
     names, pos = [], []
     for line in path.read_text().splitlines():
         parts = line.split()
@@ -341,10 +341,10 @@ def _tvb_sensors_raw() -> tuple[list[str], np.ndarray]:
 
 
 def _tvb_geometry() -> HeadGeometry:
-    root = _tvb_data_dir()
+    root = tvb_data_dir()
     with zipfile.ZipFile(root / "surfaceData" / "scalp_1082.zip") as zf:
-        scalp = np.loadtxt(_read_zip_text(zf, "vertices.txt")) @ _TVB_TO_RAS.T / 1000.0
-        tris = np.loadtxt(_read_zip_text(zf, "triangles.txt"), dtype=np.int64)
+        scalp = np.loadtxt(open_zip_text(zf, "vertices.txt")) @ _TVB_TO_RAS.T / 1000.0
+        tris = np.loadtxt(open_zip_text(zf, "triangles.txt"), dtype=np.int64)
     names, pos = _tvb_sensors_raw()
     pos = pos / 1000.0
     # The sensors are in Brainstorm's SCS frame (origin between the ears), the surfaces

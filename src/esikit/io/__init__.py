@@ -2,7 +2,7 @@
 
 Public API
 ----------
-detect_mat_format, list_mat_variables, load_mat_file, save_mat_file, fits_in_mat_v5,
+detect_mat_format, list_mat_variables, load_mat_file, load_mat_field, save_mat_file, fits_in_mat_v5,
 load_forward_matrix, orient_forward_matrix, FORWARD_KEYS, ForwardMatrixKeyError;
 ForwardModel, load_forward_model, save_forward_model, montage_dict (leadfields with
 their channel names and positions); atomic_write_bytes, atomic_write_text,
@@ -15,6 +15,7 @@ from esikit.io._mat import (
     detect_mat_format,
     fits_in_mat_v5,
     list_mat_variables,
+    load_mat_field,
     load_mat_file,
     save_mat_file,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "list_mat_variables",
     "load_forward_matrix",
     "load_forward_model",
+    "load_mat_field",
     "load_mat_file",
     "montage_dict",
     "orient_forward_matrix",

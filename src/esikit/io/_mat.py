@@ -245,6 +245,20 @@ def load_mat_file(
     return load_octave_text(path, names)
 
 
+def load_mat_field(path: PathLike, name: str) -> Any:
+    """One variable of a MAT/HDF5/Octave file (:func:`load_mat_file` reading only ``name``).
+
+    Raises
+    ------
+    KeyError
+        ``"{path}: no field 'name'"`` when the file does not hold it.
+    """
+    data = load_mat_file(path, variable_names=[name])
+    if name not in data:
+        raise KeyError(f"{path}: no field {name!r}")
+    return data[name]
+
+
 def _load_scipy(path: Path, names: list[str] | None) -> dict[str, Any]:
     try:
         raw = scipy.io.loadmat(

@@ -57,12 +57,12 @@ def demo_localization(checkpoint: str | PathLike, nmm_dir: str | PathLike, out_d
         ``n_true_active``, ``edf`` and ``out`` paths.
     """
     from ..train.trainer import load_model
-    from .run import _anatomy_of, localize
+    from .run import checkpoint_anatomy, localize
     from .report import write_outputs
 
     out_dir = Path(out_dir)
     model, state = load_model(checkpoint)
-    anat, centres, names = _anatomy_of(dict(state.get("config") or {}), anatomy, int(model.n_regions))
+    anat, centres, names = checkpoint_anatomy(dict(state.get("config") or {}), anatomy, int(model.n_regions))
     if anat is None:
         raise ValueError(f"{checkpoint}: no anatomy found (config ANATOMY); pass anatomy=")
     nmm_dir = Path(nmm_dir)

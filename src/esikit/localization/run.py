@@ -254,7 +254,9 @@ def _load(checkpoint: Any, device: str):
     return load_model(checkpoint, device=device)
 
 
-def _anatomy_of(cfg: dict[str, Any], anatomy: Any, n_regions: int):
+def checkpoint_anatomy(cfg: dict[str, Any], anatomy: Any, n_regions: int):
+    """``(anatomy, centres (R, 3) mm, region names)`` for a network of ``n_regions``: ``anatomy`` when
+    given, else the checkpoint config's; ``(None, None, ['region 0', ...])`` when none fits."""
     from ..evaluate.runner import anatomy_centres, find_anatomy
     from ..head.anatomy import load_anatomy
 
@@ -443,7 +445,7 @@ def localize(
     score = sources if region_rule(cfg) == "deepsif" else np.abs(sources)
     flat = score.reshape(len(sources), -1).argmax(axis=1)
     peak_t, peak_r = np.unravel_index(flat, sources.shape[1:])
-    anat, centres, names = _anatomy_of(cfg, anatomy, n_reg)
+    anat, centres, names = checkpoint_anatomy(cfg, anatomy, n_reg)
     timings["regions"] = time.perf_counter() - t
     cpu["regions"] = time.process_time() - c
     timings["total"] = time.perf_counter() - t0

@@ -6,16 +6,34 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def check_option(name: str, value: Any, allowed: Iterable[Any]) -> Any:
-    """Return ``value`` if it is one of ``allowed``, else raise a ValueError.
+def option_message(name: str, value: Any, allowed: Iterable[Any]) -> str:
+    """The one message shape: ``Invalid value for 'name': expected one of 'a', 'b', got 'c'.``
 
-    The message reads ``Invalid value for 'name': expected one of 'a', 'b', got 'c'.``
+    For checks that collect every problem before raising (the config's one-pass validation).
+    """
+    options = ", ".join(repr(a) for a in allowed)
+    return f"Invalid value for {name!r}: expected one of {options}, got {value!r}."
+
+
+def check_option(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise a ValueError (:func:`option_message`).
+
+    A bool matches only a bool (``1 in (True, False)`` is true in Python, but ``1`` is not
+    an allowed ``True``).
     """
     allowed = tuple(allowed)
-    if value not in allowed:
-        options = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"Invalid value for {name!r}: expected one of {options}, got {value!r}.")
+    if not any(_same_option(value, a) for a in allowed):
+        raise ValueError(option_message(name, value, allowed))
     return value
+
+
+def _same_option(value: Any, option: Any) -> bool:
+    if isinstance(value, bool) != isinstance(option, bool):
+        return False
+    try:
+        return bool(value == option)
+    except (TypeError, ValueError):  # e.g. an array compared with a string
+        return False
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> int | None:

@@ -17,6 +17,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from ._validation import option_message
+
 logger = logging.getLogger(__name__)
 
 
@@ -237,8 +239,7 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
             typed = not key.types or (isinstance(value, key.types) and (bool in key.types
                                                                         or not isinstance(value, bool)))
             if not typed or value not in key.choices:
-                options = ", ".join(repr(c) for c in key.choices)
-                problems.append(f"Invalid value for {name!r}: expected one of {options}, got {value!r}.")
+                problems.append(option_message(name, value, key.choices))
             continue
         if key.types:
             ok = isinstance(value, key.types)
@@ -256,8 +257,7 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
         from .models import MODELS
 
         if cfg["MODEL"] not in MODELS:
-            options = ", ".join(repr(m) for m in MODELS)
-            problems.append(f"Invalid value for 'MODEL': expected one of {options}, got {cfg['MODEL']!r}.")
+            problems.append(option_message("MODEL", cfg["MODEL"], MODELS))
         elif isinstance(cfg.get("MODEL_KWARGS"), dict):
             problems += _model_kwargs_problems(cfg["MODEL"], cfg["MODEL_KWARGS"], MODELS[cfg["MODEL"]])
     if isinstance(cfg.get("BASELINES"), (tuple, list)):

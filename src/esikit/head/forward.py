@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from esikit._validation import check_option
 from esikit.io.forward_model import ForwardModel
 
 from .anatomy import Anatomy, open_zip_text, tvb_data_dir
@@ -792,8 +793,7 @@ def region_leadfield(anatomy: Anatomy, ch_names: Sequence[str], elec_pos: np.nda
     """
     import mne
 
-    if head_model not in ("bem", "sphere"):
-        raise ValueError(f"Invalid value for 'head_model': expected 'bem' or 'sphere', got {head_model!r}")
+    check_option("head_model", head_model, ("bem", "sphere"))
     verts = np.asarray(anatomy.vertices, dtype=np.float64) / 1000.0
     nn = vertex_normals(verts, anatomy.triangles)
     with _quiet_mne():

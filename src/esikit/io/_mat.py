@@ -18,6 +18,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
+from esikit._validation import check_option
 from esikit.io._format import HDF5_SIGNATURE, MAT73_USERBLOCK_SIZE
 
 logger = logging.getLogger(__name__)
@@ -357,11 +358,7 @@ def save_mat_file(
         is 2 GiB or more: the message suggests ``format='v7.3'``.
     """
     path = Path(path)
-    if format not in SAVE_FORMATS:
-        raise ValueError(
-            f"Invalid value for 'format': expected one of "
-            f"{', '.join(repr(f) for f in SAVE_FORMATS)}, got {format!r}."
-        )
+    check_option("format", format, SAVE_FORMATS)
     _check_variable_names(path, data)
     logger.debug("Writing %s (%s): %s", path, format, list(data))
     if format == "v5":

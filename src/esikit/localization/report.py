@@ -32,6 +32,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .._validation import check_option  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["check_output", "plot_eeg_window", "plot_region_frequency", "write_outputs"]
@@ -224,8 +226,7 @@ def write_outputs(res: Any, out: str | PathLike, *, overwrite: bool = False, max
     """
     import mne
 
-    if stc not in STC_CHOICES:
-        raise ValueError(f"Invalid value for 'stc': expected one of {', '.join(map(repr, STC_CHOICES))}, got {stc!r}.")
+    check_option("stc", stc, STC_CHOICES)
     out = check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

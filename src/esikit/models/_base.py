@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._validation import check_option
+
 logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = ("ELU", "ReLU", "GELU", "Tanh", "LeakyReLU", "SiLU")
@@ -26,9 +28,7 @@ def make_activation(name: str) -> nn.Module:
     -------
     module : torch.nn.Module
     """
-    if name not in _ACTIVATIONS:
-        allowed = ", ".join(repr(a) for a in _ACTIVATIONS)
-        raise ValueError(f"Invalid value for 'activation': expected one of {allowed}, got {name!r}.")
+    check_option("activation", name, _ACTIVATIONS)
     return getattr(nn, name)()
 
 

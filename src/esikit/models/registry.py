@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .._validation import check_option
 from ._base import ESIModel
 from .deepsif import DeepSIFNet
 from .tcn import TCNNet
@@ -23,9 +24,7 @@ MODELS: dict[str, type[ESIModel]] = {
 
 
 def _check_model_name(name: str) -> type[ESIModel]:
-    if name not in MODELS:
-        allowed = ", ".join(repr(k) for k in MODELS)
-        raise ValueError(f"Invalid value for 'MODEL': expected one of {allowed}, got {name!r}.")
+    check_option("MODEL", name, MODELS)
     return MODELS[name]
 
 

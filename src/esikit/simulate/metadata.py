@@ -93,6 +93,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_option
 from ..head.layout import CLIP_FIELD, DEEPSIF_PADDING, clip_relpath
 from ..head.layout import CLIP_FILE as _CLIP_FILE
 from ..head.layout import REGION_DIR as _REGION_DIR
@@ -412,14 +413,8 @@ def generate_metadata(
     from tqdm.auto import tqdm
 
     anatomy = _resolve_anatomy(anatomy)
-    if neighbours not in ("symmetric", "as_given"):
-        raise ValueError(
-            f"Invalid value for 'neighbours': expected one of 'symmetric', 'as_given', got {neighbours!r}."
-        )
-    if second_source not in ("apart", "deepsif"):
-        raise ValueError(
-            f"Invalid value for 'second_source': expected one of 'apart', 'deepsif', got {second_source!r}."
-        )
+    check_option("neighbours", neighbours, ("symmetric", "as_given"))
+    check_option("second_source", second_source, ("apart", "deepsif"))
     if neighbours == "as_given" and patch_mode != "deepsif":
         raise ValueError("neighbours='as_given' needs patch_mode='deepsif' (grown patches use a symmetric adjacency)")
     symmetric = neighbours == "symmetric"
@@ -434,8 +429,7 @@ def generate_metadata(
     fwd = np.asarray(anatomy.fwd if fwd is None else fwd, dtype=np.float64)
     if fwd.ndim != 2 or fwd.shape[1] != n_regions:
         raise ValueError(f"fwd has shape {fwd.shape}, expected (n_channels, {n_regions}) to match the anatomy")
-    if patch_mode not in ("deepsif", "grow"):
-        raise ValueError(f"Invalid value for 'patch_mode': expected one of 'deepsif', 'grow', got {patch_mode!r}.")
+    check_option("patch_mode", patch_mode, ("deepsif", "grow"))
     source_options = _as_n_sources(n_sources)
     n_src = max(source_options)
     levels = np.asarray(snr_levels_db, dtype=np.float64).reshape(-1)
@@ -622,8 +616,7 @@ def write_metadata(path: str | os.PathLike, meta: Mapping[str, np.ndarray], form
     """
     from esikit.io import fits_in_mat_v5, save_mat_file
 
-    if format not in ("auto", "v5", "v7.3"):
-        raise ValueError(f"Invalid value for 'format': expected one of 'auto', 'v5', 'v7.3', got {format!r}.")
+    check_option("format", format, ("auto", "v5", "v7.3"))
     path = Path(path)
     if format == "auto":
         format = "v5" if fits_in_mat_v5(meta) else "v7.3"
@@ -670,11 +663,7 @@ def resolve_preset(preset: str, anatomy: Any) -> str:
     str
         ``'esikit'`` or ``'deepsif'``.
     """
-    options = ("auto", *PRESETS)
-    if preset not in options:
-        raise ValueError(
-            f"Invalid value for 'preset': expected one of {', '.join(map(repr, options))}, got {preset!r}."
-        )
+    check_option("preset", preset, ("auto", *PRESETS))
     if preset != "auto":
         return preset
     from ..head.deepsif_template import DeepSIFTemplate, missing_template_files

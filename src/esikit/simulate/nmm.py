@@ -60,6 +60,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .._validation import check_option
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -187,9 +189,7 @@ class JansenRitParams:
 
     def with_setting(self, setting: int) -> "JansenRitParams":
         """Copy with ``mu`` and ``noise_scale`` of DeepSIF setting ``setting`` (0, 1, 2)."""
-        if setting not in range(len(NOISE_SETTINGS)):
-            raise ValueError(f"Invalid value for 'setting': expected one of "
-                             f"{list(range(len(NOISE_SETTINGS)))}, got {setting!r}.")
+        check_option("setting", setting, range(len(NOISE_SETTINGS)))
         mu, scale = NOISE_SETTINGS[setting]
         return dataclasses.replace(self, mu=mu, noise_scale=scale)
 
@@ -474,9 +474,7 @@ class BatchIntegrator:
         return self
 
     def _setup(self, structure, params, dt_ms, backend, block, exact) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"Invalid value for 'backend': expected one of "
-                             f"{', '.join(repr(b) for b in BACKENDS)}, got {backend!r}.")
+        check_option("backend", backend, BACKENDS)
         if block < 1:
             raise ValueError(f"Invalid value for 'block': expected an integer >= 1, got {block!r}.")
         self.structure = structure

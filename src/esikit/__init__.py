@@ -1,6 +1,6 @@
 """esikit: DeepSIF-style EEG source imaging, trained from metadata on the fly."""
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (one definition, below every layer)
 
 
 def __getattr__(name: str):

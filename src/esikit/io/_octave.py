@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 import scipy.sparse
 
-from esikit import __version__ as esikit_version
+from esikit._version import __version__ as esikit_version
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.esikit-installed
 # CPU build of torch, pinned: a plain `torch` pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench template clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# DeepSIF's template end to end (resumable): make template SIZE=tiny|small|full OUT=...
+SIZE ?= small
+OUT ?= runs/template-$(SIZE)
+template: setup
+	$(BIN)/python -m esikit template $(OUT) --size $(SIZE) --anatomy ../shared/deepsif_anatomy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

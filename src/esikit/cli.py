@@ -9,6 +9,7 @@ Sub-commands:
 - ``esikit forward OUT.mat --montage M ...``: a leadfield for any electrode cap.
 - ``esikit localize RECORDING --checkpoint CKPT``: localize a recording's events.
 - ``esikit noise-bank RECORDING OUT --forward FWD``: spike-free segments as DeepSIF's noise file.
+- ``esikit template OUT --size tiny|small|full``: DeepSIF's template end to end.
 - ``esikit demo``: make the built-in dataset when missing, check it, train, evaluate.
 
 The code of each sub-command is in :mod:`esikit.commands`; this module only dispatches.
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands.localize import add_parsers as add_localization
 
     add_localization(sub)
+
+    from .commands.template import add_parser as add_template
+
+    add_template(sub)
 
     p = sub.add_parser("demo", help="make the built-in dataset if missing, then check, train and evaluate")
     p.add_argument("--data", default="data/default", help="dataset folder")

@@ -1,0 +1,233 @@
+"""``esikit template``: sizes, the plan, stage records (resume after a kill), bad input, disk, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from esikit.commands import template as tpl
+from esikit.io.atomic import atomic_write_json
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "deepsif_anatomy"
+
+
+def _harvest(n_regions=4, wall_s=100.0, bytes_per_clip=1.7e6, clips=12.0):
+    """A plan_harvest result with the fields build_plan and format_plan read."""
+    return {"clips_per_region": 3, "n_regions": n_regions, "settings": [0, 1, 2], "max_simulated_s": 15.0,
+            "n_cores": 2, "batch_size": 16, "pilot_regions": [0], "pilot_s": 2.0, "pilot_clips": 1,
+            "clips_per_simulated_s": {0: 0.1, 1: 0.1, 2: 0.1}, "wall_s_per_network_s": 0.5,
+            "expected_simulated_s": 2 * wall_s / 0.5, "expected_wall_s": wall_s, "expected_clips": clips,
+            "expected_fraction_of_variants_capped": 0.0, "bytes_per_clip": bytes_per_clip,
+            "expected_bytes": clips * bytes_per_clip, "raw_bytes_if_kept": 1e9}
+
+
+# ------------------------------------------------------------------------------ sizes and plan
+def test_sizes_table():
+    assert set(tpl.SIZES) == {"tiny", "small", "full"}
+    tiny, small, full = (tpl.SIZES[k] for k in ("tiny", "small", "full"))
+    assert tiny.regions() == [0, 331, 662, 993]
+    assert small.regions() is None and full.regions() is None  # every region
+    assert small.model(gpu=False)[0] == "tcn" and small.model(gpu=True)[0] == "deepsif"
+    # DeepSIF's main.py schedule
+    assert (full.batch_size, full.learning_rate, full.weight_decay, full.epochs) == (64, 3e-4, 1e-6, 20)
+    assert full.n_train is None and full.model(gpu=False)[0] == "deepsif"
+
+
+def test_build_plan_stages_and_totals():
+    size = tpl.SIZES["tiny"]
+    plan = tpl.build_plan(size, _harvest(), gpu=False, n_params=1000)
+    st = plan["stages"]
+    assert list(st) == ["clips", "metadata", "leadfield", "train", "evaluate"]
+    assert st["clips"]["wall_s"] == 100.0 and st["clips"]["core_h"] == pytest.approx(200 / 3600)
+    rate = tpl.CPU_TRAIN_SAMPLES_PER_S[size.cpu_model]
+    assert st["train"]["wall_s"] == pytest.approx(size.n_train * 0.9 * size.epochs / rate)
+    assert st["evaluate"]["wall_s"] == pytest.approx(size.eval_samples * tpl.EVAL_S_PER_SAMPLE)
+    assert plan["total_wall_s"] == pytest.approx(sum(s["wall_s"] for s in st.values()))
+    # the disk bound: every region reaching its share in every setting, even when the pilot saw no spike
+    empty = tpl.build_plan(size, _harvest(clips=0.0), gpu=False)
+    assert empty["stages"]["clips"]["bytes"] == pytest.approx(4 * 3 * 1 * 1.7e6)
+    assert not plan["needs_yes"]
+
+
+def test_plan_too_big_asks_for_yes_unless_cluster_or_gpu_unknown():
+    size = tpl.SIZES["full"]
+    big = _harvest(n_regions=994, wall_s=20 * 86400.0)
+    plan = tpl.build_plan(size, big, gpu=False)
+    assert plan["needs_yes"] and "--yes" in plan["reason"] and "--scheduler" in plan["reason"]
+    lines = "\n".join(tpl.format_template_plan(plan))
+    assert "too big for this machine" in lines and "core-hours" in lines
+    # on a cluster the simulation is not this machine's wall time; DeepSIF's CPU training still is
+    on_cluster = tpl.build_plan(size, big, gpu=False, scheduler="tcp://h:8786")
+    assert on_cluster["stages"]["clips"]["wall_s"] is None and not on_cluster["needs_yes"]
+    on_gpu = tpl.build_plan(size, big, gpu=True, scheduler="tcp://h:8786")
+    assert on_gpu["total_wall_s"] is None and "not measured here" in "\n".join(tpl.format_template_plan(on_gpu))
+
+
+# ------------------------------------------------------------------------------ stages with fake runners
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Fake stage runners that write small outputs and count calls; the anatomy check passes."""
+    calls: list[str] = []
+    state = {"kill": None, "harvest": _harvest()}
+
+    def runner(stage):
+        def run(run):
+            calls.append(stage)
+            if state["kill"] == stage:
+                raise KeyboardInterrupt  # a kill in the middle of the stage
+            if stage == "plan":
+                run.plan = tpl.build_plan(run.size, state["harvest"], gpu=False)
+                atomic_write_json(run.out / "plan" / "plan.json", run.plan)
+                return ["plan/plan.json"], {}
+            f = run.out / stage / "out.bin"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(b"x" * 10)
+            info = {"checkpoint": "train/out.bin"} if stage == "train" else {}
+            return [f"{stage}/out.bin"], info
+        return run
+
+    monkeypatch.setattr(tpl, "STAGE_RUNNERS", {s: runner(s) for s in tpl.STAGES})
+    monkeypatch.setattr(tpl, "missing_anatomy_files", lambda folder: [])
+    anat = tmp_path / "anat"
+    anat.mkdir()
+
+    def go(**kw):
+        return tpl.run_template(tmp_path / "out", kw.pop("size", "tiny"), anat, gpu=False, progress=False, **kw)
+
+    return calls, state, go, tmp_path / "out"
+
+
+def test_resume_after_kill_skips_complete_stages(fake, capsys):
+    calls, state, go, out = fake
+    state["kill"] = "train"
+    with pytest.raises(KeyboardInterrupt):
+        go()
+    assert calls == ["plan", "clips", "metadata", "leadfield", "train"]
+    assert (out / "leadfield" / "stage.json").is_file() and not (out / "train" / "stage.json").exists()
+    calls.clear()
+    state["kill"] = None
+    assert go() == 0
+    assert calls == ["train", "evaluate"]  # the finished stages are skipped
+    assert "[clips] complete, skipped" in capsys.readouterr().out
+    calls.clear()
+    assert go() == 0 and calls == []
+    # a changed output invalidates its stage and the stages that read it, not the others
+    (out / "clips" / "out.bin").write_bytes(b"changed, longer")
+    calls.clear()
+    assert go() == 0
+    assert calls == ["clips", "metadata", "train", "evaluate"]
+    # a damaged record is not trusted
+    (out / "evaluate" / "stage.json").write_text("{not json")
+    calls.clear()
+    assert go() == 0 and calls == ["evaluate"]
+
+
+def test_stage_record_written_after_outputs_only(fake):
+    calls, state, go, out = fake
+    state["kill"] = "clips"
+    with pytest.raises(KeyboardInterrupt):
+        go()
+    assert not (out / "clips" / "stage.json").exists()
+    rec = json.loads((out / "plan" / "stage.json").read_text())
+    assert rec["status"] == "complete" and rec["outputs"]["plan/plan.json"] > 0
+
+
+def test_disk_checked_before_each_stage(fake, monkeypatch, capsys):
+    calls, state, go, out = fake
+    state["harvest"] = _harvest(bytes_per_clip=1e9)
+    monkeypatch.setattr(tpl, "_free_bytes", lambda path: 5_000_000)
+    assert go() == 1
+    msg = capsys.readouterr().out
+    assert "stage 'clips' needs about" in msg and "5.0 MB free" in msg
+    assert calls == ["plan"]  # nothing simulated
+
+
+def test_too_big_needs_yes(fake, capsys):
+    calls, state, go, out = fake
+    state["harvest"] = _harvest(wall_s=10 * 86400.0)
+    assert go() == 3
+    assert "not started" in capsys.readouterr().out and calls == ["plan"]
+    calls.clear()
+    assert go(yes=True) == 0 and calls == ["clips", "metadata", "leadfield", "train", "evaluate"]
+
+
+def test_plan_only_and_another_size_in_folder(fake, capsys):
+    calls, state, go, out = fake
+    assert go(plan_only=True) == 0 and calls == ["plan"]
+    assert "Plan for esikit template --size tiny" in capsys.readouterr().out
+    assert go(size="small") == 2
+    assert "holds a template run" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_anatomy_folder_missing_files_named(tmp_path, capsys):
+    folder = tmp_path / "anatomy"
+    folder.mkdir()
+    (folder / "electrode_75.mat").write_bytes(b"")
+    assert tpl.run_template(tmp_path / "out", "tiny", folder) == 2
+    msg = capsys.readouterr().out
+    for name in ("leadfield_75_20k.mat", "fs_cortex_20k_region_mapping.mat", "fs_cortex_20k_inflated.mat",
+                 "connectivity_998.zip"):
+        assert name in msg
+    assert "electrode_75.mat" not in msg.split("lacks:")[1]
+    assert not (tmp_path / "out").exists()
+    assert tpl.run_template(tmp_path / "out", "huge", folder) == 2
+    assert "'size'" in capsys.readouterr().out
+
+
+def test_cli_registers_template():
+    from esikit.cli import build_parser
+
+    args = build_parser().parse_args(["template", "OUT", "--size", "tiny", "--plan"])
+    assert args.size == "tiny" and args.plan and args.out == "OUT"
+
+
+# ------------------------------------------------------------------------------ the real template
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="DeepSIF's template anatomy (../shared) is absent")
+
+
+@needs_shared
+def test_leadfield_stage_carries_electrode_names(tmp_path):
+    import scipy.io
+
+    from esikit.io.forward_model import load_forward_model
+
+    run = tpl.TemplateRun(tmp_path, SHARED, tpl.SIZES["tiny"])
+    outputs, info = tpl._run_leadfield(run)
+    model = load_forward_model(tmp_path / outputs[0])
+    eloc = scipy.io.loadmat(SHARED / "electrode_75.mat")["eloc75"].ravel()
+    labels = [str(np.asarray(e["labels"]).ravel()[0]) for e in eloc]
+    assert model.ch_names == labels and len(labels) == 75
+    ref = scipy.io.loadmat(SHARED / "leadfield_75_20k.mat")["fwd"]
+    np.testing.assert_array_equal(model.fwd, ref)
+    # positions: electrode_75's (X anterior, Y left, Z up, mm) as RAS metres
+    e0 = eloc[0]
+    np.testing.assert_allclose(model.ch_pos[0], [-float(e0["Y"].ravel()[0]) / 1000, float(e0["X"].ravel()[0]) / 1000,
+                                                 float(e0["Z"].ravel()[0]) / 1000], atol=1e-6)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_tiny_end_to_end_and_rerun(tmp_path, capsys):
+    """``--size tiny`` from nothing (about 2.5 min on 2 loaded cores), then a rerun that skips every stage."""
+    from esikit.localization.recording import montage_from_checkpoint
+    from esikit.train.checkpoint import load_checkpoint
+
+    out = tmp_path / "tiny"
+    assert tpl.run_template(out, "tiny", SHARED, progress=False) == 0
+    text = capsys.readouterr().out
+    assert "Plan for esikit template --size tiny" in text and "[evaluate] done" in text
+    ckpt = out / json.loads((out / "train" / "stage.json").read_text())["info"]["checkpoint"]
+    state = load_checkpoint(ckpt)
+    assert len(state["montage"]["ch_names"]) == 75 and state["montage"]["ch_names"][0] == "Fp1"
+    montage = montage_from_checkpoint(state, str(ckpt), n_channels=75)  # what esikit localize reads
+    assert len(montage.ch_names) == 75
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    assert results  # the network and the baselines were scored
+    assert (out / "metadata" / "train_sample_source2.mat").is_file()
+    assert tpl.run_template(out, "tiny", SHARED, progress=False) == 0
+    text = capsys.readouterr().out
+    assert all(f"[{s}] complete, skipped" in text for s in tpl.STAGES)

@@ -162,6 +162,18 @@ def test_plan_only_and_another_size_in_folder(fake, capsys):
     assert "holds a template run" in capsys.readouterr().out
 
 
+def test_stage_error_is_reported_not_recorded(fake, monkeypatch, capsys):
+    calls, state, go, out = fake
+
+    def bad(run):
+        raise ValueError("nbs.mat: field 'nbs' has 3 entries, expected 994")
+
+    monkeypatch.setitem(tpl.STAGE_RUNNERS, "metadata", bad)
+    assert go() == 1
+    assert "field 'nbs' has 3 entries" in capsys.readouterr().out
+    assert (out / "clips" / "stage.json").is_file() and not (out / "metadata" / "stage.json").exists()
+
+
 # ------------------------------------------------------------------------------ bad input
 def test_anatomy_folder_missing_files_named(tmp_path, capsys):
     folder = tmp_path / "anatomy"

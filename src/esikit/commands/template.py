@@ -493,9 +493,15 @@ def _run_train(run: TemplateRun) -> tuple[list[str], dict]:
     from ..train.checkpoint import load_checkpoint
     from .train import train
 
+    from ..train.trainer import ResumeConfigError
+
     cfg = run.train_config()
     resume = (run.run_dir / "last.pt").is_file()  # a killed run goes on from its newest checkpoint
-    result = train(cfg, resume=resume, show_progress=run.progress)
+    try:
+        result = train(cfg, resume=resume, show_progress=run.progress)
+    except ResumeConfigError as err:  # e.g. a GPU now, a CPU network before
+        raise TemplateError(f"{run.run_dir}: the checkpoint there was trained with another configuration ({err}); "
+                            "move that folder away to train again") from err
     best = run.run_dir / "best.pt"
     ckpt = best if best.is_file() else run.run_dir / "last.pt"
     montage = load_checkpoint(ckpt).get("montage") or {}
@@ -617,7 +623,16 @@ def run_template(out: str | Path, size: str = "small", anatomy: str | Path = "..
             return 3
         for stage in STAGES[1:]:
             run_stage(run, stage)
-    except TemplateError as err:
+    except (TemplateError, ValueError, FileNotFoundError, ConnectionError) as err:
+        # TemplateError covers the run's own checks; the others are the stages' clear errors
+        # (a bad field in a file, an unreachable --scheduler, a checkpoint or lock problem)
+        print(f"esikit template: error: {err}")
+        return 1
+    except RuntimeError as err:
+        from ..train.checkpoint import CheckpointError, RunLockedError
+
+        if not isinstance(err, (CheckpointError, RunLockedError)):
+            raise
         print(f"esikit template: error: {err}")
         return 1
     ckpt = json.loads(_record_path(out, "train").read_text())["info"]["checkpoint"]

@@ -385,7 +385,8 @@ class TemplateRun:
             "TRAIN_METADATA_PATH": str(meta / "train_sample_source2.mat"),
             "TEST_METADATA_PATH": str(meta / "test_sample_source2.mat"),
             "NMM_SPIKES_DIR": str(self.nmm_spikes), "FWD_MATRIX_PATH": str(self.fwd_path),
-            "ANATOMY": str(self.anatomy_dir), "MODEL": model, "MODEL_KWARGS": kwargs,
+            # absolute: esikit localize reads the anatomy from wherever it is run
+            "ANATOMY": str(self.anatomy_dir.resolve()), "MODEL": model, "MODEL_KWARGS": kwargs,
             "BATCH_SIZE": self.size.batch_size, "NUM_EPOCHS": self.size.epochs,
             "LEARNING_RATE": self.size.learning_rate, "WEIGHT_DECAY": self.size.weight_decay,
             "LOSS_REDUCTION": "sum", "VAL_SPLIT": 0.1, "SEED": self.seed,

@@ -223,8 +223,8 @@ def test_leadfield_stage_carries_electrode_names(tmp_path):
 
 @needs_shared
 @pytest.mark.slow
-def test_tiny_end_to_end_and_rerun(tmp_path, capsys):
-    """``--size tiny`` from nothing (about 2.5 min on 2 loaded cores), then a rerun that skips every stage."""
+def test_tiny_end_to_end_and_rerun(tmp_path, capsys, monkeypatch):
+    """``--size tiny`` from nothing (2.5-4 min on 2 loaded cores), a rerun that skips every stage, localize."""
     from esikit.localization.recording import montage_from_checkpoint
     from esikit.train.checkpoint import load_checkpoint
 
@@ -243,3 +243,20 @@ def test_tiny_end_to_end_and_rerun(tmp_path, capsys):
     assert tpl.run_template(out, "tiny", SHARED, progress=False) == 0
     text = capsys.readouterr().out
     assert all(f"[{s}] complete, skipped" in text for s in tpl.STAGES)
+    # esikit localize takes the checkpoint, run from another folder (DeepSIF's data*.mat windows)
+    import csv
+
+    import scipy.io
+
+    from esikit.cli import main as cli_main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    scipy.io.savemat(elsewhere / "data1.mat",
+                     {"data": np.random.default_rng(0).normal(size=(2, 500, 75)).astype(np.float32)})
+    assert cli_main(["localize", "data1.mat", "--checkpoint", str(ckpt.resolve()), "--out", "loc",
+                     "--max-figures", "0"]) == 0
+    with open(elsewhere / "loc" / "events.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["peak_x_mm"] for r in rows)  # the anatomy was found: region centres

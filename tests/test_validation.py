@@ -37,3 +37,10 @@ def test_check_positive_int():
 def test_format_indices():
     assert format_indices([1, 2]) == "1, 2"
     assert format_indices(range(8), limit=3) == "0, 1, 2 and 5 more"
+
+
+def test_format_duration_and_bytes():
+    from esikit._validation import format_bytes, format_duration
+
+    assert [format_duration(s) for s in (45, 600, 5 * 3600, 4 * 86400)] == ["45 s", "10 min", "5.0 h", "4.0 days"]
+    assert [format_bytes(n) for n in (512, 3.2e6, 1.5e12, 2e15)] == ["512.0 B", "3.2 MB", "1.5 TB", "2000.0 TB"]

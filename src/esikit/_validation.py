@@ -62,3 +62,25 @@ def format_indices(indices: Iterable[int], limit: int = 5) -> str:
     head = ", ".join(str(i) for i in indices[:limit])
     rest = len(indices) - limit
     return f"{head} and {rest} more" if rest > 0 else head
+
+
+def format_duration(seconds: float) -> str:
+    """``'45 s'``, ``'12 min'``, ``'3.5 h'``, ``'4.2 days'``: a duration for messages and plans."""
+    s = float(seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def format_bytes(n: float) -> str:
+    """``'512.0 B'``, ``'3.2 MB'``, ``'1.5 TB'`` (powers of 1000): a size for messages and plans."""
+    b = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if b < 1000:
+            return f"{b:.1f} {unit}"
+        b /= 1000.0
+    return f"{b:.1f} TB"

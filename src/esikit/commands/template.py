@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import format_bytes, format_duration
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SIZES", "STAGES", "TemplateError", "TemplateSize", "add_parser", "build_plan", "format_template_plan",
@@ -173,16 +175,8 @@ def _free_bytes(path: Path) -> int:
     return int(shutil.disk_usage(p).free)
 
 
-def _human_bytes(b: float) -> str:
-    from ..simulate.plan import _human_bytes as fmt
-
-    return fmt(b)
-
-
 def _human_s(s: float | None) -> str:
-    from ..simulate.plan import _human_s as fmt
-
-    return "not measured here" if s is None else fmt(s)
+    return "not measured here" if s is None else format_duration(s)
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -277,10 +271,10 @@ def format_template_plan(plan: dict[str, Any]) -> list[str]:
     for name, s in plan["stages"].items():
         core_h = "?" if s["core_h"] is None else f"{s['core_h']:.2f}"
         wall = "on the cluster" if (name == "clips" and plan["scheduler"]) else _human_s(s["wall_s"])
-        lines.append(f"  {name:<10} {core_h:>10} {wall:>18} {_human_bytes(s['bytes']):>10}  {s['what']}")
+        lines.append(f"  {name:<10} {core_h:>10} {wall:>18} {format_bytes(s['bytes']):>10}  {s['what']}")
     total = (_human_s(plan["total_wall_s"]) if plan["total_wall_s"] is not None
              else f"at least {_human_s(plan['known_wall_s'])} (a part is not measured here)")
-    lines.append(f"  total: {total}, {_human_bytes(plan['total_bytes'])} of disk")
+    lines.append(f"  total: {total}, {format_bytes(plan['total_bytes'])} of disk")
     if plan["needs_yes"]:
         lines.append(f"  too big for this machine: {plan['reason']}")
     return lines
@@ -553,8 +547,8 @@ def check_disk(run: TemplateRun, stage: str) -> None:
     need = _stage_bytes(run, stage)
     free = _free_bytes(run.out)
     if need > free:
-        raise TemplateError(f"{run.out}: stage '{stage}' needs about {_human_bytes(need)} of disk (the plan's "
-                            f"estimate), only {_human_bytes(free)} free; free some space or use another folder")
+        raise TemplateError(f"{run.out}: stage '{stage}' needs about {format_bytes(need)} of disk (the plan's "
+                            f"estimate), only {format_bytes(free)} free; free some space or use another folder")
 
 
 def run_stage(run: TemplateRun, stage: str) -> bool:

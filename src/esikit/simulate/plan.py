@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._validation import format_bytes, format_duration
 from ..head.anatomy import Anatomy, load_anatomy
 from .harvest import integrate_chunk, start_variants
 from .nmm import JansenRitParams, network_structure
@@ -161,24 +162,6 @@ def _poisson_cdf(k: int, lam: float) -> float:
     return float(sum(math.exp(-lam) * lam ** i / math.factorial(i) for i in range(k + 1)))
 
 
-def _human_s(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    if s < 3 * 86400:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
-
-
-def _human_bytes(b: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if b < 1000 or unit == "TB":
-            return f"{b:.1f} {unit}"
-        b /= 1000.0
-    return f"{b:.1f} TB"  # pragma: no cover
-
-
 def format_plan(plan: dict[str, Any]) -> list[str]:
     """Human-readable lines of :func:`plan_harvest`'s result."""
     rates = ", ".join(f"setting {s}: {v:.3f}" for s, v in plan["clips_per_simulated_s"].items())
@@ -191,13 +174,13 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
         f"Dataset: {plan['n_regions']} regions x {plan['clips_per_region']} clips, cap "
         f"{plan['max_simulated_s']:.0f} s per (region, setting)",
         f"  expected simulated time: {plan['expected_simulated_s']:.0f} network-seconds",
-        f"  expected wall time on {plan['n_cores']} cores here: {_human_s(plan['expected_wall_s'])} "
-        f"({_human_s(plan['expected_wall_s'] * plan['n_cores'])} of one core)",
+        f"  expected wall time on {plan['n_cores']} cores here: {format_duration(plan['expected_wall_s'])} "
+        f"({format_duration(plan['expected_wall_s'] * plan['n_cores'])} of one core)",
         f"  cores to finish within a day: {math.ceil(plan['expected_wall_s'] * plan['n_cores'] / 86400)}"
         f"{' (this machine suffices)' if plan['expected_wall_s'] <= 86400 else ' (use a Dask cluster: --scheduler)'}",
         f"  expected clips: {plan['expected_clips']:.0f}; variants likely to hit the cap: "
         f"{100 * plan['expected_fraction_of_variants_capped']:.0f}%",
-        f"  disk: {_human_bytes(plan['expected_bytes'])} of clips "
-        f"({_human_bytes(plan['bytes_per_clip'])} each); the raw simulations, not kept, would be "
-        f"{_human_bytes(plan['raw_bytes_if_kept'])} as float32 at 2000 Hz",
+        f"  disk: {format_bytes(plan['expected_bytes'])} of clips "
+        f"({format_bytes(plan['bytes_per_clip'])} each); the raw simulations, not kept, would be "
+        f"{format_bytes(plan['raw_bytes_if_kept'])} as float32 at 2000 Hz",
     ]

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .preprocess import WINDOW
-from .synthetic import _taper, spike_raw, spike_source
+from .synthetic import spike_raw, spike_source, spike_taper
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def make_ground_truth_recording(
     seg_of_event = use[(np.arange(n_ev) * len(use)) // n_ev]
     seg_of_block = [seg_of_event[0], *seg_of_event, seg_of_event[-1]]  # padding block at each end
     eeg, flip = resting_background(segments, seg_of_block)
-    taper = _taper(window)
+    taper = spike_taper(window)
     half = window // 2
     times = np.empty(n_ev)
     measured = np.empty(n_ev)

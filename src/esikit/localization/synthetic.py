@@ -19,7 +19,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpikeRecording", "clips_from_folder", "make_spike_recording", "spike_raw", "spike_source",
+__all__ = ["SpikeRecording", "clips_from_folder", "make_spike_recording", "spike_raw", "spike_source", "spike_taper",
            "spike_waveform"]
 
 
@@ -70,7 +70,8 @@ def clips_from_folder(nmm_dir: str | PathLike, regions: Sequence[int], k: int = 
     return out
 
 
-def _taper(n: int, frac: float = 0.2) -> np.ndarray:
+def spike_taper(n: int, frac: float = 0.2) -> np.ndarray:
+    """Tukey window, shape (n,), that fades a spike clip in and out (``frac`` of it tapered)."""
     from scipy.signal.windows import tukey
 
     return tukey(n, frac)
@@ -206,7 +207,7 @@ def spike_source(region: int, n_regions: int, clip: np.ndarray | None = None,
         clip = np.asarray(clip, dtype=np.float64)
         if clip.ndim != 2 or clip.shape[1] != n_regions:
             raise ValueError(f"clip of region {region} has shape {clip.shape}, expected (T, R) with R={n_regions}")
-        clip = (clip - clip.mean(axis=0)) * _taper(len(clip))[:, None]
+        clip = (clip - clip.mean(axis=0)) * spike_taper(len(clip))[:, None]
         peak = int(np.argmax(np.abs(clip[:, region])))
         return clip / max(float(np.abs(clip[peak, region])), 1e-30), peak
     w = spike_waveform(sfreq)

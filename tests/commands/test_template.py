@@ -174,6 +174,36 @@ def test_stage_error_is_reported_not_recorded(fake, monkeypatch, capsys):
     assert (out / "clips" / "stage.json").is_file() and not (out / "metadata" / "stage.json").exists()
 
 
+def test_train_stage_resumes_a_killed_run_and_sets_aside_a_superseded_one(tmp_path, monkeypatch):
+    import dataclasses
+
+    import esikit.commands.train as train_cmd
+    import esikit.train.checkpoint as checkpoint
+
+    seen = []
+
+    def fake_train(cfg, resume=False, show_progress=True):
+        seen.append(resume)
+        d = Path(cfg["CHECKPOINT_DIR"]) / cfg["RUN_NAME"]
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):
+            (d / name).write_bytes(b"weights")
+        return {"train_seconds": 1.0}
+
+    monkeypatch.setattr(train_cmd, "train", fake_train)
+    monkeypatch.setattr(checkpoint, "load_checkpoint",
+                        lambda path, **kw: {"montage": {"ch_names": [f"E{i}" for i in range(75)]}})
+    (tmp_path / "anat").mkdir()
+    run = tpl.TemplateRun(tmp_path / "out", tmp_path / "anat", tpl.SIZES["tiny"], progress=False)
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "last.pt").write_bytes(b"killed")  # killed during training: no stage.json
+    assert tpl.run_stage(run, "train") and seen == [True]
+    assert not tpl.run_stage(run, "train")  # complete
+    run.size = dataclasses.replace(run.size, epochs=2)  # other settings: train again from scratch
+    assert tpl.run_stage(run, "train") and seen == [True, False]
+    assert (run.run_dir.parent / "template.superseded-1" / "last.pt").is_file()
+
+
 # ------------------------------------------------------------------------------ bad input
 def test_anatomy_folder_missing_files_named(tmp_path, capsys):
     folder = tmp_path / "anatomy"

@@ -491,6 +491,14 @@ def _run_train(run: TemplateRun) -> tuple[list[str], dict]:
     from ..train.trainer import ResumeConfigError
 
     cfg = run.train_config()
+    if _record_path(run.out, "train").is_file() and run.run_dir.is_dir():
+        # a finished training on other data or settings: kept aside, not continued
+        n = 1
+        while (old := run.run_dir.with_name(f"{run.run_dir.name}.superseded-{n}")).exists():
+            n += 1
+        run.run_dir.rename(old)
+        _record_path(run.out, "train").unlink()
+        print(f"[train] the data or settings changed since the last training: its run moved to {old}")
     resume = (run.run_dir / "last.pt").is_file()  # a killed run goes on from its newest checkpoint
     try:
         result = train(cfg, resume=resume, show_progress=run.progress)

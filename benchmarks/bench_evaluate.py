@@ -79,14 +79,14 @@ def straightforward(anatomy, eeg, names):
     import mne
     from invert import Solver
 
-    from esikit.evaluate.adaptive import _quiet, region_forward
+    from esikit.evaluate.adaptive import quiet_solvers, region_forward
 
     rates = {}
     for name in names:
         t0 = time.process_time()
         for b in range(eeg.shape[0]):
             fwd, info = region_forward(anatomy.fwd, anatomy.centres, anatomy.adjacency)
-            with _quiet():
+            with quiet_solvers():
                 evoked = mne.EvokedArray(eeg[b].T.astype(np.float64), info, verbose=False)
                 solver = Solver(name, verbose=0)
                 solver.make_inverse_operator(fwd, evoked, alpha="auto")

@@ -173,7 +173,7 @@ def test_errors(clip_dir, anatomy, tmp_path):
         make(clip_dir, anatomy, snr_range_db=(20, 5))
     with pytest.raises(ValueError, match="'dataset_len'"):
         make(clip_dir, anatomy, dataset_len=0)
-    with pytest.raises(ValueError, match="must match"):
+    with pytest.raises(ValueError, match="neither dimension is"):
         DynamicSpikeEEGDataset(clip_dir, np.random.default_rng(1).normal(size=(12, 30)), anatomy, 4)
     with pytest.raises(FileNotFoundError):
         DynamicSpikeEEGDataset(tmp_path / "none", None, anatomy, 4)

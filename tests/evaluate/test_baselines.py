@@ -284,7 +284,7 @@ def test_champagne_on_compressed_data_equals_invertmeeg_on_the_full_data(small_p
     import mne
     from invert import Solver
 
-    from esikit.evaluate.adaptive import _quiet, compress_time
+    from esikit.evaluate.adaptive import quiet_solvers, compress_time
 
     gain, centres, adjacency = small_problem
     rng = np.random.default_rng(2)
@@ -297,7 +297,7 @@ def test_champagne_on_compressed_data_equals_invertmeeg_on_the_full_data(small_p
     from esikit.evaluate.adaptive import region_forward
 
     fwd, info = region_forward(gain, centres, adjacency)
-    with _quiet():
+    with quiet_solvers():
         evoked = mne.EvokedArray((eeg - eeg.mean(axis=1, keepdims=True)).T, info)
         solver = Solver("champagne", verbose=0)
         solver.make_inverse_operator(fwd, evoked, alpha="auto", max_iter=200)  # esikit's cap (adaptive.py)

@@ -56,7 +56,7 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
     """
     from ..data import SpikeEEGMetadataDataset
     from ..data.dynamic import DynamicSpikeEEGDataset
-    from ..data.loaders import _loader
+    from ..data.loaders import make_loader
     from ..evaluate.runner import find_anatomy
 
     if cfg.get("NMM_SPIKES_DIR") is None:
@@ -89,9 +89,9 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
     test_ds = test_ds.subset(np.arange(len(test_ds)), freeze_epoch=True)
     common = dict(num_workers=int(num_workers), pin_memory=bool(pin_memory) and torch.cuda.is_available())
     dist = dict(num_replicas=num_replicas, rank=rank)
-    train_loader = _loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
-    val_loader = _loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
-    test_loader = _loader(test_ds, int(batch_size), shuffle_seed=None, **common)
+    train_loader = make_loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
+    val_loader = make_loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
+    test_loader = make_loader(test_ds, int(batch_size), shuffle_seed=None, **common)
     info = {"fwd": train_ds.fwd, "n_channels": train_ds.n_channels, "n_regions": train_ds.n_regions,
             "n_times": train_ds.n_times, "n_train": len(train_ds), "n_val": len(val_ds) if val_ds is not None else 0,
             "n_test": len(test_ds), "train_dataset": train_ds, "val_dataset": val_ds, "test_dataset": test_ds}

@@ -143,7 +143,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         channel_names: Sequence[str] | None = None,
     ):
         from ..head.patches import as_adjacency
-        from .dataset import resolve_forward
+        from .dataset import learn_clip_shape, resolve_forward
         from .fast import SYNTHESIS_MODES, TARGET_MODES
 
         check_option("scale_mode", scale_mode, SCALE_MODES)
@@ -160,7 +160,8 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
             fwd = getattr(anatomy, "fwd", None)
             if fwd is None:
                 raise ValueError("fwd is None and the anatomy has no 'fwd'; give a forward matrix")
-        self.fwd, self.fwd_source = resolve_forward(fwd)
+        # the anatomy's region count orients the leadfield, as the clips' does for metadata
+        self.fwd, self.fwd_source = resolve_forward(fwd, n_regions=self.adjacency.shape[0])
         self._fwd64 = self.fwd.astype(np.float64)
         n_regions = self.fwd.shape[1]
         if self.adjacency.shape[0] != n_regions:
@@ -191,7 +192,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
                 f"the dynamic dataset needs an nmm_spikes folder (a{{region}}/nmm_{{k}}.mat), got {clip_store!r}"
             )
         self.store: FolderClipStore = clip_store
-        n_times, clip_regions = self.store.shape
+        n_times, clip_regions = learn_clip_shape(self.store)
         if clip_regions != n_regions:
             raise ValueError(
                 f"{self.store.describe(0)}: clip has {clip_regions} regions (shape {(n_times, clip_regions)}), "

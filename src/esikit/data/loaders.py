@@ -73,8 +73,14 @@ def split_indices(n: int, val_split: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _loader(dataset: Any, batch_size: int, *, shuffle_seed: int | None, num_workers: int, pin_memory: bool,
+def make_loader(dataset: Any, batch_size: int, *, shuffle_seed: int | None, num_workers: int, pin_memory: bool,
             num_replicas: int = 1, rank: int = 0, **kwargs: Any) -> DataLoader:
+    """A DataLoader over ``dataset`` as every esikit loader is built.
+
+    ``shuffle_seed`` set: an :class:`EpochShuffleSampler` (same order for the same seed and
+    epoch, sharded over ``num_replicas``); None: sequential. Workers get the dataset's
+    epoch through its shared state, so ``set_epoch`` reaches persistent workers.
+    """
     if shuffle_seed is not None:
         sampler = EpochShuffleSampler(len(dataset), shuffle_seed, num_replicas=num_replicas, rank=rank)
     elif num_replicas > 1:
@@ -177,9 +183,9 @@ def create_dataloaders_from_metadata(
 
     common = dict(num_workers=int(num_workers), pin_memory=bool(pin_memory) and torch.cuda.is_available())
     dist = dict(num_replicas=int(num_replicas), rank=int(rank))
-    train_loader = _loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
-    val_loader = _loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
-    test_loader = _loader(test_ds, int(batch_size), shuffle_seed=None, **common) if test_ds is not None else None
+    train_loader = make_loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
+    val_loader = make_loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
+    test_loader = make_loader(test_ds, int(batch_size), shuffle_seed=None, **common) if test_ds is not None else None
     info = {
         "fwd": fwd,
         "fwd_source": fwd_source,

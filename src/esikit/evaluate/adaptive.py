@@ -94,7 +94,7 @@ def invertmeeg_solver_names() -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_solvers():
     """invertmeeg and MNE log warnings per solve (e.g. a GCV optimum at the grid edge)."""
     import mne
 
@@ -218,7 +218,7 @@ class InvertmeegBaselines:
         self.n_channels, self.n_regions = np.shape(fwd)
         options = solver_options or {}
         self.operator_options = OPERATOR_OPTIONS if operator_options is None else operator_options
-        with _quiet():
+        with quiet_solvers():
             self.solvers = {n: Solver(n, verbose=0, **options.get(n, {})) for n in self.names}
         for solver in self.solvers.values():
             _compress_champagne(solver)
@@ -234,7 +234,7 @@ class InvertmeegBaselines:
         eeg = np.asarray(eeg, dtype=np.float64)
         data = (eeg - eeg.mean(axis=1, keepdims=True)).T
         solver = self.solvers[name]
-        with _quiet(), _one_thread():
+        with quiet_solvers(), _one_thread():
             evoked = mne.EvokedArray(data, self.info, verbose=False)
             solver.make_inverse_operator(self.forward, evoked, alpha="auto", **self.operator_options.get(name, {}))
             est = solver.apply_inverse_operator(evoked).data

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.atomic import atomic_output, atomic_write_text
 from .metrics import LOWER_IS_BETTER
 
 logger = logging.getLogger(__name__)
@@ -226,12 +227,6 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(
     summary: Mapping[str, Any],
     records: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
@@ -283,7 +278,7 @@ def write_results(
         payload["rules"] = dict(rules)
     if regularization:
         payload["regularization"] = dict(regularization)
-    _write_atomic(json_path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     parts = [f"# {title}", ""]
     if rules or regularization:
         parts += ["## Methods", ""]
@@ -302,7 +297,7 @@ def write_results(
             parts += ["## Further metrics", "", comparison_markdown(comp, extra, "marginal"), ""]
         parts += [COMPARISON_NOTES.format(n_boot=N_BOOT), ""]
     parts += ["## All metrics, median [quartiles]", "", results_table_markdown(summary), _NOTES]
-    _write_atomic(md_path, "\n".join(parts))
+    atomic_write_text(md_path, "\n".join(parts))
     paths = {"json": json_path, "markdown": md_path}
     if isinstance(records, Mapping):
         paths["csv"] = write_samples_csv(records, out_dir / "results_samples.csv")
@@ -527,13 +522,11 @@ def write_samples_csv(records: Mapping[str, Sequence[Mapping[str, Any]]], path: 
             return ";".join(_plain(x) for x in v)
         return _plain(v)
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(keys)
         for r in rows:
             w.writerow([cell(r.get(k, "")) for k in keys])
-    os.replace(tmp, path)
     return path
 
 

@@ -66,6 +66,7 @@ __all__ = [
 TABLE_METRICS = (
     ("peak_distance_mm", "peak error (mm), median", "median"),
     ("peak_in_patch", "peak exact", "mean"),
+    ("detected", "rule found any", "mean"),
     ("le_mm", "LE (mm), median", "median"),
     ("precision", "precision, mean", "mean"),
     ("recall", "recall, mean", "mean"),

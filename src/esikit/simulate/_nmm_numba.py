@@ -35,7 +35,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from .nmm import (
+from ._param_layout import (
     P_A1, P_A2, P_A3, P_A4, P_A_RATE, P_B, P_B_RATE, P_C_A, P_C_MAX, P_C_MID, P_C_MIN, P_C_R,
     P_DT, P_J, P_MU, P_NOISE, P_NU_MAX, P_R, P_V0,
 )

@@ -61,6 +61,10 @@ from typing import Sequence
 import numpy as np
 
 from .._validation import check_option
+from ._param_layout import (  # noqa: F401 - the kernels' parameter order, re-exported
+    N_PARAMS, P_A1, P_A2, P_A3, P_A4, P_A_RATE, P_B, P_B_RATE, P_C_A, P_C_MAX, P_C_MID, P_C_MIN, P_C_R,
+    P_DT, P_J, P_MU, P_NOISE, P_NU_MAX, P_R, P_V0,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +99,6 @@ NOISE_BLOCK = 500
 #: Kernels of :class:`BatchIntegrator`.
 BACKENDS = ("numba", "numpy")
 
-# Order of the scalars in :meth:`JansenRitParams.scalar_vector`, as the kernels read them.
-P_B, P_A_RATE, P_B_RATE, P_V0, P_NU_MAX, P_R = 0, 1, 2, 3, 4, 5
-P_J, P_A1, P_A2, P_A3, P_A4, P_MU = 6, 7, 8, 9, 10, 11
-P_C_MIN, P_C_MAX, P_C_MID, P_C_R, P_C_A = 12, 13, 14, 15, 16
-P_DT, P_NOISE = 17, 18
-N_PARAMS = 19
 
 @dataclass(frozen=True)
 class JansenRitParams:

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.atomic import atomic_write_json, atomic_write_text, fsync_dir
 from .clips import ClipReadError, ClipStore, FolderClipStore, H5ClipStore
 
 logger = logging.getLogger(__name__)
@@ -177,19 +178,6 @@ def _locked(folder: Path, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _reserve(fh: Any, nbytes: int) -> None:
     """Reserve ``nbytes`` for ``fh`` up front so a full disk fails here, not halfway."""
     if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
@@ -204,18 +192,13 @@ def _reserve(fh: Any, nbytes: int) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """``obj`` as JSON at ``path``, durably, via a temporary name and one rename."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(obj))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """``obj`` as JSON at ``path``, durably (one build step: :mod:`esikit.io.atomic`)."""
+    atomic_write_json(path, obj, indent=None)
+
+
+def _write_pointer(folder: Path, name: str) -> None:
+    """Make generation ``name`` the current one (one atomic rename of the pointer file)."""
+    atomic_write_text(folder / _POINTER, name + "\n")
 
 
 def _read_json(path: Path) -> Any:
@@ -227,18 +210,7 @@ def _read_json(path: Path) -> Any:
 
 def _commit_folder(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _write_pointer(folder: Path, name: str) -> None:
-    """Make generation ``name`` the current one (one atomic rename)."""
-    tmp = folder / f"{_POINTER}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(name + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / _POINTER)
-    _fsync_dir(folder)
+    fsync_dir(final.parent)
 
 
 def _read_pointer(folder: Path) -> str | None:
@@ -297,8 +269,8 @@ def _collect(folder: Path, keep: str | None) -> None:
             elif _GEN.match(name) and _remove_if_unused(path):
                 logger.info("Removed unused packed cache generation %s", path)
         elif name in (_CLIPS_FILE, _MANIFEST) or name.startswith(("proj_", "clips.f32.", "manifest.json.",
-                                                                  f"{_POINTER}.")):
-            _discard(path)  # cache version 1 files and interrupted writes
+                                                                  f"{_POINTER}.", f".{_POINTER}.")):
+            _discard(path)  # cache version 1 files and interrupted writes (io.atomic's temporaries)
 
 
 def _check_space(folder: Path, needed: int, what: str) -> int:

@@ -93,18 +93,12 @@ def atomic_write_bytes(path: str | PathLike, payload: bytes | memoryview) -> Pat
         the previous ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp = _temporary(path, keep_suffix=False)
-    try:
+    with atomic_output(path, keep_suffix=False) as tmp:  # fsync, rename and cleanup live there
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             _write_all(fd, payload)
-            os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
     return path
 
 

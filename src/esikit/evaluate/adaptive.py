@@ -39,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SFREQ_HZ
+
 logger = logging.getLogger(__name__)
 
-SFREQ = 500.0  # only labels the MNE objects; no solver here depends on it
+SFREQ = SFREQ_HZ  # only labels the MNE objects; no solver here depends on it
 
 #: ``make_inverse_operator`` keyword arguments per solver (see the module notes).
 OPERATOR_OPTIONS = {"champagne": {"max_iter": 200}}

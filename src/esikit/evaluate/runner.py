@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import SFREQ_HZ
 from .baselines import BASELINES, Baselines
 from .metrics import check_rule, evaluate_sample, region_centres_from_mesh, summarize
 from .plots import plot_cortex_activity, plot_metric_distributions, plot_time_courses, plot_training_curves
@@ -197,7 +198,7 @@ def evaluate_model(
                 out / f"example_{k}_cortex.png", centres=centres,
                 titles=(f"true (sample {ex['index']}, {ex['snr_db']:g} dB)", model_name))
         paths[f"timecourse_{k}_png"] = plot_time_courses(
-            ex["true"], ex["est"], ex["centres"], out / f"example_{k}_timecourses.png", sfreq=500.0)
+            ex["true"], ex["est"], ex["centres"], out / f"example_{k}_timecourses.png", sfreq=SFREQ_HZ)
     table = results_table_markdown(summary)
     printed = comparison_text(comp, model_name, rules, regularization)
     (out / "comparison.md").write_text(printed + "\n")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SFREQ_HZ
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SpikeRecording", "clips_from_folder", "make_spike_recording", "spike_raw", "spike_source", "spike_taper",
@@ -45,7 +47,7 @@ class SpikeRecording:
     path: Path | None = None
 
 
-def spike_waveform(sfreq: float = 500.0, n_times: int = 500) -> np.ndarray:
+def spike_waveform(sfreq: float = SFREQ_HZ, n_times: int = 500) -> np.ndarray:
     """A spike-and-wave shape peaking at sample ``n_times // 2`` (unit peak).
 
     Returns
@@ -83,7 +85,7 @@ def make_spike_recording(
     regions: Sequence[int],
     times: Sequence[float],
     *,
-    sfreq: float = 500.0,
+    sfreq: float = SFREQ_HZ,
     duration: float | None = None,
     clips: Mapping[int, np.ndarray] | None = None,
     background: float = 0.05,
@@ -184,7 +186,7 @@ def make_spike_recording(
 
 
 def spike_source(region: int, n_regions: int, clip: np.ndarray | None = None,
-                 sfreq: float = 500.0) -> tuple[np.ndarray, int]:
+                 sfreq: float = SFREQ_HZ) -> tuple[np.ndarray, int]:
     """One spike's source activity with a unit peak in ``region``.
 
     Parameters
@@ -216,7 +218,7 @@ def spike_source(region: int, n_regions: int, clip: np.ndarray | None = None,
     return src, len(w) // 2
 
 
-def spike_raw(eeg: np.ndarray, ch_names: Sequence[str], times: Sequence[float], *, sfreq: float = 500.0,
+def spike_raw(eeg: np.ndarray, ch_names: Sequence[str], times: Sequence[float], *, sfreq: float = SFREQ_HZ,
               ch_pos: np.ndarray | None = None, path: str | PathLike | None = None, overwrite: bool = False,
               description: str = "spike"):
     """An ``mne.io.RawArray`` of ``eeg`` (N x C, volts) with one annotation per time, optionally as EDF.

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import format_bytes
 from ..io.atomic import atomic_write_json, atomic_write_text, fsync_dir
 from .clips import ClipReadError, ClipStore, FolderClipStore, H5ClipStore
 
@@ -281,15 +282,11 @@ def _check_space(folder: Path, needed: int, what: str) -> int:
         return -1
     if free < needed + _FREE_MARGIN:
         raise CacheError(
-            f"{folder}: not enough free disk space for the {what}: it needs {_size(needed)} ({needed} bytes), "
-            f"{_size(free)} ({free} bytes) are free",
+            f"{folder}: not enough free disk space for the {what}: it needs {format_bytes(needed)} ({needed} bytes), "
+            f"{format_bytes(free)} ({free} bytes) are free",
             _FIX_SPACE,
         )
     return free
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _write_error(folder: Path, what: str, needed: int, exc: OSError) -> CacheError:
@@ -812,7 +809,7 @@ class PackedClipCache:
                 raise _write_error(folder, "packed clip cache", needed, exc) from exc
             raise
         logger.info("Packed %d clips (%d reused, %d unreadable) into %s (%s free before)", n, n_reused,
-                    len(errors), folder / name, _size(free) if free >= 0 else "?")
+                    len(errors), folder / name, format_bytes(free) if free >= 0 else "?")
         return name, manifest
 
 

@@ -32,7 +32,8 @@ def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], histo
                    fwd_path=None, **options: Any) -> dict[str, Any]:
     """Evaluate ``model`` and ``cfg['BASELINES']``; ``options`` (``oracle``, ``depth``, ``rule``) go to
     :func:`esikit.evaluate.runner.evaluate_model`."""
-    from ..evaluate.runner import evaluate_model, find_anatomy
+    from ..evaluate.runner import evaluate_model
+    from ..head.anatomy import find_anatomy
 
     check_model_fits(model, fwd, fwd_path=fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))
     anatomy = find_anatomy(cfg.get("ANATOMY"), fwd_path if fwd_path is not None else cfg.get("FWD_MATRIX_PATH"))

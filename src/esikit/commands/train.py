@@ -57,7 +57,7 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
     from ..data import SpikeEEGMetadataDataset
     from ..data.dynamic import DynamicSpikeEEGDataset
     from ..data.loaders import make_loader
-    from ..evaluate.runner import find_anatomy
+    from ..head.anatomy import find_anatomy
 
     if cfg.get("NMM_SPIKES_DIR") is None:
         raise ConfigError(["USE_METADATA_LOADER = False needs NMM_SPIKES_DIR (the clip folder)"])

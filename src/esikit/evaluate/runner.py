@@ -30,26 +30,6 @@ logger = logging.getLogger(__name__)
 PLOTTED_METRICS = ("peak_distance_mm", "precision", "recall", "le_mm", "corr", "auc", "ap", "emd_mm")
 
 
-def find_anatomy(spec: str | os.PathLike | None, fwd_path: str | os.PathLike | None):
-    """The anatomy for metrics and plots, or None.
-
-    ``spec`` (config ``ANATOMY``) wins; otherwise ``anatomy.npz`` beside the forward
-    matrix (what ``esikit simulate`` writes), then DeepSIF's template files beside it.
-    """
-    from ..head.anatomy import load_anatomy
-
-    if spec is not None:
-        return load_anatomy(spec)
-    if fwd_path is None or not isinstance(fwd_path, (str, os.PathLike)):
-        return None
-    folder = Path(fwd_path).parent
-    if (folder / "anatomy.npz").is_file():
-        return load_anatomy(folder / "anatomy.npz")
-    if (folder / "fs_cortex_20k_inflated.mat").is_file() and (folder / "fs_cortex_20k_region_mapping.mat").is_file():
-        return load_anatomy(folder)
-    return None
-
-
 def anatomy_centres(anatomy: Any, n_regions: int) -> np.ndarray:
     """Region positions for distances, in mm: centroids of the cortex mesh when there is one.
 

@@ -9,6 +9,7 @@ for these concepts.
 
 from .anatomy import (
     Anatomy,
+    find_anatomy,
     load_anatomy,
     load_deepsif_anatomy,
     load_default_anatomy,
@@ -29,6 +30,7 @@ __all__ = [
     "Anatomy",
     "CandidatePatches",
     "candidate_patches",
+    "find_anatomy",
     "find_alpha",
     "gaussian_magnitude",
     "grow_patch",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -596,4 +597,22 @@ def _rebuild_from_dataset_record(path: Path) -> Anatomy | None:
             return None
         anat.save(path)  # temporary name, then one rename
         return anat
+    return None
+
+
+def find_anatomy(spec: str | os.PathLike | None, fwd_path: str | os.PathLike | None):
+    """The anatomy that goes with a leadfield (for metrics, plots, the dynamic mode), or None.
+
+    ``spec`` (config ``ANATOMY``) wins; otherwise ``anatomy.npz`` beside the forward
+    matrix (what ``esikit simulate`` writes), then DeepSIF's template files beside it.
+    """
+    if spec is not None:
+        return load_anatomy(spec)
+    if fwd_path is None or not isinstance(fwd_path, (str, os.PathLike)):
+        return None
+    folder = Path(fwd_path).parent
+    if (folder / "anatomy.npz").is_file():
+        return load_anatomy(folder / "anatomy.npz")
+    if (folder / "fs_cortex_20k_inflated.mat").is_file() and (folder / "fs_cortex_20k_region_mapping.mat").is_file():
+        return load_anatomy(folder)
     return None

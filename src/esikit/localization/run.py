@@ -257,7 +257,8 @@ def _load(checkpoint: Any, device: str):
 def checkpoint_anatomy(cfg: dict[str, Any], anatomy: Any, n_regions: int):
     """``(anatomy, centres (R, 3) mm, region names)`` for a network of ``n_regions``: ``anatomy`` when
     given, else the checkpoint config's; ``(None, None, ['region 0', ...])`` when none fits."""
-    from ..evaluate.runner import anatomy_centres, find_anatomy
+    from ..evaluate.runner import anatomy_centres
+    from ..head.anatomy import find_anatomy
     from ..head.anatomy import load_anatomy
 
     anat = None

@@ -109,7 +109,8 @@ def test_disk_full_mid_write_is_a_clear_error_and_keeps_the_old_checkpoint(tmp_p
         save_checkpoint(_state(5.0, 100_000), path)
     text = str(err.value)
     assert str(path) in text and "no space left on the device" in text
-    assert re.search(r"it needs [\d,.]+ (bytes|MB), [\d,.]+ (bytes|MB) free in ", text), text
+    # Both sizes named, with a unit (the wording of esikit._validation.format_bytes).
+    assert re.search(r"it needs [\d.]+ [kMGT]?B, [\d.]+ [kMGT]?B free in ", text), text
     assert "the previous last.pt is intact" in text and "--resume" in text
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model_state"]["w"], torch.full((10,), 1.0))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import format_bytes
 from ..io.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -111,18 +112,14 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
-def _size(n: int) -> str:
-    return f"{n:,} bytes" if n < 1_000_000 else f"{n / 1e6:,.1f} MB"
-
-
 def _write_error(path: Path, exc: OSError, size: int, what: str) -> CheckpointWriteError:
     """A message naming the file, what was needed and what is free."""
     kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         free = _free_bytes(path.parent)
-        free_text = f"{_size(free)} free" if free is not None else "free space unknown"
+        free_text = f"{format_bytes(free)} free" if free is not None else "free space unknown"
         return CheckpointWriteError(
-            f"{path}: no space left on the device while writing the {what}: it needs {_size(size)}, "
+            f"{path}: no space left on the device while writing the {what}: it needs {format_bytes(size)}, "
             f"{free_text} in {path.parent}; {kept}. Free some space or set CHECKPOINT_DIR to another disk, "
             "then continue with --resume.", exc.errno)
     return CheckpointWriteError(f"{path}: cannot write the {what} ({exc.strerror or exc}); {kept}.", exc.errno)

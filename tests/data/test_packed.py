@@ -306,6 +306,21 @@ def test_fallocate_enospc_and_projection_disk_full(clips, tmp_path, monkeypatch)
     assert not list(cache.generation.glob("proj_*"))
 
 
+def test_killed_projection_build_leaves_no_temporary_behind(clips, tmp_path):
+    """A kill mid-projection leaves io.atomic's temporary; the next build removes it."""
+    root, values = clips
+    store = FolderClipStore(root)
+    cache = PackedClipCache.open(store, tmp_path / "c")
+    fwd = np.arange(3 * R, dtype=np.float32).reshape(3, R)
+    name = f"proj_{packed.forward_key(fwd)}.f32"
+    stale = cache.generation / f".{name}.abc123.tmp"
+    stale.write_bytes(b"\0" * 64)  # what a killed writer leaves
+    proj = cache.projections(fwd)
+    np.testing.assert_allclose(proj, _expected(store, values).transpose(0, 2, 1) @ fwd.T, rtol=1e-6)
+    assert not stale.exists()
+    assert sorted(p.name for p in cache.generation.glob("*proj_*")) == [name, name[:-4] + ".json"]
+
+
 def test_unwritable_cache_folder_names_the_fix(clips, tmp_path):
     root, _ = clips
     blocker = tmp_path / "file"

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import format_bytes
-from ..io.atomic import atomic_write_json, atomic_write_text, fsync_dir
+from ..io.atomic import atomic_output, atomic_write_json, atomic_write_text, fsync_dir, remove_stale_temporaries
 from .clips import ClipReadError, ClipStore, FolderClipStore, H5ClipStore
 
 logger = logging.getLogger(__name__)
@@ -516,32 +516,31 @@ class PackedClipCache:
         from tqdm.auto import tqdm
 
         needed = int(np.prod(shape)) * 4
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         side = path.with_suffix(".json")
         _check_space(self.generation, needed, "clip projections")
+        remove_stale_temporaries(self.generation, path.name)  # a killed build's (we hold the lock)
         crcs: list[int] = []
         try:
-            with open(tmp, "wb") as fh:
-                _reserve(fh, needed)
-                clips = self.clips
-                ft = fwd.T.copy()
-                step = 16
-                for a in tqdm(range(0, self.n_clips, step), desc="projecting clips", unit="x16 clips",
-                              disable=self.n_clips < 256):
-                    b = min(a + step, self.n_clips)
-                    # (n, R, T) -> (n, T, R) @ (R, C): one BLAS call per chunk.
-                    chunk = np.ascontiguousarray(np.matmul(clips[a:b].transpose(0, 2, 1), ft), dtype=np.float32)
-                    crcs.extend(zlib.crc32(row) for row in chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            with contextlib.suppress(FileNotFoundError):
-                side.unlink()  # the old checksums never describe the new data
-            os.replace(tmp, path)
+            # io.atomic: a temporary beside ``path``, fsynced and renamed on success, removed on error.
+            with atomic_output(path, keep_suffix=False) as tmp:
+                with open(tmp, "wb") as fh:
+                    _reserve(fh, needed)
+                    clips = self.clips
+                    ft = fwd.T.copy()
+                    step = 16
+                    for a in tqdm(range(0, self.n_clips, step), desc="projecting clips", unit="x16 clips",
+                                  disable=self.n_clips < 256):
+                        b = min(a + step, self.n_clips)
+                        # (n, R, T) -> (n, T, R) @ (R, C): one BLAS call per chunk.
+                        chunk = np.ascontiguousarray(np.matmul(clips[a:b].transpose(0, 2, 1), ft),
+                                                     dtype=np.float32)
+                        crcs.extend(zlib.crc32(row) for row in chunk)
+                        fh.write(chunk)
+                with contextlib.suppress(FileNotFoundError):
+                    side.unlink()  # the old checksums never describe the new data
             _write_json(side, {"shape": list(shape), "crc": crcs, "forward_shape": list(fwd.shape)})
-        except BaseException as exc:
-            _discard(tmp)
-            if isinstance(exc, OSError) and not isinstance(exc, CacheError):
+        except OSError as exc:
+            if not isinstance(exc, CacheError):
                 raise _write_error(self.generation, "clip projections", needed, exc) from exc
             raise
         logger.info("Projected %d clips through a %s forward matrix into %s", self.n_clips, fwd.shape, path)

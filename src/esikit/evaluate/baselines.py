@@ -64,6 +64,8 @@ from typing import Any
 import numpy as np
 from scipy.linalg import null_space
 
+from .._validation import option_message
+
 logger = logging.getLogger(__name__)
 
 #: The linear (minimum-norm family) methods computed here as kernels.
@@ -82,8 +84,7 @@ _kernel_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 def _check_method(method: str) -> str:
     m = str(method).lower()
     if m not in LINEAR_BASELINES:
-        allowed = ", ".join(repr(b) for b in LINEAR_BASELINES)
-        raise ValueError(f"Invalid value for 'method': expected one of {allowed}, got {method!r}.")
+        raise ValueError(option_message("method", method, LINEAR_BASELINES))
     return m
 
 

@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 from skimage.filters import threshold_otsu
 
+from .._validation import check_option
+
 logger = logging.getLogger(__name__)
 
 #: DeepSIF's rule: a region is active when above threshold at more than this many samples.
@@ -297,10 +299,7 @@ def identify_regions_by_rule(
 
 def check_rule(rule: str) -> str:
     """Validate a region-rule name (one of :data:`RULES`)."""
-    if rule not in RULES:
-        allowed = ", ".join(repr(r) for r in RULES)
-        raise ValueError(f"Invalid value for 'rule': expected one of {allowed}, got {rule!r}.")
-    return rule
+    return check_option("rule", rule, RULES)
 
 
 def assign_to_patches(

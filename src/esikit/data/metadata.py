@@ -23,11 +23,10 @@ from ..head.layout import DEEPSIF_PADDING, PADDING_VALUES  # defined once there
 
 logger = logging.getLogger(__name__)
 
-#: Label values that mean "no region here" (besides NaN): DeepSIF's 15213, the 999 other
-#: tools write, and -1, the padding of esikit's own normalized labels
-#: (:attr:`SampleMetadata.regions`). Any other label outside ``[0, R)`` is an error, not
-#: padding: a typo there would silently drop a region or a whole source.
-_PADDING_TEXT = "15213, 999, -1 or NaN"
+#: The padding values (:data:`esikit.head.layout.PADDING_VALUES`, and NaN) as messages name them.
+#: Any other label outside ``[0, R)`` is an error, not padding: a typo there would silently
+#: drop a region or a whole source.
+_PADDING_TEXT = ", ".join(str(v) for v in PADDING_VALUES) + " or NaN"
 
 SNR_FIELDS = ("current_snr", "sensor_snr")
 REQUIRED_FIELDS = ("selected_region", "scale_ratio", "mag_change")
@@ -158,7 +157,7 @@ def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple
                     f"field 'selected_region' ({sel.dtype}): {wrapped.sum()} label(s) equal {info.max}, the "
                     f"largest {sel.dtype} value, in samples {format_indices(np.nonzero(wrapped.any(axis=(1, 2)))[0])}:"
                     f" not a region in [0, {n_regions}) nor padding ({_PADDING_TEXT}); it is usually -1 padding "
-                    f"wrapped around by an unsigned type: save selected_region as double with 15213 padding "
+                    f"wrapped around by an unsigned type: save selected_region as double with {DEEPSIF_PADDING} padding "
                     "(DeepSIF's) or as a signed integer type"
                 )
                 bad &= ~wrapped
@@ -179,7 +178,7 @@ def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple
             f"field 'selected_region': {bad.sum()} label(s) ({n_centres} of them source centres) are neither a "
             f"region in [0, {n_regions}) nor padding ({_PADDING_TEXT}) in samples {format_indices(rows)} "
             f"(values {_values_text(v[bad])}); expected region ids of this {n_regions}-region anatomy: fix "
-            "those labels (or write 15213 where a position is padding)"
+            f"those labels (or write {DEEPSIF_PADDING} where a position is padding)"
         )
     return valid, reported
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SFREQ_HZ
+from ..head.layout import clip_relpath
 from .synthetic import clips_from_folder, make_spike_recording
 
 logger = logging.getLogger(__name__)
@@ -17,12 +19,12 @@ __all__ = ["demo_localization"]
 
 
 def _regions_with_clips(nmm_dir: Path, n_regions: int) -> list[int]:
-    return [r for r in range(n_regions) if (nmm_dir / f"a{r}" / "nmm_1.mat").is_file()]
+    return [r for r in range(n_regions) if (nmm_dir / clip_relpath(r, 1)).is_file()]
 
 
 def demo_localization(checkpoint: str | PathLike, nmm_dir: str | PathLike, out_dir: str | PathLike, *,
                       anatomy: Any = None, n_spikes: int = 8, spacing: float = 3.0, snr_db: float = 15.0,
-                      background: float = 0.05, sfreq: float = 500.0, seed: int = 0,
+                      background: float = 0.05, sfreq: float = SFREQ_HZ, seed: int = 0,
                       overwrite: bool = True, show: bool = True,
                       max_figures: int = 3) -> dict[str, Any]:
     """Write an EDF with spikes at known regions, localize it with ``checkpoint``, compare.

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import SFREQ_HZ
 from .preprocess import WINDOW
 from .synthetic import spike_raw, spike_source, spike_taper
 
@@ -189,7 +190,7 @@ def make_ground_truth_recording(
     *,
     clips: Mapping[int, np.ndarray] | None = None,
     use_segments: Sequence[int] | None = None,
-    sfreq: float = 500.0,
+    sfreq: float = SFREQ_HZ,
     window: int = WINDOW,
     ch_pos: np.ndarray | None = None,
     path: str | PathLike | None = None,

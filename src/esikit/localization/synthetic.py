@@ -61,14 +61,15 @@ def spike_waveform(sfreq: float = SFREQ_HZ, n_times: int = 500) -> np.ndarray:
 
 def clips_from_folder(nmm_dir: str | PathLike, regions: Sequence[int], k: int = 1) -> dict[int, np.ndarray]:
     """Clip ``k`` of each region from a DeepSIF clip folder (``a{r}/nmm_{k}.mat``, field ``data``, T x R)."""
+    from ..head.layout import CLIP_FIELD, clip_relpath
     from ..io import load_mat_file
 
     out = {}
     for r in sorted(set(int(r) for r in regions)):
-        path = Path(nmm_dir) / f"a{r}" / f"nmm_{k}.mat"
+        path = Path(nmm_dir) / clip_relpath(r, k)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no clip for region {r} (expected field 'data', T x R)")
-        out[r] = np.asarray(load_mat_file(path)["data"], dtype=np.float64)
+            raise FileNotFoundError(f"{path}: no clip for region {r} (expected field {CLIP_FIELD!r}, T x R)")
+        out[r] = np.asarray(load_mat_file(path)[CLIP_FIELD], dtype=np.float64)
     return out
 
 

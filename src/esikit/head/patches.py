@@ -80,12 +80,17 @@ def as_adjacency(
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """Boolean CSR adjacency and region centres from an Anatomy or a matrix.
 
+    Every function here that takes ``anatomy_or_adjacency, centres`` reads them through
+    this one, with the meaning below.
+
     Parameters
     ----------
     anatomy_or_adjacency : Anatomy | sparse matrix | array, shape (n_regions, n_regions)
-        An object with ``adjacency`` and ``centres`` attributes, or the adjacency itself.
+        An object with ``adjacency`` and ``centres`` attributes (an Anatomy), or the
+        adjacency itself.
     centres : array, shape (n_regions, 3) | None
-        Region centres in mm; taken from the Anatomy when None.
+        Region centres in mm; None takes them from the Anatomy (an error for a bare
+        adjacency).
     symmetrize : bool
         True (default): ``A | A.T``. False: row ``r`` stays the neighbour list of ``r``
         as given (DeepSIF's ``nbs``, possibly one-way).
@@ -320,16 +325,16 @@ class CandidatePatches:
 
     Parameters
     ----------
-    anatomy_or_adjacency : Anatomy | sparse matrix, shape (n_regions, n_regions)
-        Region adjacency (or an Anatomy with ``adjacency`` and ``centres``).
-    centres : array, shape (n_regions, 3) | None
-        Region centres in mm (None: from the Anatomy).
+    anatomy_or_adjacency, centres
+        The region graph, as in :func:`as_adjacency`.
     seed : int
         Base seed.
     n_repeats : int
-        Repetitions per growth axis and ring count (DeepSIF: 5).
+        Repetitions per growth axis and per ring count (DeepSIF: 5).
     max_size : int
-        Largest patch (DeepSIF: 70).
+        Largest patch (DeepSIF: 70); a larger grown patch keeps its first ``max_size``
+        regions in growth order that stay connected (DeepSIF's 994-region template never
+        needs it).
     symmetrize : bool
         True (default): symmetrize the adjacency. False: neighbour lists as given, with
         DeepSIF's literal rules (module docstring).
@@ -409,19 +414,10 @@ def candidate_patches(
 
     Parameters
     ----------
-    anatomy_or_adjacency : Anatomy | sparse matrix, shape (n_regions, n_regions)
-        Region adjacency (or an Anatomy holding ``adjacency`` and ``centres``).
-    centres : array, shape (n_regions, 3) | None
-        Region centres in mm (None: from the Anatomy).
+    anatomy_or_adjacency, centres, seed, n_repeats, max_size
+        As in :class:`CandidatePatches` (symmetric adjacency).
     centre : int
         0-based centre region.
-    seed : int
-        Seed; see :class:`CandidatePatches`.
-    n_repeats : int
-        Repetitions per growth axis and per ring count (DeepSIF: 5).
-    max_size : int
-        Largest patch; a larger grown patch keeps its first ``max_size`` regions in
-        growth order that stay connected (DeepSIF's 994-region template never needs it).
 
     Returns
     -------
@@ -454,10 +450,8 @@ def grow_patch(
 
     Parameters
     ----------
-    anatomy_or_adjacency : Anatomy | sparse matrix, shape (n_regions, n_regions)
-        Region adjacency (or an Anatomy with ``adjacency`` and ``centres``).
-    centres : array, shape (n_regions, 3) | None
-        Region centres in mm (None: from the Anatomy).
+    anatomy_or_adjacency, centres
+        The region graph, as in :func:`as_adjacency`.
     centre : int
         0-based centre region.
     size : int
@@ -549,9 +543,9 @@ def pick_second_patch(
 
     Parameters
     ----------
-    anatomy_or_adjacency : Anatomy | sparse matrix, shape (n_regions, n_regions)
-    centres : array, shape (n_regions, 3) | None
-        Region centres in mm (None: from the Anatomy).
+    anatomy_or_adjacency, centres
+        The region graph, as in :func:`as_adjacency` (unused when ``candidates`` is
+        given: its graph is used).
     first : array of int
         The first patch.
     allowed_centres : array of bool, shape (n_regions,) | array of int

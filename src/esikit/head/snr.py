@@ -144,12 +144,14 @@ def source_background_power(
         0-based regions of the source, centre first.
     time_index : array of int | slice | None
         Time samples the power is averaged over; None uses
-        :func:`deepsif_spike_window` of the (normalised) centre waveform.
+        :func:`deepsif_spike_window` of the (normalised) centre waveform (the metadata
+        script's window). For clip cutting pass :func:`peak_windows` of the spike peaks.
     weights : array, shape (n_patch,) | None
         Amplitude of each patch region relative to the centre waveform (default 1,
         as in DeepSIF's ``find_alpha``; ``mag_change`` gives the synthesized ones).
     normalize_peak : bool
-        Divide the centre waveform by its maximum first (DeepSIF's metadata script).
+        Divide the centre waveform by its maximum first (DeepSIF's metadata script:
+        True; clip cutting, where the raw waveform is rescaled: False).
 
     Returns
     -------
@@ -223,23 +225,11 @@ def find_alpha(
 
     Parameters
     ----------
-    data : array, shape (n_times, n_regions)
-        Neural-mass activity of one clip (all regions).
-    fwd : array, shape (n_channels, n_regions)
-        Region leadfield.
-    patch : array of int, shape (n_patch,)
-        0-based regions of the source, centre first.
+    data, fwd, patch, time_index, weights, normalize_peak
+        As in :func:`source_background_power`.
     target_snr_db : float | array, shape (n_targets,)
         Wanted SNR(s) in dB (DeepSIF: 10, 12, ..., 20 for training, 10 and 15 for
         testing, 15 when cutting clips).
-    time_index : array of int | slice | None
-        Samples the power is measured over; None = :func:`deepsif_spike_window`.
-        For clip cutting pass :func:`peak_windows` of the spike peaks.
-    weights : array, shape (n_patch,) | None
-        Relative amplitude of each patch region (default 1 everywhere, DeepSIF).
-    normalize_peak : bool
-        Normalise the centre waveform to a unit peak first (metadata: True; clip
-        cutting, where the raw waveform is rescaled: False).
 
     Returns
     -------

@@ -1,8 +1,9 @@
-"""Shared pytest fixtures: paths to the reference data beside the project."""
+"""Shared pytest fixtures: paths to the reference data beside the project, a grid anatomy, fingerprints."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,3 +23,61 @@ def deepsif_anatomy_dir() -> Path:
     if not (DEEPSIF_ANATOMY_DIR / "leadfield_75_20k.mat").exists():
         pytest.skip(f"DeepSIF reference anatomy not found at {DEEPSIF_ANATOMY_DIR}")
     return DEEPSIF_ANATOMY_DIR
+
+
+def make_grid_anatomy(nx: int = 8, ny: int = 8, spacing_mm: float = 10.0, n_channels: int = 16, seed: int = 0):
+    """A flat ``nx x ny`` grid of regions: 4-neighbour adjacency, ``spacing_mm`` apart.
+
+    Returns a namespace with ``adjacency`` (symmetric CSR, bool), ``centres``
+    (``(nx * ny, 3)`` mm) and a random ``fwd`` (``(n_channels, nx * ny)``), which is what
+    the patch growers, the metadata generator and the dynamic dataset read from an
+    anatomy.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    rows, cols = [], []
+    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
+        rows += a.ravel().tolist()
+        cols += b.ravel().tolist()
+    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
+    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    centres = np.stack([xx.ravel() * spacing_mm, yy.ravel() * spacing_mm, np.zeros(nx * ny)], axis=1)
+    fwd = np.random.default_rng(seed).normal(size=(n_channels, nx * ny))
+    return SimpleNamespace(adjacency=(adj + adj.T).tocsr(), centres=centres, fwd=fwd)
+
+
+@pytest.fixture(scope="session")
+def grid_anatomy():
+    """:func:`make_grid_anatomy`, the small test anatomy of the head, simulate and data tests."""
+    return make_grid_anatomy
+
+
+def array_fingerprint(arrays: dict) -> str:
+    """sha256 of named arrays: integers and booleans exactly, floats as text.
+
+    Floats are written with 9 significant digits (float64) or 6 (float32), so that a
+    last-bit difference of a math library on another CPU does not fail a reproducibility
+    test, while any real change of a value does.
+    """
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        if a.dtype.kind == "f":
+            fmt = "%.6g" if a.dtype.itemsize <= 4 else "%.9g"
+            h.update(" ".join(np.char.mod(fmt, a.astype(np.float64).ravel()).tolist()).encode())
+        else:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def fingerprint():
+    """:func:`array_fingerprint`."""
+    return array_fingerprint

@@ -301,3 +301,34 @@ def test_dynamic_loaders_pass_every_dataset_option(tmp_path):
         assert ds._fast is None and ds.missing_clips == "drop" and ds.normalize is False, name
     test = info["test_dataset"]
     assert test.clip_resolution == "formula" and test.synthesis_mode == "reference"
+
+
+# -- reproducibility: the same (seed, epoch, index) gives the same sample ------------------
+# Fingerprints (tests/conftest.py array_fingerprint) of samples drawn before the drawer was
+# rebuilt on esikit.head.configs: configurations and samples must stay as they were.
+
+DYNAMIC_FINGERPRINTS = {
+    "grow": "a0aed5bcfb5569ee9f887bca531f0950bbbf156bbc0494a2fc0af67f218846e8",
+    "deepsif": "581bf17589a6a49920b34e340dd90f3920db7fe0d10aebbd20327633a24cdffe",
+    "peak": "e08f6105385c47bb25569b20a67a3c910e6ed943c4a55c620715afd04ace7d45",
+    "fast": "2bb657ec0cbe91873c214306ae40b50e166315309bf692452db4617be48a8c2f",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DYNAMIC_FINGERPRINTS))
+def test_dynamic_reproduces_pinned_fingerprint(case, clip_dir, anatomy, tmp_path, fingerprint):
+    kw = {"grow": dict(synthesis="reference"), "deepsif": dict(synthesis="reference", patch_mode="deepsif"),
+          "peak": dict(synthesis="reference", scale_mode="peak", scale_range=(1.0, 4.0), n_sources=2),
+          "fast": dict(cache_dir=tmp_path / "cache", half_max_mm=(30.0, 50.0))}[case]
+    ds = make(clip_dir, anatomy, **kw)
+    ds.set_epoch(3)
+    arrays = {}
+    for i in (0, 4, 9, 11):
+        cfg = ds.sample_config(i)
+        for s in range(cfg["n_sources"]):
+            arrays.update({f"{i}/{s}/patch": cfg["patches"][s], f"{i}/{s}/weights": cfg["weights"][s],
+                           f"{i}/{s}/clip": np.array(cfg["clips"][s]), f"{i}/{s}/scale": np.array(cfg["scales"][s])})
+        arrays[f"{i}/snr"] = np.array(cfg["snr_db"])
+    eeg, src = ds.synthesize_batch([0, 4, 9, 11])
+    arrays.update(eeg=np.asarray(eeg), src=np.asarray(src))
+    assert fingerprint(arrays) == DYNAMIC_FINGERPRINTS[case]

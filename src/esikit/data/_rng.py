@@ -256,103 +256,11 @@ def _zig_fast(r, ki, wi):
 
 
 @nb.njit(cache=True)
-def _zig_slow(st, r, ki, wi, fi):
-    """The ziggurat's rare paths for a rejected ``r``: ``(done, x)``, drawing from ``st``."""
-    idx = np.int64(r & _U64(0xFF))
-    rabs = (r >> _U64(9)) & _U64(0x7FFFFF)
-    x = np.float32(np.int64(rabs)) * wi[idx]
-    if (r >> _U64(8)) & _ONE:
-        x = -x
-    if idx == 0:
-        while True:
-            u1 = np.float32(np.int64(_next32(st) >> _U64(8))) * _INV_2_24
-            xx = -_ZIG_INV_R_F * np.float32(np.log1p(-u1))
-            u2 = np.float32(np.int64(_next32(st) >> _U64(8))) * _INV_2_24
-            yy = -np.float32(np.log1p(-u2))
-            if yy + yy > xx * xx:
-                if (rabs >> _U64(8)) & _ONE:
-                    return True, -(_ZIG_R_F + xx)
-                return True, _ZIG_R_F + xx
-    u = np.float32(np.int64(_next32(st) >> _U64(8))) * _INV_2_24
-    xd = np.float64(x)
-    if np.float64((fi[idx - 1] - fi[idx]) * u + fi[idx]) < math.exp(-0.5 * xd * xd):
-        return True, x
-    return False, x
+def normal_scratch(n):
+    """Scratch arrays ``(blk, xs, acc)`` for :func:`standard_normal_f32_block` drawing ``n`` normals.
 
-
-@nb.njit(cache=True)
-def standard_normal_f32(st, out):
-    """``Generator.standard_normal(out.shape, dtype=float32)`` into the flat array ``out``."""
-    ki, wi, fi = _KI, _WI, _FI
-    n = out.size
-    i = 0
-    while i < n and st[4] != _ZERO:  # a buffered upper half first
-        st[4] = _ZERO
-        ok, x = _zig_fast(st[5], ki, wi)
-        if not ok:
-            ok, x = _zig_slow(st, st[5], ki, wi, fi)
-        if ok:
-            out[i] = x
-            i += 1
-    # Common case: one 64-bit step gives two uint32 draws, low half first; the state
-    # lives in locals and is written back only around the rare paths.
-    s_hi, s_lo, i_hi, i_lo = st[0], st[1], st[2], st[3]
-    while i < n:
-        s_hi, s_lo = _step(s_hi, s_lo, i_hi, i_lo)
-        v = _output(s_hi, s_lo)
-        r1 = v & _M32
-        r2 = v >> _S32
-        ok, x = _zig_fast(r1, ki, wi)
-        if ok:
-            out[i] = x
-            i += 1
-            if i == n:
-                st[0], st[1], st[4], st[5] = s_hi, s_lo, _ONE, r2
-                return
-            ok, x = _zig_fast(r2, ki, wi)
-            if ok:
-                out[i] = x
-                i += 1
-                continue
-            st[0], st[1], st[4] = s_hi, s_lo, _ZERO
-            r = r2
-        else:
-            st[0], st[1], st[4], st[5] = s_hi, s_lo, _ONE, r2
-            r = r1
-        # Rare path: retry draws through the array state until one sample is made.
-        while True:
-            ok, x = _zig_slow(st, r, ki, wi, fi)
-            if ok:
-                out[i] = x
-                i += 1
-                break
-            r = _next32(st)
-            ok, x = _zig_fast(r, ki, wi)
-            if ok:
-                out[i] = x
-                i += 1
-                break
-        # Drain a buffered half left by the rare path so the loop resumes on 64-bit steps.
-        while i < n and st[4] != _ZERO:
-            st[4] = _ZERO
-            ok, x = _zig_fast(st[5], ki, wi)
-            if not ok:
-                ok, x = _zig_slow(st, st[5], ki, wi, fi)
-                while not ok:
-                    r = _next32(st)
-                    ok, x = _zig_fast(r, ki, wi)
-                    if not ok:
-                        ok, x = _zig_slow(st, r, ki, wi, fi)
-            out[i] = x
-            i += 1
-        s_hi, s_lo = st[0], st[1]
-    # The buffer flag is already right: empty after 64-bit steps, set only when a
-    # rare path ended the array with a half left over.
-    st[0], st[1] = s_hi, s_lo
-
-
-def normal_scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scratch arrays for :func:`standard_normal_f32_block` drawing ``n`` normals."""
+    ``n`` positions plus room for the rare paths' extra draws (past it they come from the state).
+    """
     m = n + n // 32 + 64
     return np.empty(m, np.uint32), np.empty(m, np.float32), np.empty(m, np.bool_)
 
@@ -367,15 +275,15 @@ def _take(st, blk, p):
 
 @nb.njit(cache=True)
 def standard_normal_f32_block(st, out, blk, xs, acc):
-    """As :func:`standard_normal_f32`, faster: the stream is drawn in a block first.
+    """``Generator.standard_normal(out.shape, dtype=float32)`` into the flat array ``out``.
 
-    The uint32 stream (the buffered half, then low and high halves of each 64-bit
-    step) fills ``blk``; one branch-free pass computes every position's ziggurat value
-    and acceptance (it vectorizes); a last pass walks the stream, taking accepted
-    values and sending the rare rejections through the exact slow paths, which read
-    their uniforms from the following positions. Past the block, draws continue from
-    ``st``, which is left after the block (not after the last draw used: call this
-    last on a generator, as the sample draws do).
+    Fast because the stream is drawn in a block first: the uint32 stream (the buffered
+    half, then low and high halves of each 64-bit step) fills ``blk``; one branch-free
+    pass computes every position's ziggurat value and acceptance (it vectorizes); a last
+    pass walks the stream, taking accepted values and sending the rare rejections
+    through the exact slow paths, which read their uniforms from the following
+    positions. Past the block, draws continue from ``st``, which is left after the block
+    (not after the last draw used: call this last on a generator, as the sample draws do).
     """
     ki, wi, fi = _KI, _WI, _FI
     m = blk.size
@@ -470,17 +378,14 @@ def sample_draws_into(seed, epoch, index, n_options, choice, noise):
     ``choice`` is int64 of shape (S,), filled with ``integers(0, n_options)``; ``noise``
     is a contiguous float32 array of any shape (T * C values).
     """
-    m = noise.size + noise.size // 32 + 64
-    sample_draws_scratch(seed, epoch, index, n_options, choice, noise, np.empty(m, np.uint32),
-                         np.empty(m, np.float32), np.empty(m, np.bool_))
+    blk, xs, acc = normal_scratch(noise.size)
+    sample_draws_scratch(seed, epoch, index, n_options, choice, noise, blk, xs, acc)
 
 
 @nb.njit(cache=True)
 def batch_draws(seed, epoch, indices, n_options, choice, noise):
     """Draws of many samples: ``choice`` (B, S) int64 and ``noise`` (B, T, C) float32, in place."""
-    n = noise[0].size
-    m = n + n // 32 + 64
-    blk, xs, acc = np.empty(m, np.uint32), np.empty(m, np.float32), np.empty(m, np.bool_)
+    blk, xs, acc = normal_scratch(noise[0].size)
     for b in range(indices.size):
         sample_draws_scratch(seed, epoch, indices[b], n_options, choice[b], noise[b], blk, xs, acc)
 

@@ -155,8 +155,7 @@ def _synthesize_batch(spec, draws, model, out, flags):
     row_noise = np.empty((n_times, n_ch), dtype=np.float32)
     power = np.empty(n_ch, dtype=np.float64)
     cmean = np.empty(n_ch, dtype=np.float64)
-    m = n_times * n_ch + (n_times * n_ch) // 32 + 64
-    blk, zx, zacc = np.empty(m, np.uint32), np.empty(m, np.float32), np.empty(m, np.bool_)
+    blk, zx, zacc = _rng.normal_scratch(n_times * n_ch)
     for b in range(n_batch):
         if draw:
             _rng.sample_draws_scratch(seed, epoch, indices[b], n_opt, row_choice, row_noise, blk, zx, zacc)

@@ -335,9 +335,7 @@ def standard_normal_f32_block(st, out, blk, xs, acc):
         # Rare paths, reading their uniforms from the following stream positions.
         idx = np.int64(r & _U64(0xFF))
         rabs = (r >> _U64(9)) & _U64(0x7FFFFF)
-        x = np.float32(np.int64(rabs)) * wi[idx]
-        if (r >> _U64(8)) & _ONE:
-            x = -x
+        _, x = _zig_fast(r, ki, wi)
         if idx == 0:
             while True:
                 u1 = np.float32(np.int64(_take(st, blk, p) >> _U64(8))) * _INV_2_24

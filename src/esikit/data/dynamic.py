@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_option, check_positive_int
+from ..head.configs import PATCH_MODES, ClipIndex, SourceDrawer
 from .clips import MISSING_CLIP_POLICIES, ClipReadError, ClipStore, FolderClipStore, open_clip_store
 from ._base import EpochIndexedDataset
 from .synthesis import SampleSpecs
@@ -37,8 +38,6 @@ __all__ = ["DynamicSpikeEEGDataset", "SCALE_MODES", "PATCH_MODES"]
 
 #: How ``scale_range`` is read: source-to-background SNR in dB, or peak amplitude.
 SCALE_MODES = ("snr_db", "peak")
-#: How patches are made: grown to a drawn size, or a random DeepSIF candidate.
-PATCH_MODES = ("grow", "deepsif")
 
 # Tag mixed into the configuration generator so its stream never coincides with the
 # one of draw_sample_randomness, which is seeded by (seed, epoch, index) alone.
@@ -155,18 +154,18 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
             from ..head.anatomy import load_anatomy
 
             anatomy = load_anatomy(anatomy)
-        self.adjacency, self.centres = as_adjacency(anatomy)
+        n_anatomy = as_adjacency(anatomy)[0].shape[0]
         if fwd is None:
             fwd = getattr(anatomy, "fwd", None)
             if fwd is None:
                 raise ValueError("fwd is None and the anatomy has no 'fwd'; give a forward matrix")
         # the anatomy's region count orients the leadfield, as the clips' does for metadata
-        self.fwd, self.fwd_source = resolve_forward(fwd, n_regions=self.adjacency.shape[0])
+        self.fwd, self.fwd_source = resolve_forward(fwd, n_regions=n_anatomy)
         self._fwd64 = self.fwd.astype(np.float64)
         n_regions = self.fwd.shape[1]
-        if self.adjacency.shape[0] != n_regions:
+        if n_anatomy != n_regions:
             raise ValueError(
-                f"anatomy has {self.adjacency.shape[0]} regions but the forward matrix {self.fwd_source} has "
+                f"anatomy has {n_anatomy} regions but the forward matrix {self.fwd_source} has "
                 f"{n_regions} (shape {self.fwd.shape}); they must match"
             )
         self.dataset_len = int(check_positive_int("dataset_len", dataset_len))  # type: ignore[arg-type]
@@ -183,7 +182,6 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         self.min_centre_distance_mm = float(min_centre_distance_mm)
         self.seed = int(seed)
         self.normalize = bool(normalize)
-        self.max_size = max(70, self.patch_size_range[1])
 
         if clip_store is None:
             clip_store = open_clip_store(Path(nmm_spikes_dir), cache_bytes=int(cache_mb * 2**20))
@@ -216,22 +214,21 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
                 self._pool = np.flatnonzero(self._valid)
             else:
                 logger.warning("%s; a source drawing one contributes nothing (missing_clips='zeros')", text)
-        pool_regions = self.store.clip_regions[self._pool]
-        regions = np.unique(pool_regions)
-        outside = regions[(regions < 0) | (regions >= n_regions)]
-        if outside.size:
-            logger.warning("Ignoring clips of %d region(s) outside [0, %d)", outside.size, n_regions)
-        self.clip_centres = regions[(regions >= 0) & (regions < n_regions)]
+        # the clips a source may draw, by region (ids into the store)
+        clips = ClipIndex(self.store.clip_regions[self._pool], self.store.clip_ks[self._pool], self._pool)
+        inside = (clips.regions >= 0) & (clips.regions < n_regions)
+        if not inside.all():
+            logger.warning("Ignoring clips of %d region(s) outside [0, %d)", np.unique(clips.regions[~inside]).size,
+                           n_regions)
+        self.clips = clips.select(inside)
+        self.clip_centres = self.clips.centres
         if self.clip_centres.size == 0:
             raise FileNotFoundError(f"{self.store.root}: no readable clip of a region in [0, {n_regions})")
         if 2 in self.n_sources_options and self.clip_centres.size < 2:
             raise ValueError(f"{self.store.root}: two-source samples need clips of at least two regions")
-        self._allowed = np.zeros(n_regions, dtype=bool)
-        self._allowed[self.clip_centres] = True
-        # the pool's clips of region r are pool[first[r]:first[r] + count[r]]
-        self._first = np.searchsorted(pool_regions, self.clip_centres, side="left")
-        self._count = np.searchsorted(pool_regions, self.clip_centres, side="right") - self._first
-        self._candidates = None
+        self.drawer = SourceDrawer(anatomy, self.clip_centres, patch_mode=patch_mode, size_range=self.patch_size_range,
+                                   max_size=max(70, self.patch_size_range[1]),
+                                   min_centre_distance_mm=self.min_centre_distance_mm, seed=self.seed)
         self._init_indexing(np.arange(self.dataset_len, dtype=np.int64))
         logger.info("%r", self)
 
@@ -261,32 +258,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
             f"scale_range={self.scale_range}, seed={self.seed}, epoch={self.epoch})"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_candidates"] = None  # rebuilt lazily in each worker
-        return state
-
     # -- configuration -------------------------------------------------------------------------
-    def _candidate_patches(self):
-        if self._candidates is None:
-            from ..head.patches import CandidatePatches
-
-            self._candidates = CandidatePatches(self.adjacency, self.centres, seed=self.seed, max_size=self.max_size)
-        return self._candidates
-
-    def _draw_patch(self, centre: int, rng: np.random.Generator) -> np.ndarray:
-        from ..head.patches import grow_patch
-
-        if self.patch_mode == "deepsif":
-            cands = self._candidate_patches()
-            return cands.get(centre, int(rng.integers(cands.count(centre))))
-        lo, hi = self.patch_size_range
-        return grow_patch(self.adjacency, self.centres, centre, int(rng.integers(lo, hi + 1)), rng)
-
-    def _draw_clip(self, centre: int, rng: np.random.Generator) -> int:
-        j = int(np.searchsorted(self.clip_centres, centre))
-        return int(self._pool[self._first[j] + rng.integers(self._count[j])])
-
     def _clip(self, clip_id: int) -> np.ndarray | None:
         """Clip ``clip_id`` (T, R) from the packed cache (fast path) or the store; None if unreadable."""
         if self._fast is not None:
@@ -316,29 +288,20 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
             ``n_sources``, and ``source_snr_db`` (the drawn source SNRs, ``scale_mode
             ='snr_db'``) or None.
         """
-        from ..head.patches import gaussian_magnitude
-        from ..head.patches import pick_second_patch
-
         g = self.sample_index(i)
         epoch = self.epoch if epoch is None else int(epoch)
         rng = np.random.default_rng([self.seed, epoch, g, _CONFIG_STREAM])
         n_src = self.n_sources_options[int(rng.integers(len(self.n_sources_options)))]
         snr_db = float(rng.uniform(*self.snr_range_db))
         c1 = int(self.clip_centres[rng.integers(self.clip_centres.size)])
-        patches = [self._draw_patch(c1, rng)]
-        if n_src == 2:
-            p2 = pick_second_patch(
-                self.adjacency, self.centres, patches[0], self._allowed, rng,
-                candidates=self._candidate_patches() if self.patch_mode == "deepsif" else None,
-                size_range=self.patch_size_range, min_centre_distance_mm=self.min_centre_distance_mm,
-                max_size=self.max_size,
-            )
-            if p2 is not None:
-                patches.append(p2)
+        patches = [self.drawer.patch(c1, rng)]
+        p2 = self.drawer.second(patches[0], rng) if n_src == 2 else None
+        if p2 is not None:
+            patches.append(p2)
         weights, clip_ids, scales, source_snr = [], [], [], []
         for p in patches:
-            w = gaussian_magnitude(self.centres, p, float(rng.uniform(*self.half_max_mm)))
-            cid = self._draw_clip(int(p[0]), rng)
+            w = self.drawer.weights(p, float(rng.uniform(*self.half_max_mm)))
+            cid = int(self.clips.ids[self.clips.draw(int(p[0]), rng)])
             value = float(rng.uniform(*self.scale_range))
             source_snr.append(value)
             scales.append(self._peak(cid, p, w, value))

@@ -2,7 +2,8 @@
 
 Anatomy (:mod:`.anatomy`: regions, centres, cortex, connectome, region map), source
 patches and their magnitude weights (:mod:`.patches`) and the SNR rules that tie source
-amplitudes to sensor power (:mod:`.snr`). ``io`` sits below this package; ``data``,
+amplitudes to sensor power (:mod:`.snr`), and where sample configurations come from:
+the clips of each region and the source drawer (:mod:`.configs`). ``io`` sits below this package; ``data``,
 ``simulate`` and ``evaluate`` sit above it and do not import one another's internals
 for these concepts.
 """
@@ -16,6 +17,7 @@ from .anatomy import (
     load_tvb_connectivity,
     region_adjacency_from_mesh,
 )
+from .configs import ClipIndex, SourceDrawer
 from .patches import (
     CandidatePatches,
     candidate_patches,
@@ -29,6 +31,8 @@ from .snr import find_alpha, peak_windows, sensor_snr_db, source_background_powe
 __all__ = [
     "Anatomy",
     "CandidatePatches",
+    "ClipIndex",
+    "SourceDrawer",
     "candidate_patches",
     "find_anatomy",
     "find_alpha",

@@ -94,10 +94,9 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_option
-from ..head.layout import CLIP_FIELD, DEEPSIF_PADDING, clip_relpath
-from ..head.layout import CLIP_FILE as _CLIP_FILE
-from ..head.layout import REGION_DIR as _REGION_DIR
-from ..head.patches import CandidatePatches, as_adjacency, gaussian_magnitude, grow_patch, pick_second_patch
+from ..head.configs import ClipIndex, SourceDrawer
+from ..head.layout import DEEPSIF_PADDING
+from ..head.patches import as_adjacency, gaussian_magnitude, grow_patch
 from ..head.snr import deepsif_spike_window, find_alpha
 
 logger = logging.getLogger(__name__)
@@ -169,41 +168,16 @@ def index_clips(nmm_spikes_dir: str | os.PathLike) -> dict[int, np.ndarray]:
         Region (0-based) -> sorted array of the clip numbers ``k`` (from 1) it has;
         regions without clips are left out.
     """
-    root = Path(nmm_spikes_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Clip folder not found: {root}. Run 'esikit simulate' or set NMM_SPIKES_DIR.")
-    out: dict[int, np.ndarray] = {}
-    with os.scandir(root) as it:
-        for entry in it:
-            m = _REGION_DIR.match(entry.name)
-            if not m or not entry.is_dir():
-                continue
-            with os.scandir(entry.path) as files:
-                ks = [int(mk.group(1)) for f in files if (mk := _CLIP_FILE.match(f.name))]
-            ks = [k for k in ks if k >= 1]
-            if ks:
-                out[int(m.group(1))] = np.unique(np.asarray(ks, dtype=np.int64))
-    if not out:
-        raise FileNotFoundError(
-            f"No clip files under {root} (looked for a*/nmm_*.mat). Run 'esikit simulate' or set NMM_SPIKES_DIR."
-        )
-    return dict(sorted(out.items()))
+    return _scan_clips(nmm_spikes_dir).as_dict()
 
 
-def _folder_loader(root: Path, field: str = CLIP_FIELD) -> ClipLoader:
-    def load(region: int, k: int) -> np.ndarray:
-        from esikit.io import load_mat_file
-
-        path = root / clip_relpath(region, k)
-        content = load_mat_file(path, variable_names=[field])
-        if field not in content:
-            raise ValueError(f"{path}: no field '{field}' (fields: {sorted(content)})")
-        arr = np.asarray(content[field], dtype=np.float64)
-        if arr.ndim != 2:
-            raise ValueError(f"{path}: field '{field}' has shape {arr.shape}, expected (T, R)")
-        return arr
-
-    return load
+def _scan_clips(nmm_spikes_dir: str | os.PathLike) -> ClipIndex:
+    index = ClipIndex.scan(nmm_spikes_dir)
+    index = index.select(index.ks >= 1)  # clip files are numbered from 1
+    if not len(index):
+        raise FileNotFoundError(f"No clip files under {index.root} (looked for a*/nmm_{{k}}.mat with k >= 1). "
+                                "Run 'esikit simulate' or set NMM_SPIKES_DIR.")
+    return index
 
 
 def scale_ratios_for_clip(
@@ -417,9 +391,7 @@ def generate_metadata(
     check_option("second_source", second_source, ("apart", "deepsif"))
     if neighbours == "as_given" and patch_mode != "deepsif":
         raise ValueError("neighbours='as_given' needs patch_mode='deepsif' (grown patches use a symmetric adjacency)")
-    symmetric = neighbours == "symmetric"
-    adj, centres = as_adjacency(anatomy, symmetrize=symmetric)
-    n_regions = adj.shape[0]
+    n_regions = as_adjacency(anatomy)[0].shape[0]
     if distances is not None:
         distances = np.asarray(distances, dtype=np.float64)
         if distances.shape != (n_regions, n_regions):
@@ -445,25 +417,23 @@ def generate_metadata(
 
     # -- clips --------------------------------------------------------------------------
     if isinstance(clips, (str, os.PathLike)):
-        root = Path(clips)
-        clip_index = index_clips(root)
-        loader = clip_loader or _folder_loader(root)
+        index = _scan_clips(clips)
+        loader = clip_loader or index.load
     else:
-        clip_index = {int(r): np.unique(np.asarray(ks, dtype=np.int64)) for r, ks in clips.items() if len(ks)}
         if clip_loader is None:
             raise ValueError("clip_loader is needed when clips is a dict of region -> clip numbers")
-        loader = clip_loader
-    outside = [r for r in clip_index if not 0 <= r < n_regions]
+        index, loader = ClipIndex.from_mapping(clips), clip_loader
+    inside = (index.regions >= 0) & (index.regions < n_regions)
+    outside = np.unique(index.regions[~inside]).tolist()
     if outside:
         logger.warning("Ignoring clip folders of %d region(s) outside [0, %d): %s", len(outside), n_regions, outside[:5])
-    if nper is None:
-        nper = int(max(int(ks.max()) for r, ks in clip_index.items() if 0 <= r < n_regions))
-    nper = int(nper)
-    clip_index = {r: ks[ks <= nper] for r, ks in clip_index.items() if 0 <= r < n_regions}
-    clip_index = {r: ks for r, ks in clip_index.items() if ks.size}
-    if not clip_index:
+    if not inside.any():
+        raise ValueError(f"no clip of a region in [0, {n_regions})")
+    nper = int(index.ks[inside].max()) if nper is None else int(nper)
+    index = index.select(inside & (index.ks <= nper))
+    if not len(index):
         raise ValueError(f"no region has a clip numbered 1..{nper}")
-    centre_list = np.asarray(sorted(clip_index), dtype=np.int64)
+    centre_list = index.centres
     n_centres = centre_list.size
     n_levels = levels.size
 
@@ -491,10 +461,10 @@ def generate_metadata(
     cfgs = np.unique(cfg_of_row)
 
     # -- patches per configuration ------------------------------------------------------
-    cands = CandidatePatches(adj, centres, seed=seed, max_size=max_size, symmetrize=symmetric)
+    drawer = SourceDrawer(anatomy, centre_list, patch_mode=patch_mode, size_range=(lo_size, hi_size), max_size=max_size,
+                          min_centre_distance_mm=min_centre_distance_mm, distances=distances,
+                          symmetrize=neighbours == "symmetric", seed=seed)
     perms: dict[int, np.ndarray] = {}
-    clip_regions_mask = np.zeros(n_regions, dtype=bool)
-    clip_regions_mask[centre_list] = True
     cfg_patches: dict[int, list[np.ndarray]] = {}
     n_fallback = 0
     for cfg in tqdm(cfgs.tolist(), desc="patches", disable=not progress, leave=False):
@@ -502,34 +472,17 @@ def generate_metadata(
         v = cfg % n_variations
         # one generator per configuration (4 entropy words: never the stream of a candidate patch)
         rng = np.random.default_rng([int(seed), _CONFIG_TAG, cfg, 0])
-        if patch_mode == "deepsif":
-            count = cands.count(c)
-            j = v if (enumerate_candidates and v < count) else int(rng.integers(count))
-            p1 = cands.get(c, j)
-        else:
-            p1 = grow_patch(adj, centres, c, int(rng.integers(lo_size, hi_size + 1)), rng)
-        patches = [p1]
+        patches = [drawer.patch(c, rng, variation=v if enumerate_candidates else None)]
         k_src = source_options[int(rng.integers(len(source_options)))] if len(source_options) > 1 else source_options[0]
+        partner = None
         if k_src == 2 and second_source == "deepsif":
             # DeepSIF: per variation, a permutation of the centres gives each its partner
             if v not in perms:
                 perms[v] = np.random.default_rng([int(seed), _PERMUTATION_TAG, v, 1]).permutation(n_centres)
-            c2 = int(centre_list[perms[v][cfg // n_variations]])
-            if patch_mode == "deepsif":
-                patches.append(cands.get(c2, int(rng.integers(cands.count(c2)))))
-            else:
-                patches.append(grow_patch(adj, centres, c2, int(rng.integers(lo_size, hi_size + 1)), rng))
-        elif k_src == 2:
-            p2 = pick_second_patch(
-                adj, centres, p1, clip_regions_mask, rng,
-                candidates=cands if patch_mode == "deepsif" else None,
-                size_range=(lo_size, hi_size), min_centre_distance_mm=min_centre_distance_mm, max_size=max_size,
-            )
-            if p2 is None:
-                n_fallback += 1
-            else:
-                patches.append(p2)
-        cfg_patches[cfg] = patches
+            partner = int(centre_list[perms[v][cfg // n_variations]])
+        p2 = drawer.second(patches[0], rng, partner) if k_src == 2 else None
+        n_fallback += k_src == 2 and p2 is None
+        cfg_patches[cfg] = patches if p2 is None else [*patches, p2]
     if n_fallback:
         logger.warning(
             "%d of %d two-source configurations found no second patch disjoint from and not touching the first; "
@@ -539,9 +492,7 @@ def generate_metadata(
     selected = np.full((n, n_src, max_size), NAN_NUMBER, dtype=np.int32)
     mag = np.full((n, n_src, max_size), float(NAN_NUMBER), dtype=np.float64)
     present = np.zeros((n, n_src), dtype=bool)
-    cfg_weights = {
-        cfg: [gaussian_magnitude(centres, p, half_max, distances) for p in ps] for cfg, ps in cfg_patches.items()
-    }
+    cfg_weights = {cfg: [drawer.weights(p, half_max) for p in ps] for cfg, ps in cfg_patches.items()}
     for i, cfg in enumerate(cfg_of_row.tolist()):
         for s, (p, w) in enumerate(zip(cfg_patches[cfg], cfg_weights[cfg])):
             selected[i, s, : p.size] = p
@@ -549,15 +500,9 @@ def generate_metadata(
             present[i, s] = True
     centre_of = np.where(present, selected[:, :, 0], -1).astype(np.int64)
     # k uniformly among the clips of each source's centre, drawn for all sources at once
-    flat_ks = np.concatenate([clip_index[int(r)] for r in centre_list])
-    offsets = np.zeros(n_regions + 1, dtype=np.int64)
-    counts = np.zeros(n_regions, dtype=np.int64)
-    counts[centre_list] = [clip_index[int(r)].size for r in centre_list]
-    offsets[1:] = np.cumsum(counts)
     c_present = centre_of[present]
-    pick = np.minimum((rng_k.random(c_present.size) * counts[c_present]).astype(np.int64), counts[c_present] - 1)
     random_samples = np.zeros((n, n_src), dtype=np.int64)
-    random_samples[present] = flat_ks[offsets[c_present] + pick]
+    random_samples[present] = index.ks[index.pick(c_present, rng_k.random(c_present.size))]
     nmm_idx = np.where(present, (centre_of + 1) * nper + random_samples + 1, 0)
 
     # -- scale_ratio, one clip read per (region, k) -----------------------------------------

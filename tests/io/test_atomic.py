@@ -19,6 +19,8 @@ from esikit.io.atomic import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    free_bytes,
+    is_disk_full,
     remove_stale_temporaries,
 )
 
@@ -90,3 +92,13 @@ def test_killed_writer_leaves_the_old_or_the_new_file(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"big.json", ".other.mat.abc.tmp.mat"}
     assert n <= 1 and remove_stale_temporaries(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["big.json"]
+
+
+def test_free_bytes_and_disk_full(tmp_path):
+    free = free_bytes(tmp_path)
+    assert isinstance(free, int) and free >= 0
+    assert free_bytes(tmp_path / "missing") is None  # unreadable: None, not an error
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(ValueError("not an OSError"))

@@ -41,7 +41,6 @@ beside the clips when that folder is writable, else ``~/.cache/esikit/<key>``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -58,7 +57,8 @@ from typing import Any
 import numpy as np
 
 from .._validation import format_bytes
-from ..io.atomic import atomic_output, atomic_write_json, atomic_write_text, fsync_dir, remove_stale_temporaries
+from ..io.atomic import (atomic_output, atomic_write_json, atomic_write_text, free_bytes, fsync_dir, is_disk_full,
+                         remove_stale_temporaries)
 from .clips import ClipReadError, ClipStore, FolderClipStore, H5ClipStore
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def _reserve(fh: Any, nbytes: int) -> None:
     try:
         os.posix_fallocate(fh.fileno(), 0, nbytes)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             raise
         # EOPNOTSUPP/EINVAL where the file system cannot: the ordinary writes below still
         # fail with ENOSPC (an exception, never SIGBUS: nothing is written through a map).
@@ -276,9 +276,8 @@ def _collect(folder: Path, keep: str | None) -> None:
 
 def _check_space(folder: Path, needed: int, what: str) -> int:
     """Free bytes at ``folder``; raises :class:`CacheError` when ``needed`` does not fit."""
-    try:
-        free = int(shutil.disk_usage(folder).free)
-    except OSError:
+    free = free_bytes(folder)
+    if free is None:
         return -1
     if free < needed + _FREE_MARGIN:
         raise CacheError(
@@ -291,10 +290,9 @@ def _check_space(folder: Path, needed: int, what: str) -> int:
 
 def _write_error(folder: Path, what: str, needed: int, exc: OSError) -> CacheError:
     """The message for a failed write (the partial files are already removed)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = -1
-        with contextlib.suppress(OSError):
-            free = int(shutil.disk_usage(folder).free)
+    if is_disk_full(exc):
+        free = free_bytes(folder)
+        free = -1 if free is None else free
         return CacheError(
             f"{folder}: the disk filled up while writing the {what} ({needed} bytes needed, {free} bytes free "
             "now); the partial files were removed",

@@ -17,9 +17,11 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from os import PathLike
@@ -33,9 +35,27 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "free_bytes",
     "fsync_dir",
+    "is_disk_full",
     "remove_stale_temporaries",
 ]
+
+#: The errors of a full disk: no space left, or the user's quota used up.
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def free_bytes(folder: str | PathLike) -> int | None:
+    """Bytes free on the file system holding ``folder``; None when that cannot be read."""
+    try:
+        return int(shutil.disk_usage(folder).free)
+    except OSError:
+        return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk or an exhausted quota (``ENOSPC``, ``EDQUOT``), for messages."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 def fsync_dir(folder: str | PathLike) -> None:

@@ -20,12 +20,10 @@ the process exits or is killed.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -35,7 +33,7 @@ import numpy as np
 import torch
 
 from .._validation import format_bytes
-from ..io.atomic import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes, free_bytes, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +103,11 @@ def to_plain(obj: Any, where: str = "state") -> Any:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:  # pragma: no cover
-        return None
-
-
 def _write_error(path: Path, exc: OSError, size: int, what: str) -> CheckpointWriteError:
     """A message naming the file, what was needed and what is free."""
     kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        free = _free_bytes(path.parent)
+    if is_disk_full(exc):
+        free = free_bytes(path.parent)
         free_text = f"{format_bytes(free)} free" if free is not None else "free space unknown"
         return CheckpointWriteError(
             f"{path}: no space left on the device while writing the {what}: it needs {format_bytes(size)}, "

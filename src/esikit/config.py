@@ -36,6 +36,8 @@ class Key:
     # True: changing it does not change the trained weights, so ``--resume`` accepts a
     # new value without ``--force`` (see RESUME_FREE_KEYS).
     resume_free: bool = False
+    # Strings accepted besides the typed values (e.g. BATCH_SIZE = 'auto').
+    words: tuple[str, ...] = ()
 
 
 _PATH = (str, PathLike)
@@ -84,7 +86,12 @@ KEYS: dict[str, Key] = {
     "MODEL": Key("deepsif", "network (see esikit.models.MODELS)", (str,)),
     "MODEL_KWARGS": Key({}, "extra model constructor arguments, e.g. {'n_lstm_layers': 3} for 'deepsif' "
                         "(names are checked against the model)", (dict,)),
-    "BATCH_SIZE": Key(8, "samples per batch", (int,), minimum=1),
+    "BATCH_SIZE": Key(8, "samples per batch; 'auto': the largest power of two up to AUTO_BATCH_MAX whose training "
+                      "step fits in GPU memory (on a CPU: 8)", (int,), minimum=1, words=("auto",)),
+    "AUTO_BATCH_MAX": Key(256, "the largest batch BATCH_SIZE = 'auto' chooses", (int,), minimum=1,
+                          resume_free=True),
+    "COMPILE": Key(False, "train through torch.compile (compiles at the first batch; off by default: it did not "
+                   "pay on the CPU, see README 'Training speed')", (bool,), resume_free=True),
     "NUM_EPOCHS": Key(100, "training epochs", (int,), minimum=1, resume_free=True),
     "LEARNING_RATE": Key(1e-4, "Adam learning rate", (float, int), minimum=0.0),
     "WEIGHT_DECAY": Key(0.0, "Adam weight decay", (float, int), minimum=0.0),
@@ -233,6 +240,12 @@ def validate_config(cfg: dict[str, Any], *, source: str = "configuration") -> di
         if value is None:
             if not key.optional:
                 problems.append(f"Invalid value for {name!r}: expected a value ({key.doc}), got None.")
+            continue
+        if key.words and isinstance(value, str):
+            if value not in key.words:
+                words = " or ".join(repr(w) for w in key.words)
+                problems.append(f"Invalid value for {name!r}: expected an integer >= {key.minimum:g} or {words} "
+                                f"({key.doc}), got {value!r}.")
             continue
         if key.choices:
             # ``1 in (True, False)`` is true in Python: check the type as well.

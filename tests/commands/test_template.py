@@ -66,6 +66,93 @@ def test_plan_too_big_asks_for_yes_unless_cluster_or_gpu_unknown():
     assert on_gpu["total_wall_s"] is None and "not measured here" in "\n".join(tpl.format_template_plan(on_gpu))
 
 
+def _probe(rate, device="cpu", batch=4, amp=None):
+    return {"samples_per_s": rate, "s_per_step": batch / rate, "warmup_s": 1.0, "cpu_s_per_step": 1.0,
+            "batch_size": batch, "steps": 2, "device": device, "amp": amp, "compile": False, "model": "x"}
+
+
+def test_build_plan_trains_at_the_measured_rate_and_gives_deepsif_schedule_hours():
+    size = tpl.SIZES["small"]
+    n_samples = size.n_train * 0.9 * size.epochs
+    plan = tpl.build_plan(size, _harvest(n_regions=994), gpu=False, train_probe=_probe(4.0),
+                          deepsif_probe=_probe(0.5))
+    assert plan["stages"]["train"]["wall_s"] == pytest.approx(n_samples / 4.0)
+    assert plan["train_rate"]["samples_per_s"] == 4.0 and "measured here" in plan["train_rate"]["source"]
+    ds = plan["deepsif_schedule"]
+    # DeepSIF's main.py schedule on the full design: 994 centres x 48 variations x 4 SNR, 20 epochs, batch 64
+    assert (ds["epochs"], ds["batch_size"]) == (20, 64)
+    assert ds["samples"] == pytest.approx(994 * 192 * 0.9 * 20)
+    assert ds["wall_s"] == pytest.approx(994 * 192 * 0.9 * 20 / 0.5)
+    text = "\n".join(tpl.format_template_plan(plan))
+    assert "training rate: 4.00 samples/s (measured here: 2 steps of batch 4 on cpu, float32)" in text
+    assert f"DeepSIF's own schedule (20 epochs x {994 * 192 * 0.9:,.0f} samples, batch 64) on cpu: " \
+           f"{ds['wall_s'] / 3600:,.1f} hours at 0.50 samples/s" in text
+    # the probe failed: the CPU constant, said so; on a GPU nothing to fall back on
+    fallback = tpl.build_plan(size, _harvest(n_regions=994), gpu=False)
+    assert fallback["stages"]["train"]["wall_s"] == pytest.approx(n_samples / tpl.CPU_TRAIN_SAMPLES_PER_S["tcn"])
+    assert fallback["deepsif_schedule"]["samples_per_s"] == tpl.CPU_TRAIN_SAMPLES_PER_S["deepsif"]
+    assert "CPU_TRAIN_SAMPLES_PER_S (not measured here)" in "\n".join(tpl.format_template_plan(fallback))
+    on_gpu = tpl.build_plan(size, _harvest(n_regions=994), gpu=True, train_probe=_probe(200.0, "cuda", 32, "bfloat16"))
+    assert on_gpu["stages"]["train"]["wall_s"] == pytest.approx(n_samples / 200.0)
+    # DeepSIF is the size's network on a GPU: its probe is the schedule's rate too
+    assert on_gpu["deepsif_schedule"]["samples_per_s"] == 200.0
+    failed_gpu = tpl.build_plan(size, _harvest(n_regions=994), gpu=True)
+    assert failed_gpu["deepsif_schedule"]["wall_s"] is None
+    assert "on cuda: not measured here" in "\n".join(tpl.format_template_plan(failed_gpu))
+
+
+def test_plan_written_before_the_probe_still_prints():
+    plan = tpl.build_plan(tpl.SIZES["tiny"], _harvest(), gpu=False)
+    for key in ("train_rate", "deepsif_schedule"):
+        del plan[key]
+    assert "DeepSIF's own schedule" not in "\n".join(tpl.format_template_plan(plan))
+
+
+def test_probe_training_rate_tiny_network(caplog):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = tpl.probe_training_rate("deepsif", {"n_hidden": 8, "n_lstm_layers": 1}, gpu=False, batch_size=64,
+                                    n_channels=8, n_regions=16, n_times=20)
+    finally:
+        torch.set_num_threads(previous)
+    assert r["samples_per_s"] > 0 and r["batch_size"] == tpl.PROBE_CPU_MAX_BATCH and r["steps"] == tpl.PROBE_STEPS
+    assert r["device"] == "cpu" and r["amp"] is None and r["model"] == "deepsif"
+    assert tpl.probe_training_rate("deepsif", {"n_hidden": 8}, gpu=False, batch_size=2, n_channels=8, n_regions=16,
+                                   n_times=10)["batch_size"] == 2
+    with caplog.at_level("WARNING"):
+        assert tpl.probe_training_rate("deepsif", {"no_such": 1}, gpu=False, batch_size=4) is None
+    assert "training probe of deepsif on cpu failed" in caplog.text
+
+
+def test_plan_stage_probes_the_sizes_network_and_deepsifs(tmp_path, monkeypatch):
+    import esikit.simulate.plan as simplan
+
+    monkeypatch.setattr(simplan, "plan_harvest", lambda *a, **k: _harvest(n_regions=994))
+    real = tpl.probe_training_rate
+    probed = []
+
+    def tiny_probe(model, kwargs, *, gpu, batch_size):  # the real probe on a tiny shape
+        probed.append((model, kwargs, gpu, batch_size))
+        small = {"n_hidden": 8, "n_lstm_layers": 1} if model == "deepsif" else {"n_hidden": 8, "n_blocks": 1}
+        return real(model, small, gpu=gpu, batch_size=batch_size, n_channels=8, n_regions=16, n_times=20)
+
+    monkeypatch.setattr(tpl, "probe_training_rate", tiny_probe)
+    (tmp_path / "anat").mkdir()
+    run = tpl.TemplateRun(tmp_path / "out", tmp_path / "anat", tpl.SIZES["small"], progress=False)
+    run._anatomy = object()
+    key = tpl._stage_key(run, "plan")
+    assert set(key) == {"size", "anatomy", "seed", "n_cores", "gpu", "scheduler", "params"}  # unchanged
+    assert tpl.run_stage(run, "plan")
+    assert probed == [("tcn", {}, False, 32), ("deepsif", {}, False, 64)]
+    plan = json.loads((run.out / "plan" / "plan.json").read_text())
+    assert plan["train_rate"]["probe"]["batch_size"] == tpl.PROBE_CPU_MAX_BATCH
+    assert plan["deepsif_schedule"]["wall_s"] > 0 and "measured here" in plan["deepsif_schedule"]["source"]
+    assert not tpl.run_stage(run, "plan") and len(probed) == 2  # complete: not probed again
+
+
 # ------------------------------------------------------------------------------ stages with fake runners
 @pytest.fixture
 def fake(monkeypatch, tmp_path):

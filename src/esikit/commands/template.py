@@ -62,9 +62,18 @@ SIMULATION_FILES = ("connectivity_998.zip", "electrode_75.mat", "fs_cortex_20k.m
                     "fs_cortex_20k_region_mapping.mat")
 #: Without a cluster, a plan longer than this on this machine needs ``--yes``.
 LOCAL_WALL_LIMIT_S = 24 * 3600.0
-#: Training samples per second (wall, this project's 2-core machine, CPU). DeepSIF's
-#: network: docs/DEEPSIF_TEMPLATE.md. TCN: measured with ``--size tiny`` (see README).
+#: Training samples per second (wall, this project's 2-core machine, CPU): the fallback when
+#: the plan's training probe fails. DeepSIF's network: docs/DEEPSIF_TEMPLATE.md. TCN:
+#: measured with ``--size tiny`` (see README).
 CPU_TRAIN_SAMPLES_PER_S = {"deepsif": 2.0, "tcn": 5.0}
+#: The plan's training probe (:func:`probe_training_rate`): timed steps after warm-up steps,
+#: and the largest batch it uses on a CPU (a step of DeepSIF's network at batch 4 takes
+#: seconds there); on a GPU it uses the training's own batch.
+PROBE_STEPS = 2
+PROBE_WARMUP = 1
+PROBE_CPU_MAX_BATCH = 4
+#: Time samples per training sample (DeepSIF's 500-sample windows).
+N_TIMES = 500
 #: Wall seconds per test sample for the network and all seven baselines at 75 x 994
 #: (Champagne dominates; measured with ``--size tiny``).
 EVAL_S_PER_SAMPLE = 3.0
@@ -188,8 +197,55 @@ def _test_rows(size: TemplateSize, n_regions: int) -> int:
     return size.n_test if size.n_test is not None else n_regions * DEEPSIF_TEST_ROWS_PER_REGION
 
 
+def probe_training_rate(model: str, model_kwargs: dict | None = None, *, gpu: bool, batch_size: int,
+                        n_channels: int = 75, n_regions: int = N_TEMPLATE_REGIONS, n_times: int = N_TIMES,
+                        steps: int = PROBE_STEPS, warmup: int = PROBE_WARMUP) -> dict[str, Any] | None:
+    """Measure how fast ``model`` trains on the device the run will use; None when the probe fails.
+
+    A few training steps (forward, summed MSE backward, Adam) on random data of the
+    training shape, after ``warmup`` untimed steps, with the autocast training uses there
+    (:func:`~esikit.train.trainer.choose_amp` with ``USE_AMP = True``: bf16/fp16 on a GPU,
+    float32 on a CPU). On a CPU the batch is at most :data:`PROBE_CPU_MAX_BATCH`.
+
+    Returns
+    -------
+    dict or None
+        :func:`esikit.train.speed.measure_training_speed`'s result plus ``model``.
+    """
+    import torch
+
+    from ..models.registry import build_model
+    from ..train.speed import measure_training_speed
+    from ..train.trainer import choose_amp
+
+    device = torch.device("cuda" if gpu else "cpu")
+    batch = int(batch_size) if gpu else min(int(batch_size), PROBE_CPU_MAX_BATCH)
+    try:
+        net = build_model(model, n_channels, n_regions, **dict(model_kwargs or {}))
+        result = measure_training_speed(net, batch_size=batch, n_times=n_times, device=device,
+                                        amp_dtype=choose_amp(device, True), steps=steps, warmup=warmup)
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the constant fallback, said in the plan
+        logger.warning("training probe of %s on %s failed (%s: %s); the plan uses the fallback rate", model, device,
+                       type(exc).__name__, exc)
+        return None
+    return {**result, "model": model}
+
+
+def _rate(model: str, gpu: bool, probe: dict[str, Any] | None) -> tuple[float | None, str]:
+    """Training samples/s and where the number comes from: the probe, else the CPU constant."""
+    if probe is not None and probe.get("samples_per_s"):
+        return float(probe["samples_per_s"]), (f"measured here: {probe['steps']} steps of batch "
+                                              f"{probe['batch_size']} on {probe['device']}, "
+                                              f"{probe.get('amp') or 'float32'}")
+    if gpu:
+        return None, "not measured (the probe failed)"
+    rate = CPU_TRAIN_SAMPLES_PER_S.get(model)
+    return rate, ("CPU_TRAIN_SAMPLES_PER_S (not measured here)" if rate else "unknown")
+
+
 def build_plan(size: TemplateSize, harvest: dict[str, Any], *, gpu: bool, scheduler: str | None = None,
-               n_params: int | None = None) -> dict[str, Any]:
+               n_params: int | None = None, train_probe: dict[str, Any] | None = None,
+               deepsif_probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole run's expected cost from the harvest plan (:func:`esikit.simulate.plan.plan_harvest`).
 
     Parameters
@@ -203,13 +259,20 @@ def build_plan(size: TemplateSize, harvest: dict[str, Any], *, gpu: bool, schedu
         A Dask scheduler: the simulation's wall time is then the cluster's, not this machine's.
     n_params : int | None
         Parameters of the network (for the checkpoint's disk).
+    train_probe, deepsif_probe : dict | None
+        :func:`probe_training_rate` of the size's network and of DeepSIF's on the training
+        device. Without one the training rate falls back to
+        :data:`CPU_TRAIN_SAMPLES_PER_S` on a CPU, and is unknown on a GPU.
 
     Returns
     -------
     dict
         ``stages``: per stage ``core_h``, ``wall_s`` (None: unknown), ``bytes``; ``total_wall_s``
         (None when a part is unknown), ``total_bytes``, ``model``, ``device``, ``needs_yes``
-        and ``reason`` (why ``--yes`` is needed), ``harvest`` (the input).
+        and ``reason`` (why ``--yes`` is needed), ``harvest`` (the input); ``train_rate``
+        (``samples_per_s``, ``source``) and ``deepsif_schedule``: the wall time DeepSIF's own
+        schedule (``--size full``'s training: 20 epochs of the full design, batch 64) would
+        take on this device.
     """
     n_regions = int(harvest["n_regions"])
     n_cores = int(harvest["n_cores"])
@@ -232,7 +295,7 @@ def build_plan(size: TemplateSize, harvest: dict[str, Any], *, gpu: bool, schedu
     stages["leadfield"] = {"core_h": 0.0, "wall_s": 1.0, "bytes": 75 * N_TEMPLATE_REGIONS * 8 + 10_000,
                            "what": "fwd 75 x 994 with electrode_75's names and positions"}
     n_samples = _train_rows(size, n_regions) * 0.9 * size.epochs  # VAL_SPLIT 0.1
-    rate = None if gpu else CPU_TRAIN_SAMPLES_PER_S.get(model)
+    rate, rate_source = _rate(model, gpu, train_probe)
     train_s = n_samples / rate if rate else None
     # the packed clip cache: each clip as float32 (500 x 994) plus its projection (500 x 75)
     cache = clip_bound * 500 * (N_TEMPLATE_REGIONS + 75) * 4
@@ -254,10 +317,20 @@ def build_plan(size: TemplateSize, harvest: dict[str, Any], *, gpu: bool, schedu
         reason = (f"expected {_human_s(known_wall)} on this machine's {n_cores} cores without a cluster "
                   f"(more than {_human_s(LOCAL_WALL_LIMIT_S)}): use --scheduler tcp://HOST:PORT, a GPU, "
                   "or --yes to run it here anyway")
+    full = SIZES["full"]
+    if deepsif_probe is None and model == "deepsif":
+        deepsif_probe = train_probe
+    ds_rate, ds_source = _rate("deepsif", gpu, deepsif_probe)
+    ds_samples = _train_rows(full, N_TEMPLATE_REGIONS) * 0.9 * full.epochs
+    deepsif_schedule = {"epochs": full.epochs, "batch_size": full.batch_size, "samples": ds_samples,
+                        "samples_per_s": ds_rate, "source": ds_source,
+                        "wall_s": ds_samples / ds_rate if ds_rate else None}
     return {"size": size.name, "model": model, "device": "cuda" if gpu else "cpu", "n_cores": n_cores,
             "scheduler": scheduler, "stages": stages, "total_wall_s": total_wall, "known_wall_s": known_wall,
             "total_bytes": float(sum(s["bytes"] for s in stages.values())), "needs_yes": needs_yes,
-            "reason": reason, "harvest": harvest}
+            "reason": reason, "harvest": harvest,
+            "train_rate": {"samples_per_s": rate, "source": rate_source, "probe": train_probe},
+            "deepsif_schedule": {**deepsif_schedule, "probe": deepsif_probe}}
 
 
 def format_template_plan(plan: dict[str, Any]) -> list[str]:
@@ -275,6 +348,15 @@ def format_template_plan(plan: dict[str, Any]) -> list[str]:
     total = (_human_s(plan["total_wall_s"]) if plan["total_wall_s"] is not None
              else f"at least {_human_s(plan['known_wall_s'])} (a part is not measured here)")
     lines.append(f"  total: {total}, {format_bytes(plan['total_bytes'])} of disk")
+    rate = plan.get("train_rate")  # absent from plans written before the training probe
+    if rate and rate.get("samples_per_s"):
+        lines.append(f"  training rate: {rate['samples_per_s']:.2f} samples/s ({rate['source']})")
+    ds = plan.get("deepsif_schedule")
+    if ds:
+        hours = "not measured here" if ds.get("wall_s") is None else f"{ds['wall_s'] / 3600:,.1f} hours"
+        at = f" at {ds['samples_per_s']:.2f} samples/s, {ds['source']}" if ds.get("samples_per_s") else ""
+        lines.append(f"  DeepSIF's own schedule ({ds['epochs']} epochs x {ds['samples'] / ds['epochs']:,.0f} "
+                     f"samples, batch {ds['batch_size']}) on {plan['device']}: {hours}{at}")
     if plan["needs_yes"]:
         lines.append(f"  too big for this machine: {plan['reason']}")
     return lines
@@ -424,14 +506,20 @@ def _run_plan(run: TemplateRun) -> tuple[list[str], dict]:
                            max_simulated_s=run.size.max_simulated_s, pilot_regions=run.size.pilot_regions,
                            pilot_s=run.size.pilot_s, n_cores=run.workers, seed=run.seed)
     n_params = None
+    model, kwargs = run.size.model(run.gpu)
     try:
         from ..models.registry import build_model
 
-        model, kwargs = run.size.model(run.gpu)
         n_params = build_model(model, 75, N_TEMPLATE_REGIONS, **kwargs).count_parameters()
     except Exception as exc:  # the plan stays useful without the exact count
         logger.warning("could not count the network's parameters: %s", exc)
-    plan = build_plan(run.size, harvest, gpu=run.gpu, scheduler=run.scheduler, n_params=n_params)
+    # the training rate measured on the device the run trains on, for the size's network and
+    # for DeepSIF's (its own schedule's hours); the constant stays the fallback
+    train_probe = probe_training_rate(model, kwargs, gpu=run.gpu, batch_size=run.size.batch_size)
+    deepsif_probe = train_probe if (model, kwargs) == ("deepsif", {}) else probe_training_rate(
+        "deepsif", {}, gpu=run.gpu, batch_size=SIZES["full"].batch_size)
+    plan = build_plan(run.size, harvest, gpu=run.gpu, scheduler=run.scheduler, n_params=n_params,
+                      train_probe=train_probe, deepsif_probe=deepsif_probe)
     from ..io.atomic import atomic_write_json
 
     atomic_write_json(run.out / "plan" / "plan.json", _plain(plan))

@@ -29,6 +29,13 @@ from ..config import KEYS, PATH_KEYS, RESUME_FREE_KEYS, ConfigError
 from ..data import set_loader_epoch
 from ..io.atomic import remove_stale_temporaries
 from ..models import build_model, model_from_config
+from .speed import (
+    DEFAULT_AUTO_BATCH_MAX,
+    configure_backends,
+    flatten_rnn_weights,
+    maybe_compile,
+    resolve_batch_size,
+)
 from .checkpoint import (
     CheckpointError,
     RunLock,
@@ -178,6 +185,49 @@ def choose_amp(device: torch.device, use_amp: bool | str) -> torch.dtype | None:
     return None
 
 
+def resolve_auto_batch_size(cfg: dict[str, Any], *, n_channels: int | None = None, n_regions: int | None = None,
+                            n_times: int = 500, fits=None) -> dict[str, Any]:
+    """The configuration with ``BATCH_SIZE = 'auto'`` replaced by the probed batch size.
+
+    Run before the loaders are built. The probe (:func:`esikit.train.speed.resolve_batch_size`)
+    trains one step of the configured network at growing batch sizes on ``DEVICE`` with
+    the autocast ``USE_AMP`` gives there, up to ``AUTO_BATCH_MAX``; on a CPU it falls back
+    to :data:`~esikit.train.speed.CPU_AUTO_BATCH_SIZE` with a warning. The returned copy
+    records the request as ``_BATCH_SIZE_REQUESTED``. Any other BATCH_SIZE is returned as is.
+
+    Parameters
+    ----------
+    cfg : dict
+        Validated configuration.
+    n_channels, n_regions : int, optional
+        The network's input and output sizes; default: the shape of ``FWD_MATRIX_PATH``.
+    n_times : int
+        Time samples per training sample (500 in DeepSIF).
+    fits : callable, optional
+        ``fits(batch_size) -> bool`` instead of the GPU probe (tests).
+    """
+    if cfg.get("BATCH_SIZE") != "auto":
+        return cfg
+    if n_channels is None or n_regions is None:
+        from ..io.forward_model import load_forward_model
+
+        fwd = load_forward_model(cfg["FWD_MATRIX_PATH"])
+        n_channels, n_regions = fwd.n_channels, fwd.n_regions
+    device = resolve_device(cfg.get("DEVICE", "auto"))
+    rank, world, local_rank = distributed_context()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    model = build_model(cfg["MODEL"], int(n_channels), int(n_regions), **dict(cfg.get("MODEL_KWARGS") or {}))
+    batch = resolve_batch_size("auto", model, int(n_channels), int(n_regions), int(n_times), device,
+                               choose_amp(device, cfg.get("USE_AMP", True)),
+                               cap=int(cfg.get("AUTO_BATCH_MAX") or DEFAULT_AUTO_BATCH_MAX), fits=fits)
+    if world > 1:  # every rank must use the same batch: the smallest any rank could fit
+        t = torch.tensor([batch], device=device if device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        batch = int(t.item())
+    return {**cfg, "BATCH_SIZE": batch, "_BATCH_SIZE_REQUESTED": "auto"}
+
+
 def _comparable(value: Any) -> Any:
     """Tuples as lists, paths as strings: how a value reads back from a checkpoint."""
     if isinstance(value, (tuple, list)):
@@ -270,13 +320,21 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
         seed_everything(int(cfg["SEED"]))
+        if cfg.get("BATCH_SIZE") == "auto":
+            raise ConfigError(["BATCH_SIZE = 'auto' reached the Trainer unresolved: call "
+                               "esikit.train.trainer.resolve_auto_batch_size(cfg) before building the loaders"])
         self.model = build_model(cfg["MODEL"], data_info["n_channels"], data_info["n_regions"],
                                  **dict(cfg.get("MODEL_KWARGS") or {})).to(self.device)
+        # cuDNN's algorithm search for the fixed training shape; one weight block per LSTM
+        configure_backends(self.device)
+        flatten_rnn_weights(self.model)
         self.model_config = self.model.get_config()
         self.net: nn.Module = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # Checkpoints are written from self.model; the compiled wrapper shares its parameters.
+        self.net = maybe_compile(self.net, bool(cfg.get("COMPILE", False)))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg["LEARNING_RATE"]),
                                           weight_decay=float(cfg.get("WEIGHT_DECAY", 0.0)))
         self.loss_fn = nn.MSELoss(reduction=cfg.get("LOSS_REDUCTION", "sum"))

@@ -40,7 +40,8 @@ _VIEWS = (
 )
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (folders made as needed), close it; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
@@ -90,7 +91,7 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Pat
         ax.legend()
     axes[0, 0].set_title("Training curves")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _AXIS_LETTERS = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
@@ -250,7 +251,7 @@ def plot_cortex_activity(
             if col == 0:
                 ax.set_ylabel(titles[row], fontsize=13)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6, label="|activity| / max")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_time_courses(
@@ -307,7 +308,7 @@ def plot_time_courses(
     axes[0, 0].legend(handles=[l1, l2], loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("time (ms)" if sfreq else "sample")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _snr_levels(records_by_method: Mapping[str, Sequence[Mapping[str, Any]]]) -> list:
@@ -387,4 +388,4 @@ def plot_metric_distributions(
     handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{m}", alpha=0.75) for m in range(len(methods))]
     fig.legend(handles, methods, loc="upper center", ncol=min(len(methods), 6), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .._validation import check_option  # noqa: E402
+from ..evaluate.plots import save_figure  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ def plot_eeg_window(prepared: Any, start_s: float, n_times: int, path: Path, tit
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_region_frequency(counts: np.ndarray, names: list[str], n_events: int, path: Path, top: int = 20) -> Path:
@@ -95,9 +94,7 @@ def plot_region_frequency(counts: np.ndarray, names: list[str], n_events: int, p
     ax.set_xlabel(f"fraction of {n_events} events active")
     ax.set_xlim(0, 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _write_arrays(res: Any, tmp: Path) -> None:

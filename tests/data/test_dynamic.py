@@ -272,37 +272,6 @@ def test_recorded_noise_in_the_dynamic_mode(clip_dir, anatomy, tmp_path):
         assert not np.allclose(re, white.synthesize(i)[0], atol=1e-3)
 
 
-def test_dynamic_loaders_pass_every_dataset_option(tmp_path):
-    # The dynamic mode's training, validation and (metadata) test sets all get the data options.
-    import scipy.sparse as sp
-
-    from esikit.config import KEYS
-    from esikit.data.toy import make_toy_dataset
-    from esikit.head.anatomy import Anatomy
-    from esikit.commands.train import dynamic_loaders
-
-    toy = make_toy_dataset(tmp_path / "toy", n_regions=16, n_channels=8, n_train=8, n_test=4, clips_per_region=3,
-                           seed=3)
-    ring = sp.diags([1.0, 1.0], [1, -1], shape=(16, 16), dtype=float).tolil()
-    ring[0, 15] = ring[15, 0] = 1
-    Anatomy(name="ring", fwd=toy["fwd"], channel_names=[f"E{i}" for i in range(8)],
-            centres=np.c_[np.cos(np.arange(16)), np.sin(np.arange(16)), np.zeros(16)] * 50,
-            adjacency=ring.tocsr(), weights=np.zeros((16, 16)), tract_lengths=np.zeros((16, 16)),
-            node_of_region=np.arange(16), region_labels=[str(i) for i in range(16)]).save(tmp_path / "ring.npz")
-    cfg = {name: key.default for name, key in KEYS.items()}
-    cfg.update(NMM_SPIKES_DIR=toy["nmm_spikes_dir"], FWD_MATRIX_PATH=toy["fwd_path"], ANATOMY=tmp_path / "ring.npz",
-               TEST_METADATA_PATH=toy["test_metadata"], TRAIN_DATASET_LEN=8, DYNAMIC_PATCH_SIZE_RANGE=(1, 3),
-               SYNTHESIS="reference", MISSING_CLIPS="drop", NMM_PER_REGION=3, CLIP_RESOLUTION="formula",
-               NORMALIZE=False)
-    _, _, _, info = dynamic_loaders(cfg, batch_size=4, val_split=0.25, num_workers=0, seed=0, pin_memory=False,
-                                    normalize=False)
-    for name in ("train_dataset", "val_dataset", "test_dataset"):
-        ds = info[name]
-        assert ds._fast is None and ds.missing_clips == "drop" and ds.normalize is False, name
-    test = info["test_dataset"]
-    assert test.clip_resolution == "formula" and test.synthesis_mode == "reference"
-
-
 # -- reproducibility: the same (seed, epoch, index) gives the same sample ------------------
 # Fingerprints (tests/conftest.py array_fingerprint) of samples drawn before the drawer was
 # rebuilt on esikit.head.configs: configurations and samples must stay as they were.

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..config import ConfigError, dataset_options, get_config
@@ -26,37 +25,24 @@ logger = logging.getLogger(__name__)
 
 def build_loaders(cfg: dict[str, Any]):
     """Loaders and data info for a validated configuration (metadata or dynamic mode)."""
-    from ..data import create_dataloaders_from_metadata
+    from ..data import create_dataloaders_from_metadata, create_dynamic_dataloaders
     from ..train.trainer import distributed_context
 
     rank, world, _ = distributed_context()
     common = dict(
         batch_size=cfg["BATCH_SIZE"], val_split=cfg["VAL_SPLIT"], num_workers=cfg["NUM_WORKERS"],
-        seed=cfg["SEED"], pin_memory=cfg["PIN_MEMORY"],
+        seed=cfg["SEED"], pin_memory=cfg["PIN_MEMORY"], target=cfg.get("TARGET", "dense"),
+        train_dataset_len=cfg.get("TRAIN_DATASET_LEN"), test_dataset_len=cfg.get("TEST_DATASET_LEN"),
+        **dataset_options(cfg),
     )
     if world > 1:
         common.update(num_replicas=world, rank=rank)
     if cfg["USE_METADATA_LOADER"]:
         return create_dataloaders_from_metadata(
             cfg["TRAIN_METADATA_PATH"], cfg.get("TEST_METADATA_PATH"), cfg["FWD_MATRIX_PATH"],
-            nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
-            test_dataset_len=cfg.get("TEST_DATASET_LEN"), target=cfg.get("TARGET", "dense"),
-            **dataset_options(cfg), **common,
+            nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), **common,
         )
-    return dynamic_loaders(cfg, normalize=cfg.get("NORMALIZE", True), **common)
-
-
-def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, num_workers: int, seed: int,
-                    pin_memory: bool, normalize: bool, num_replicas: int = 1, rank: int = 0):
-    """The dynamic mode (``USE_METADATA_LOADER = False``): configurations drawn on the fly.
-
-    Training draws new configurations every epoch; validation (``VAL_SPLIT`` times the
-    training length) uses another seed and stays at epoch 0; the test set is the test
-    metadata file when configured, else another frozen dynamic set.
-    """
-    from ..data import SpikeEEGMetadataDataset
-    from ..data.dynamic import DynamicSpikeEEGDataset
-    from ..data.loaders import make_loader
+    # the dynamic mode (USE_METADATA_LOADER = False): configurations drawn on the fly
     from ..head.anatomy import find_anatomy
 
     if cfg.get("NMM_SPIKES_DIR") is None:
@@ -65,37 +51,12 @@ def dynamic_loaders(cfg: dict[str, Any], *, batch_size: int, val_split: float, n
     if anatomy is None:
         raise ConfigError(["USE_METADATA_LOADER = False needs the region adjacency: set ANATOMY (an anatomy .npz, "
                            "a DeepSIF anatomy folder or 'default')"])
-    n_train = int(cfg.get("TRAIN_DATASET_LEN") or 10000)
     sizes = cfg.get("DYNAMIC_PATCH_SIZE_RANGE")
-    if sizes is None:  # the same fraction of the cortex as DeepSIF's 70 of 994 regions
-        sizes = (1, max(1, int(round(70 * anatomy.n_regions / 994))))
-    opts = {**dataset_options(cfg), "normalize": normalize}  # every dataset option, for every set
-    kw = dict(snr_range_db=tuple(cfg["DYNAMIC_SNR_RANGE"]), patch_size_range=tuple(sizes),
-              n_sources=tuple(cfg["DYNAMIC_N_SOURCES"]), target=cfg.get("TARGET", "dense"),
-              **{k: v for k, v in opts.items() if k in DynamicSpikeEEGDataset.DATASET_OPTIONS})
-    train_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], cfg["FWD_MATRIX_PATH"], anatomy, n_train, seed=seed, **kw)
-    n_val = int(round(n_train * float(val_split)))
-    val_ds = None
-    if n_val:
-        val_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], train_ds.fwd, anatomy, n_val, seed=seed + 1,
-                                        clip_store=train_ds.store, **kw).subset(np.arange(n_val), freeze_epoch=True)
-    if cfg.get("TEST_METADATA_PATH"):
-        test_ds = SpikeEEGMetadataDataset(cfg["TEST_METADATA_PATH"], train_ds.fwd, cfg.get("NMM_SPIKES_DIR"),
-                                          dataset_len=cfg.get("TEST_DATASET_LEN"), seed=seed, **opts)
-    else:
-        n_test = int(cfg.get("TEST_DATASET_LEN") or max(n_val, 100))
-        test_ds = DynamicSpikeEEGDataset(cfg["NMM_SPIKES_DIR"], train_ds.fwd, anatomy, n_test, seed=seed + 2,
-                                         clip_store=train_ds.store, **kw)
-    test_ds = test_ds.subset(np.arange(len(test_ds)), freeze_epoch=True)
-    common = dict(num_workers=int(num_workers), pin_memory=bool(pin_memory) and torch.cuda.is_available())
-    dist = dict(num_replicas=num_replicas, rank=rank)
-    train_loader = make_loader(train_ds, int(batch_size), shuffle_seed=seed, **common, **dist)
-    val_loader = make_loader(val_ds, int(batch_size), shuffle_seed=None, **common, **dist) if val_ds is not None else None
-    test_loader = make_loader(test_ds, int(batch_size), shuffle_seed=None, **common)
-    info = {"fwd": train_ds.fwd, "n_channels": train_ds.n_channels, "n_regions": train_ds.n_regions,
-            "n_times": train_ds.n_times, "n_train": len(train_ds), "n_val": len(val_ds) if val_ds is not None else 0,
-            "n_test": len(test_ds), "train_dataset": train_ds, "val_dataset": val_ds, "test_dataset": test_ds}
-    return train_loader, val_loader, test_loader, info
+    return create_dynamic_dataloaders(
+        cfg["NMM_SPIKES_DIR"], cfg["FWD_MATRIX_PATH"], anatomy, test_metadata_path=cfg.get("TEST_METADATA_PATH"),
+        snr_range_db=tuple(cfg["DYNAMIC_SNR_RANGE"]), n_sources=tuple(cfg["DYNAMIC_N_SOURCES"]),
+        patch_size_range=None if sizes is None else tuple(sizes), **common,
+    )
 
 
 def run_dirs(cfg: dict[str, Any]) -> tuple[Path, Path]:

@@ -13,7 +13,13 @@ from .dataset import SpikeEEGMetadataDataset, find_clip_location, resolve_forwar
 from .dynamic import DynamicSpikeEEGDataset
 from .fast import FastSynthesizer, collate_synthesized, expand_compact_target
 from .packed import PackedClipCache
-from .loaders import EpochShuffleSampler, create_dataloaders_from_metadata, set_loader_epoch, split_indices
+from .loaders import (
+    EpochShuffleSampler,
+    create_dataloaders_from_metadata,
+    create_dynamic_dataloaders,
+    set_loader_epoch,
+    split_indices,
+)
 from .metadata import DEEPSIF_PADDING, MetadataError, SampleMetadata, metadata_from_arrays, read_metadata
 from .noise import NOISE_MODES, load_noise_bank
 from .synthesis import SampleSpecs, draw_sample_randomness, synthesize_sample, synthesize_spec
@@ -33,6 +39,7 @@ __all__ = [
     "SampleMetadata",
     "SpikeEEGMetadataDataset",
     "create_dataloaders_from_metadata",
+    "create_dynamic_dataloaders",
     "decode_nmm_idx",
     "draw_sample_randomness",
     "find_clip_location",

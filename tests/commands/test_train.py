@@ -1,0 +1,39 @@
+"""Tests for esikit.commands.train: the configuration -> loaders mapping of the dynamic mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from esikit.commands.train import build_loaders
+from esikit.config import KEYS, ConfigError
+
+from ..data.test_loaders import toy  # noqa: F401 - the 16-region toy data and its ring anatomy
+
+
+def _cfg(toy, **kw):
+    cfg = {name: key.default for name, key in KEYS.items()}
+    cfg.update(USE_METADATA_LOADER=False, NMM_SPIKES_DIR=toy["nmm_spikes_dir"], FWD_MATRIX_PATH=toy["fwd_path"],
+               ANATOMY=toy["anatomy_path"], TEST_METADATA_PATH=toy["test_metadata"], TRAIN_DATASET_LEN=8,
+               DYNAMIC_PATCH_SIZE_RANGE=(1, 3), NUM_WORKERS=0, VAL_SPLIT=0.25)
+    cfg.update(kw)
+    return cfg
+
+
+def test_dynamic_mode_passes_every_dataset_option(toy):  # noqa: F811
+    cfg = _cfg(toy, SYNTHESIS="reference", MISSING_CLIPS="drop", NMM_PER_REGION=3, CLIP_RESOLUTION="formula",
+               NORMALIZE=False, DYNAMIC_SNR_RANGE=(7.0, 9.0), DYNAMIC_N_SOURCES=(1,))
+    _, _, _, info = build_loaders(cfg)
+    for name in ("train_dataset", "val_dataset", "test_dataset"):
+        ds = info[name]
+        assert ds._fast is None and ds.missing_clips == "drop" and ds.normalize is False, name
+    test = info["test_dataset"]
+    assert test.clip_resolution == "formula" and test.synthesis_mode == "reference"
+    train = info["train_dataset"]
+    assert train.snr_range_db == (7.0, 9.0) and train.n_sources_options == (1,) and train.patch_size_range == (1, 3)
+
+
+def test_dynamic_mode_needs_clips_and_anatomy(toy, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="NMM_SPIKES_DIR"):
+        build_loaders(_cfg(toy, NMM_SPIKES_DIR=None))
+    with pytest.raises(ConfigError, match="ANATOMY"):
+        build_loaders(_cfg(toy, ANATOMY=None, FWD_MATRIX_PATH=tmp_path / "leadfield.mat"))

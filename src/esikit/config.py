@@ -88,10 +88,9 @@ KEYS: dict[str, Key] = {
                         "(names are checked against the model)", (dict,)),
     "BATCH_SIZE": Key(8, "samples per batch; 'auto': the largest power of two up to AUTO_BATCH_MAX whose training "
                       "step fits in GPU memory (on a CPU: 8)", (int,), minimum=1, words=("auto",)),
-    "AUTO_BATCH_MAX": Key(256, "the largest batch BATCH_SIZE = 'auto' chooses", (int,), minimum=1,
-                          resume_free=True),
+    "AUTO_BATCH_MAX": Key(256, "the largest batch BATCH_SIZE = 'auto' chooses", (int,), minimum=1),
     "COMPILE": Key(False, "train through torch.compile (compiles at the first batch; off by default: it did not "
-                   "pay on the CPU, see README 'Training speed')", (bool,), resume_free=True),
+                   "pay on the CPU, see README 'Training speed')", (bool,)),
     "NUM_EPOCHS": Key(100, "training epochs", (int,), minimum=1, resume_free=True),
     "LEARNING_RATE": Key(1e-4, "Adam learning rate", (float, int), minimum=0.0),
     "WEIGHT_DECAY": Key(0.0, "Adam weight decay", (float, int), minimum=0.0),

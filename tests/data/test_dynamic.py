@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from esikit.data.dynamic import DynamicSpikeEEGDataset
@@ -18,19 +15,6 @@ N_REGIONS = 49
 CLIP_REGIONS = [2, 10, 17, 24, 31, 38, 46]
 
 
-def grid_anatomy(nx=7, ny=7, n_channels=12):
-    idx = np.arange(nx * ny).reshape(nx, ny)
-    rows, cols = [], []
-    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
-        rows += a.ravel().tolist()
-        cols += b.ravel().tolist()
-    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
-    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    centres = np.stack([xx.ravel() * 9.0, yy.ravel() * 9.0, np.zeros(nx * ny)], axis=1)
-    fwd = np.random.default_rng(0).normal(size=(n_channels, nx * ny))
-    return SimpleNamespace(adjacency=(adj + adj.T).tocsr(), centres=centres, fwd=fwd)
-
-
 def clip(region, k):
     rng = np.random.default_rng([region, k])
     x = 0.3 * rng.normal(size=(N_TIMES, N_REGIONS))
@@ -40,8 +24,8 @@ def clip(region, k):
 
 
 @pytest.fixture(scope="module")
-def anatomy():
-    return grid_anatomy()
+def anatomy(grid_anatomy):
+    return grid_anatomy(7, 7, spacing_mm=9.0, n_channels=12)
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,9 @@ from esikit.head.patches import (
 )
 
 
-def grid_anatomy(nx: int = 12, ny: int = 10):
-    """A flat nx x ny grid of regions, 4-neighbour adjacency, 10 mm spacing."""
-    idx = np.arange(nx * ny).reshape(nx, ny)
-    rows, cols = [], []
-    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
-        rows += a.ravel().tolist()
-        cols += b.ravel().tolist()
-    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
-    adj = (adj + adj.T).tocsr()
-    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    centres = np.stack([xx.ravel() * 10.0, yy.ravel() * 10.0, np.zeros(nx * ny)], axis=1)
-    return adj, centres
+def graph(anatomy):
+    """``(adjacency, centres)`` of the shared grid anatomy (tests/conftest.py, 10 mm spacing)."""
+    return anatomy.adjacency, anatomy.centres
 
 
 def load_deepsif_adjacency(folder):
@@ -55,15 +46,15 @@ def check_patch(adj, patch, centre, max_size):
     assert is_connected(adj, patch)
 
 
-def test_is_connected():
-    adj, _ = grid_anatomy(3, 3)
+def test_is_connected(grid_anatomy):
+    adj, _ = graph(grid_anatomy(3, 3))
     assert is_connected(adj, [0, 1, 2, 5])
     assert not is_connected(adj, [0, 2])
     assert is_connected(adj, [4])
 
 
-def test_smooth_patch_fills_holes_and_removes_strays():
-    adj, _ = grid_anatomy(7, 7)
+def test_smooth_patch_fills_holes_and_removes_strays(grid_anatomy):
+    adj, _ = graph(grid_anatomy(7, 7))
     # a ring around region 24 (the middle) has a hole at 24; 10 hangs on by one edge
     ring = [16, 17, 18, 23, 25, 30, 31, 32]
     add, remove = smooth_patch(adj, np.array(ring + [10]), centre=16)
@@ -87,8 +78,8 @@ def test_as_adjacency_symmetrises_and_checks():
 
 
 @pytest.mark.parametrize("centre", [0, 33, 55, 119])
-def test_candidates_on_grid(centre):
-    adj, centres = grid_anatomy()
+def test_candidates_on_grid(centre, grid_anatomy):
+    adj, centres = graph(grid_anatomy(12, 10))
     cands = candidate_patches(adj, centres, centre, seed=1)
     n_ring1 = len(adj[centre].indices)
     assert len(cands) == 2 * 5 * int(np.ceil(n_ring1 / 2))
@@ -108,8 +99,8 @@ def test_candidates_on_grid(centre):
     assert not all(np.array_equal(a, b) for a, b in zip(cands, other))
 
 
-def test_candidate_cache_is_order_independent():
-    adj, centres = grid_anatomy()
+def test_candidate_cache_is_order_independent(grid_anatomy):
+    adj, centres = graph(grid_anatomy(12, 10))
     a = CandidatePatches(adj, centres, seed=3)
     b = CandidatePatches(adj, centres, seed=3)
     last = a.count(40) - 1
@@ -131,8 +122,8 @@ def test_isolated_region():
 
 
 @pytest.mark.parametrize("size", [1, 2, 4, 5, 9, 20, 45, 70])
-def test_grow_patch_on_grid(size):
-    adj, centres = grid_anatomy()
+def test_grow_patch_on_grid(size, grid_anatomy):
+    adj, centres = graph(grid_anatomy(12, 10))
     rng = np.random.default_rng(size)
     for centre in rng.choice(adj.shape[0], 8, replace=False):
         p = grow_patch(adj, centres, int(centre), size, np.random.default_rng([size, int(centre)]))
@@ -142,15 +133,15 @@ def test_grow_patch_on_grid(size):
         assert np.array_equal(p, p2)
 
 
-def test_grow_patch_component_smaller_than_size():
-    adj, centres = grid_anatomy(3, 3)
+def test_grow_patch_component_smaller_than_size(grid_anatomy):
+    adj, centres = graph(grid_anatomy(3, 3))
     p = grow_patch(adj, centres, 4, 70, 0)
     assert sorted(p.tolist()) == list(range(9))
 
 
-def test_grow_patch_is_elongated():
+def test_grow_patch_is_elongated(grid_anatomy):
     # patches grown along an axis should be longer than wide on average
-    adj, centres = grid_anatomy(30, 30)
+    adj, centres = graph(grid_anatomy(30, 30))
     ratios = []
     for seed in range(20):
         p = grow_patch(adj, centres, 15 * 30 + 15, 30, seed)
@@ -160,8 +151,8 @@ def test_grow_patch_is_elongated():
     assert np.median(ratios) > 1.3
 
 
-def test_grow_patch_errors():
-    adj, centres = grid_anatomy(3, 3)
+def test_grow_patch_errors(grid_anatomy):
+    adj, centres = graph(grid_anatomy(3, 3))
     with pytest.raises(ValueError, match="size"):
         grow_patch(adj, centres, 0, 0, 0)
     with pytest.raises(ValueError, match="centre"):
@@ -193,10 +184,10 @@ def test_deepsif_template(deepsif_anatomy_dir):
 
 
 @pytest.mark.parametrize("use_candidates", [False, True])
-def test_pick_second_patch(use_candidates):
+def test_pick_second_patch(use_candidates, grid_anatomy):
     from esikit.head.patches import pick_second_patch
 
-    adj, centres = grid_anatomy(12, 12)
+    adj, centres = graph(grid_anatomy(12, 12))
     sym, _ = as_adjacency(adj, centres)
     cands = CandidatePatches(adj, centres, seed=0) if use_candidates else None
     rng = np.random.default_rng(0)
@@ -259,9 +250,9 @@ def test_candidates_as_given_flat_ring_selects_none():
     assert "as given" in repr(given) and "symmetric" in repr(default)
 
 
-def test_candidates_default_ignores_list_direction():
+def test_candidates_default_ignores_list_direction(grid_anatomy):
     """symmetrize=True (the default) sees one-way lists as their symmetric closure."""
-    adj, centres = grid_anatomy(6, 6)
+    adj, centres = graph(grid_anatomy(6, 6))
     directed = sp.triu(adj).tocsr()  # every pair listed one way only
     a = CandidatePatches(directed, centres, seed=4)
     b = CandidatePatches(adj, centres, seed=4)

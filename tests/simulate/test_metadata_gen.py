@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,20 +26,6 @@ CLIP_REGIONS = [3, 9, 14, 20, 27, 33, 38, 45, 50, 56]
 N_CLIPS = 3
 
 
-def grid_anatomy(nx=8, ny=8, n_channels=16, seed=0):
-    idx = np.arange(nx * ny).reshape(nx, ny)
-    rows, cols = [], []
-    for a, b in ((idx[:-1, :], idx[1:, :]), (idx[:, :-1], idx[:, 1:])):
-        rows += a.ravel().tolist()
-        cols += b.ravel().tolist()
-    adj = sp.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(nx * ny, nx * ny))
-    adj = (adj + adj.T).tocsr()
-    xx, yy = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    centres = np.stack([xx.ravel() * 8.0, yy.ravel() * 8.0, np.zeros(nx * ny)], axis=1)
-    fwd = np.random.default_rng(seed).normal(size=(n_channels, nx * ny))
-    return SimpleNamespace(adjacency=adj, centres=centres, fwd=fwd)
-
-
 def spike_clip(region, k, n_regions, n_times=N_TIMES):
     """Background noise everywhere, a spike (sharp peak then slow wave) at ``region``."""
     rng = np.random.default_rng([region, k])
@@ -52,8 +37,8 @@ def spike_clip(region, k, n_regions, n_times=N_TIMES):
 
 
 @pytest.fixture(scope="module")
-def anatomy():
-    return grid_anatomy()
+def anatomy(grid_anatomy):
+    return grid_anatomy(8, 8, spacing_mm=8.0, n_channels=16)
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ def read_clip_file(path: str | os.PathLike, field: str = CLIP_FIELD) -> np.ndarr
     from ..io import load_mat_file
 
     content = load_mat_file(path, variable_names=[field])
-    if field not in content:
-        raise ValueError(f"{path}: no field '{field}' (fields: {sorted(content)})")
+    if field not in content:  # name what the file holds (read in full only on this error)
+        raise ValueError(f"{path}: no field '{field}' (fields: {sorted(load_mat_file(path))})")
     arr = np.asarray(content[field], dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{path}: field '{field}' has shape {arr.shape}, expected (T, R)")
@@ -67,7 +67,8 @@ class ClipIndex:
     regions, ks : array of int, shape (n_clips,)
         Region (0-based) and clip number (from 1) of every clip.
     ids : array of int, shape (n_clips,) | None
-        The caller's id of every clip (e.g. its id in a clip store); default its row.
+        The caller's id of every clip (e.g. its id in a clip store); default its row in
+        the sorted index.
     root : path-like | None
         The ``nmm_spikes`` folder the clips are files of (:meth:`load`), if any.
 
@@ -83,9 +84,9 @@ class ClipIndex:
                  ids: Sequence[int] | np.ndarray | None = None, root: str | os.PathLike | None = None):
         regions = np.asarray(regions, dtype=np.int64).reshape(-1)
         ks = np.asarray(ks, dtype=np.int64).reshape(-1)
-        ids = np.arange(regions.size, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
         order = np.lexsort((ks, regions))
-        self.regions, self.ks, self.ids = regions[order], ks[order], ids[order]
+        self.regions, self.ks = regions[order], ks[order]
+        self.ids = np.arange(order.size, dtype=np.int64) if ids is None else np.asarray(ids, np.int64).reshape(-1)[order]
         self.root = None if root is None else Path(root)
         self.centres, self._first, self._count = np.unique(self.regions, return_index=True, return_counts=True)
 

@@ -4,12 +4,13 @@ Where :class:`~esikit.data.SpikeEEGMetadataDataset` reads each sample's sources 
 DeepSIF metadata file, :class:`DynamicSpikeEEGDataset` draws them for every
 ``(seed, epoch, index)``: centres among the regions that have clips, a clip of each
 centre, patches grown over the region adjacency
-(:func:`esikit.simulate.patches.grow_patch` or DeepSIF's candidates), the
+(:func:`esikit.head.patches.grow_patch` or DeepSIF's candidates), the
 ``mag_change``-style Gaussian weights, the sensor SNR and each source's peak amplitude
 (set, by default, for a source-to-background SNR drawn from ``scale_range`` with
-:func:`esikit.simulate.snr.find_alpha`). Everything is drawn from
+:func:`esikit.head.snr.find_alpha`). Everything is drawn from
 generators seeded by ``(seed, epoch, index)``: the same in any worker, process or
-order; a new epoch gives new configurations.
+order; a new epoch gives new configurations. Patches, second sources, weights and clips
+are drawn through :mod:`esikit.head.configs`, as the metadata generator draws them.
 
 The drawn configurations of a batch become a :class:`~esikit.data.synthesis.SampleSpecs`
 (one scale option per source: the drawn peak), made by the same fast kernel or
@@ -66,7 +67,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         Forward matrix or a file with it; None uses ``anatomy.fwd``.
     anatomy : Anatomy | str | Path
         Region adjacency and centres (mm) for growing patches, or a spec for
-        :func:`esikit.simulate.anatomy.load_anatomy`.
+        :func:`esikit.head.anatomy.load_anatomy`.
     dataset_len : int
         Samples per epoch.
     n_sources : int | sequence of int
@@ -77,7 +78,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
         Patch size in regions, uniform integer, inclusive (``patch_mode='grow'``).
     scale_range : (float, float)
         ``scale_mode='snr_db'``: source-to-background SNR in dB, uniform; the peak
-        amplitude is the :func:`~esikit.simulate.snr.find_alpha` value for it
+        amplitude is the :func:`~esikit.head.snr.find_alpha` value for it
         (DeepSIF's ``scale_ratio`` options span 10-20 dB). ``'peak'``: the peak
         amplitude itself, uniform.
     seed : int

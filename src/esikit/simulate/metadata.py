@@ -1,18 +1,20 @@
 """DeepSIF training/test metadata without MATLAB (``generate_sythetic_source.m`` in Python).
 
 A metadata file lists, for every sample, its source patches and how to synthesize them
-from neural-mass clips (``docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, ported:
+from neural-mass clips (``docs/SAMPLE_CONTRACT.md``). Patches, second sources, weights
+and clips are drawn through :mod:`esikit.head.configs`, as the dynamic dataset draws
+them. DeepSIF's recipe, ported:
 
 * every region that has clips is a centre; each centre gets ``n_variations`` variations
   (DeepSIF: 48 for training, 3 for testing) and each variation appears once per sensor
   SNR level (5, 10, 15, 20 dB: ``current_snr``), so ``N = centres x variations x 4``,
   ordered centre, variation, SNR level (DeepSIF's order);
 * the patch of a variation is one of the centre's candidate patches
-  (:class:`~esikit.simulate.patches.CandidatePatches`: two- and three-ring patches
+  (:class:`~esikit.head.patches.CandidatePatches`: two- and three-ring patches
   grown along random axes); for training, variation ``v`` takes candidate ``v`` while
   there are candidates and a random one after (DeepSIF), for testing a random one.
   ``patch_mode='grow'`` instead draws a size from ``patch_size_range`` and grows a patch
-  of that size (:func:`~esikit.simulate.patches.grow_patch`);
+  of that size (:func:`~esikit.head.patches.grow_patch`);
 * two-source samples add a second centre, drawn among the other regions with clips,
   whose patch neither overlaps nor touches the first (DeepSIF drew it without
   constraint);
@@ -24,7 +26,7 @@ from neural-mass clips (``docs/SAMPLE_CONTRACT.md``). DeepSIF's recipe, ported:
   0.8493 d_half), 1 at the centre;
 * ``scale_ratio[i, s, :]`` are the peak amplitudes that give the source the target SNRs
   (DeepSIF: 10, 12, ..., 20 dB for training, 10 and 15 for testing) against the
-  background of the rest of its clip (:func:`~esikit.simulate.snr.find_alpha`). DeepSIF
+  background of the rest of its clip (:func:`~esikit.head.snr.find_alpha`). DeepSIF
   computes them with every patch region at weight 1; by default here the
   ``mag_change`` weights are included, so that a sample synthesized by the contract
   reaches exactly the target SNR (``alpha_uses_weights=False`` gives DeepSIF's values);
@@ -188,7 +190,7 @@ def scale_ratios_for_clip(
     target_snr_db: Sequence[float] | np.ndarray,
     gram_fwd: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`~esikit.simulate.snr.find_alpha` for many patches sharing one clip.
+    """:func:`~esikit.head.snr.find_alpha` for many patches sharing one clip.
 
     The clip's sensor projection and spike window are computed once; each patch then
     costs one small product. Every patch must have the same centre (the clip's region).
@@ -314,7 +316,7 @@ def generate_metadata(
     ----------
     anatomy : Anatomy | str | Path
         Head model (``adjacency``, ``centres`` in mm, ``fwd``), or a spec for
-        :func:`~esikit.simulate.anatomy.load_anatomy`.
+        :func:`~esikit.head.anatomy.load_anatomy`.
     clips : path-like | dict
         The ``nmm_spikes`` folder (clips are counted by listing ``a{r}/nmm_{k}.mat``
         and read only for ``scale_ratio``), or a dict region -> clip numbers ``k``

@@ -16,6 +16,7 @@ from esikit.io import (
     fits_in_mat_v5,
     list_mat_variables,
     load_mat_file,
+    mat_strings,
     save_mat_file,
 )
 
@@ -138,6 +139,33 @@ def test_round_trip(tmp_path, fmt):
         assert out["flags"].dtype == bool
     assert out["text"].shape == (1,)
     assert out["text"][0] == "hello world"
+
+
+@pytest.mark.parametrize("fmt", ["v5", "v7.3", "octave-text"])
+def test_mat_strings_reads_a_cell_of_names_back(tmp_path, fmt):
+    names = ["Fp1", " Cz ", "O2"]
+    cell = np.empty((1, 3), dtype=object)
+    cell[0, :] = names
+    save_mat_file(tmp_path / "n.mat", {"ch_names": cell}, format=fmt)
+    assert mat_strings(load_mat_file(tmp_path / "n.mat")["ch_names"]) == ["Fp1", "Cz", "O2"]
+
+
+def test_mat_strings_shapes():
+    want = ["Fp1", "Cz"]
+    assert mat_strings(want) == want
+    assert mat_strings(np.array(["Fp1 ", "Cz"])) == want  # string array (.npz), char-matrix rows
+    column = np.empty((2, 1), dtype=object)  # C x 1 cell of 1-element string arrays
+    column[0, 0], column[1, 0] = np.array(["Fp1"]), np.array(["Cz"])
+    assert mat_strings(column) == want
+    nested = np.empty(2, dtype=object)  # each name wrapped in a 1 x 1 cell
+    for i, n in enumerate(want):
+        inner = np.empty((1, 1), dtype=object)
+        inner[0, 0] = np.array([n])
+        nested[i] = inner
+    assert mat_strings(nested) == want
+    empty = np.empty(2, dtype=object)
+    empty[0], empty[1] = np.array([], dtype="U1"), "Cz"
+    assert mat_strings(empty) == ["", "Cz"]
 
 
 @pytest.mark.parametrize("fmt", ["v5", "v7.3", "octave-text"])

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_option
+from ..io import mat_strings
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +44,6 @@ class NoiseBankError(ValueError):
 _NOISE_STREAM = 0x4015E
 
 
-def _names(value: object) -> list[str]:
-    """Channel names from a string array, a MATLAB cell array or a list."""
-    out = []
-    for item in np.asarray(value, dtype=object).reshape(-1):
-        while isinstance(item, np.ndarray) and item.size == 1 and item.dtype == object:
-            item = item.reshape(-1)[0]
-        out.append(str(np.asarray(item).reshape(-1)[0]) if isinstance(item, np.ndarray) else str(item))
-    return [n.strip() for n in out]
-
-
 def forward_channel_names(fwd_path: str | PathLike) -> list[str] | None:
     """``ch_names`` stored beside ``fwd`` in a leadfield file (esikit writes them), or None."""
     from ..io import load_mat_file
@@ -61,7 +52,7 @@ def forward_channel_names(fwd_path: str | PathLike) -> list[str] | None:
         names = load_mat_file(fwd_path, variable_names=["ch_names"]).get("ch_names")
     except (OSError, ValueError):
         return None
-    return None if names is None else _names(names)
+    return None if names is None else mat_strings(names)
 
 
 def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
@@ -115,7 +106,7 @@ def load_noise_bank(path: str | PathLike, n_channels: int, n_times: int,
     problems: list[str] = []
     n_seg, n_len, n_ch = data.shape
     order = np.arange(n_ch)
-    names = _names(raw["ch_names"]) if "ch_names" in raw else None
+    names = mat_strings(raw["ch_names"]) if "ch_names" in raw else None
     if names is not None and len(names) != n_ch:
         problems.append(f"field 'ch_names' has {len(names)} names, field 'data' {n_ch} channels")
     elif names is not None and channel_names is not None:

@@ -3,6 +3,7 @@
 Public API
 ----------
 detect_mat_format, list_mat_variables, load_mat_file, load_mat_field, save_mat_file, fits_in_mat_v5,
+mat_strings,
 load_forward_matrix, orient_forward_matrix, FORWARD_KEYS, ForwardMatrixKeyError;
 ForwardModel, load_forward_model, save_forward_model, montage_dict (leadfields with
 their channel names and positions); atomic_write_bytes, atomic_write_text,
@@ -17,6 +18,7 @@ from esikit.io._mat import (
     list_mat_variables,
     load_mat_field,
     load_mat_file,
+    mat_strings,
     save_mat_file,
 )
 from esikit.io.atomic import (
@@ -56,6 +58,7 @@ __all__ = [
     "load_forward_model",
     "load_mat_field",
     "load_mat_file",
+    "mat_strings",
     "montage_dict",
     "orient_forward_matrix",
     "remove_stale_temporaries",

@@ -271,6 +271,25 @@ def _load_scipy(path: Path, names: list[str] | None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- writing
+def mat_strings(value: Any) -> list[str]:
+    """Strings (stripped) from a MAT cell array of strings, a char matrix, a string array or a list.
+
+    Handles every MAT flavour's shape of a cell of names: ``1 x C`` or ``C x 1`` cells,
+    cells nested one level deeper (each name a ``1 x 1`` cell), one name per row of a
+    char matrix, and numpy or ``.npz`` string arrays. An empty cell gives ``""``.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind in "US":  # a char matrix (one name per row) or a string array
+        return [str(x).strip() for x in arr.ravel()]
+    out = []
+    for item in np.asarray(value, dtype=object).ravel():
+        while isinstance(item, np.ndarray) and item.dtype == object and item.size == 1:
+            item = item.ravel()[0]  # a name wrapped in 1 x 1 cells
+        x = np.asarray(item).ravel()
+        out.append(str(x[0]).strip() if x.size else "")
+    return out
+
+
 def _value_nbytes(value: Any) -> int:
     """Approximate payload size of a value as MATLAB would store it, in bytes."""
     if isinstance(value, Mapping):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esikit.io._mat import list_mat_variables, load_mat_file, save_mat_file
+from esikit.io._mat import list_mat_variables, load_mat_file, mat_strings, save_mat_file
 from esikit.io.atomic import atomic_output
 from esikit.io.forward import load_forward_matrix
 
@@ -152,18 +152,6 @@ def validate_channels(n_channels: int, ch_names: Sequence[str] | None,
     return problems
 
 
-def _as_str_list(value) -> list[str]:
-    """Names from a MAT cell array of strings (any MAT flavour) or a numpy string array."""
-    arr = np.asarray(value)
-    if arr.dtype.kind in "US":  # a char matrix (one name per row) or a .npz string array
-        return [str(x).strip() for x in arr.ravel()]
-    out = []
-    for x in np.asarray(arr, dtype=object).ravel():
-        x = np.asarray(x)
-        out.append(str(x.ravel()[0]).strip() if x.size else "")
-    return out
-
-
 def load_forward_model(path: str | os.PathLike, key: str | None = None, *,
                        n_regions: int | None = None) -> ForwardModel:
     """Load a leadfield with its channel names and positions when the file has them.
@@ -204,7 +192,7 @@ def load_forward_model(path: str | os.PathLike, key: str | None = None, *,
         present = [k for k in ("ch_names", "ch_pos") if k in list_mat_variables(p)]
         if present:
             fields = load_mat_file(p, variable_names=present)
-    ch_names = _as_str_list(fields["ch_names"]) if "ch_names" in fields else None
+    ch_names = mat_strings(fields["ch_names"]) if "ch_names" in fields else None
     ch_pos = np.asarray(fields["ch_pos"]) if "ch_pos" in fields else None
     n_ch = len(ch_names) if ch_names is not None else (
         ch_pos.shape[0] if ch_pos is not None and ch_pos.ndim == 2 and ch_pos.shape[1] == 3 else None)

@@ -58,6 +58,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._validation import check_positive_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -473,8 +475,7 @@ def grow_patch(
     size = int(size)
     if not 0 <= centre < n:
         raise ValueError(f"centre must lie in [0, {n}), got {centre}")
-    if size < 1:
-        raise ValueError(f"Invalid value for 'size': expected an integer >= 1, got {size}.")
+    check_positive_int("size", size)
     inside = _mask(n, [centre])
     ring1 = _neighbours(adj, [centre], inside)
     if size == 1 or ring1.size == 0:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_option, check_positive_int
-from ..head.configs import PATCH_MODES, ClipIndex, SourceDrawer
+from ..head.configs import PATCH_MODES, ClipIndex, SourceDrawer, source_counts
 from .clips import MISSING_CLIP_POLICIES, ClipReadError, ClipStore, FolderClipStore, open_clip_store
 from ._base import EpochIndexedDataset
 from .synthesis import SampleSpecs
@@ -170,8 +170,7 @@ class DynamicSpikeEEGDataset(EpochIndexedDataset):
                 f"{n_regions} (shape {self.fwd.shape}); they must match"
             )
         self.dataset_len = int(check_positive_int("dataset_len", dataset_len))  # type: ignore[arg-type]
-        options = (n_sources,) if np.isscalar(n_sources) else tuple(n_sources)  # type: ignore[arg-type]
-        self.n_sources_options = tuple(int(check_option("n_sources", v, (1, 2))) for v in options or (None,))
+        self.n_sources_options = source_counts(n_sources)
         self.snr_range_db = _pair("snr_range_db", snr_range_db)
         self.patch_size_range = _pair("patch_size_range", patch_size_range, int)
         if self.patch_size_range[0] < 1:

@@ -33,10 +33,26 @@ from .patches import CandidatePatches, as_adjacency, gaussian_magnitude, grow_pa
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipIndex", "SourceDrawer", "PATCH_MODES", "read_clip_file"]
+__all__ = ["ClipIndex", "SourceDrawer", "PATCH_MODES", "read_clip_file", "source_counts"]
 
 #: How patches are made: grown to a drawn size, or one of DeepSIF's candidate patches.
 PATCH_MODES = ("grow", "deepsif")
+
+
+def source_counts(n_sources: int | Sequence[int]) -> tuple[int, ...]:
+    """The numbers of sources a configuration may have: 1, 2 or a sequence of them.
+
+    A sequence keeps its order and repeats (a configuration draws one entry uniformly).
+
+    Raises
+    ------
+    ValueError
+        When a value is not 1 or 2, or the sequence is empty.
+    """
+    options = (n_sources,) if np.isscalar(n_sources) or n_sources is None else tuple(n_sources)  # type: ignore[arg-type]
+    if not options or any(v not in (1, 2) for v in options):
+        raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or a sequence of them, got {n_sources!r}.")
+    return tuple(int(v) for v in options)
 
 
 def read_clip_file(path: str | os.PathLike, field: str = CLIP_FIELD) -> np.ndarray:
@@ -141,13 +157,6 @@ class ClipIndex:
         """``{region: sorted clip numbers k}`` of the regions that have clips."""
         return {int(r): self.ks[f:f + c] for r, f, c in zip(self.centres, self._first, self._count)}
 
-    def count(self, regions: np.ndarray | int) -> np.ndarray:
-        """Clips of each region in ``regions`` (0 for a region without clips)."""
-        regions = np.asarray(regions, dtype=np.int64)
-        j = np.minimum(np.searchsorted(self.centres, regions), max(self.centres.size - 1, 0))
-        has = self.centres.size > 0 and (self.centres[j] == regions)
-        return np.where(has, self._count[j] if self.centres.size else 0, 0)
-
     def draw(self, centre: int, rng: np.random.Generator) -> int:
         """The row of a clip of ``centre``, uniformly (one ``rng.integers`` draw)."""
         j = int(np.searchsorted(self.centres, centre))
@@ -162,15 +171,11 @@ class ClipIndex:
         count = self._count[j]
         return self._first[j] + np.minimum((np.asarray(u) * count).astype(np.int64), count - 1)
 
-    def path(self, region: int, k: int) -> Path:
-        """Where clip ``k`` of ``region`` lives in :attr:`root`."""
-        if self.root is None:
-            raise ValueError(f"{self!r} has no clip folder")
-        return self.root / clip_relpath(region, k)
-
     def load(self, region: int, k: int, field: str = CLIP_FIELD) -> np.ndarray:
         """Clip ``k`` of ``region`` from :attr:`root`, ``(T, R)`` float64 (:func:`read_clip_file`)."""
-        return read_clip_file(self.path(region, k), field)
+        if self.root is None:
+            raise ValueError(f"{self!r} has no clip folder")
+        return read_clip_file(self.root / clip_relpath(region, k), field)
 
 
 class SourceDrawer:
@@ -224,10 +229,6 @@ class SourceDrawer:
         state = dict(self.__dict__)
         state["_candidates"] = None  # rebuilt lazily in each worker
         return state
-
-    @property
-    def n_regions(self) -> int:
-        return int(self.adjacency.shape[0])
 
     @property
     def candidates(self) -> CandidatePatches:

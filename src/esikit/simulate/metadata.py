@@ -96,7 +96,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_option
-from ..head.configs import ClipIndex, SourceDrawer
+from ..head.configs import ClipIndex, SourceDrawer, source_counts
 from ..head.layout import DEEPSIF_PADDING
 from ..head.patches import as_adjacency, gaussian_magnitude, grow_patch
 from ..head.snr import deepsif_spike_window, find_alpha
@@ -271,13 +271,6 @@ def _resolve_anatomy(anatomy: Any):
     return anatomy
 
 
-def _as_n_sources(n_sources: int | Sequence[int]) -> tuple[int, ...]:
-    options = (int(n_sources),) if np.isscalar(n_sources) else tuple(int(v) for v in n_sources)  # type: ignore[arg-type]
-    if not options or any(v not in (1, 2) for v in options):
-        raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or a sequence of them, got {n_sources!r}.")
-    return options
-
-
 def _draw_half_max(half_max_mm: float | Sequence[float], rng: np.random.Generator) -> float:
     if np.isscalar(half_max_mm):
         return float(half_max_mm)  # type: ignore[arg-type]
@@ -404,7 +397,7 @@ def generate_metadata(
     if fwd.ndim != 2 or fwd.shape[1] != n_regions:
         raise ValueError(f"fwd has shape {fwd.shape}, expected (n_channels, {n_regions}) to match the anatomy")
     check_option("patch_mode", patch_mode, ("deepsif", "grow"))
-    source_options = _as_n_sources(n_sources)
+    source_options = source_counts(n_sources)
     n_src = max(source_options)
     levels = np.asarray(snr_levels_db, dtype=np.float64).reshape(-1)
     targets = np.asarray(source_snr_db, dtype=np.float64).reshape(-1)
@@ -684,9 +677,7 @@ def make_deepsif_metadata_files(
                 f"{template!r}; use preset 'esikit' (or 'auto')"
             )
         template = load_deepsif_template(template)
-    counts = tuple(sorted({int(v) for v in n_sources}))
-    if not counts or any(v not in (1, 2) for v in counts):
-        raise ValueError(f"Invalid value for 'n_sources': expected 1, 2 or both, got {n_sources!r}.")
+    counts = tuple(sorted(set(source_counts(n_sources))))
     logger.info("DeepSIF preset on %r", template)
     out_dir = Path(out_dir)
     train_kw = dict(kw.pop("train_kw", {}) or {})

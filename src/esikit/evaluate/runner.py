@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..constants import SFREQ_HZ
+from ..io.atomic import atomic_write_text
 from .baselines import BASELINES, Baselines
 from .metrics import check_rule, evaluate_sample, region_centres_from_mesh, summarize
 from .plots import plot_cortex_activity, plot_metric_distributions, plot_time_courses, plot_training_curves
@@ -181,8 +182,7 @@ def evaluate_model(
             ex["true"], ex["est"], ex["centres"], out / f"example_{k}_timecourses.png", sfreq=SFREQ_HZ)
     table = results_table_markdown(summary)
     printed = comparison_text(comp, model_name, rules, regularization)
-    (out / "comparison.md").write_text(printed + "\n")
-    paths["comparison_md"] = out / "comparison.md"
+    paths["comparison_md"] = atomic_write_text(out / "comparison.md", printed + "\n")
     return {"summary": summary, "comparison_data": comp, "records": records, "paths": paths, "table": table,
             "comparison": printed, "n_samples": len(positions), "rules": rules, "regularization": regularization}
 

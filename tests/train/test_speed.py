@@ -41,6 +41,18 @@ def test_cuda_defaults_to_bf16_where_supported_else_fp16(monkeypatch, bf16, expe
     assert choose_amp(torch.device("cpu"), True) is None
 
 
+def test_grad_scaler_wherever_fp16_gradients_occur():
+    lstm = build_model("deepsif", 8, 16, n_hidden=16, n_lstm_layers=1)
+    conv = build_model("tcn", 8, 16, n_hidden=8, n_blocks=1)
+    cpu = torch.device("cpu")
+    assert speed.needs_grad_scaler(CUDA, torch.float16, conv)
+    # autocast runs cuDNN's LSTM in fp16 even under bf16: scale DeepSIF's network, not the TCN
+    assert speed.needs_grad_scaler(CUDA, torch.bfloat16, lstm)
+    assert not speed.needs_grad_scaler(CUDA, torch.bfloat16, conv)
+    assert not speed.needs_grad_scaler(CUDA, None, lstm)
+    assert not speed.needs_grad_scaler(cpu, torch.bfloat16, lstm)
+
+
 def test_cudnn_benchmark_only_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     speed.configure_backends(torch.device("cpu"))

@@ -63,6 +63,27 @@ def flatten_rnn_weights(model: nn.Module) -> int:
     return n
 
 
+def has_cudnn_rnn(model: nn.Module) -> bool:
+    """Whether ``model`` holds an LSTM/GRU/RNN (cuDNN's kernel on a GPU)."""
+    return any(isinstance(m, nn.RNNBase) for m in model.modules())
+
+
+def needs_grad_scaler(device: torch.device, amp_dtype: torch.dtype | None, model: nn.Module) -> bool:
+    """Whether training must scale the loss (``torch.amp.GradScaler``) to keep fp16 gradients finite.
+
+    fp16 autocast: yes. bf16 autocast on CUDA with a recurrent layer: yes as well, because
+    PyTorch's autocast runs cuDNN RNNs in fp16 whatever the autocast dtype
+    (``aten/src/ATen/cudnn/AutocastRNN.cpp`` casts input, states and weights to half):
+    DeepSIF's LSTM then computes its gradients in fp16, whose range (6e-8 to 65504) a
+    summed MSE over 500 x 994 outputs can leave. The scaler finds a scale that fits and
+    skips a step whose gradients overflowed. Elsewhere (float32, bf16 without an RNN, the
+    CPU) no.
+    """
+    if amp_dtype is None or device.type != "cuda":
+        return False
+    return amp_dtype == torch.float16 or has_cudnn_rnn(model)
+
+
 def maybe_compile(net: nn.Module, enabled: bool) -> nn.Module:
     """``torch.compile(net)`` when ``enabled``, else ``net`` itself.
 
@@ -156,7 +177,7 @@ def cuda_step_fits(model: nn.Module, n_channels: int, n_regions: int, n_times: i
         probe = copy.deepcopy(model).to(device)
         flatten_rnn_weights(probe)
         opt = torch.optim.Adam(probe.parameters(), lr=0.0)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp_dtype, probe))
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         try:
@@ -254,7 +275,7 @@ def measure_training_speed(model: nn.Module, *, batch_size: int, n_times: int = 
     net = copy.deepcopy(model).to(device).train()
     flatten_rnn_weights(net)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp_dtype, net))
     run = maybe_compile(net, compile)
     eeg, src = _random_batch(batch_size, n_times, int(model.n_channels), int(model.n_regions), device, seed)
     t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from .speed import (
     configure_backends,
     flatten_rnn_weights,
     maybe_compile,
+    needs_grad_scaler,
     resolve_batch_size,
 )
 from .checkpoint import (
@@ -157,7 +158,8 @@ _AMP_NAMES = {"torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
 def choose_amp(device: torch.device, use_amp: bool | str) -> torch.dtype | None:
     """The autocast dtype to train with (None: float32), by one fixed rule.
 
-    ``USE_AMP = True``: on CUDA bf16 where supported, else fp16 (with a GradScaler); on
+    ``USE_AMP = True``: on CUDA bf16 where supported, else fp16 (with a GradScaler, also
+    used under bf16 for a network with an LSTM: see :func:`~esikit.train.speed.needs_grad_scaler`); on
     the CPU float32. ``'bf16'``: bf16 autocast on any device. ``'fp16'``: CUDA only.
     ``False``: float32. No timing is involved, so the same command and seed give the
     same weights on the same machine.
@@ -355,9 +357,13 @@ class Trainer:
 
     def _setup_amp(self) -> None:
         self.amp_dtype = choose_amp(self.device, self.cfg.get("USE_AMP", True))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = self._make_scaler()
         # Training draws start from the seed, whatever building the model consumed.
         seed_everything(int(self.cfg["SEED"]))
+
+    def _make_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler, enabled where fp16 gradients occur (:func:`~esikit.train.speed.needs_grad_scaler`)."""
+        return torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.device, self.amp_dtype, self.model))
 
     def _writer(self):
         if self.writer is None and self.rank == 0:
@@ -530,14 +536,14 @@ class Trainer:
         return True
 
     def _restore_amp(self, state: dict[str, Any], path: Path) -> None:
-        """The autocast dtype by today's rule; the GradScaler state when fp16 continues."""
+        """The autocast dtype by today's rule; the GradScaler state when the scaler continues."""
         stored = _AMP_NAMES.get(state.get("amp_dtype") or "")
         self.amp_dtype = choose_amp(self.device, self.cfg.get("USE_AMP", True))
         if stored != self.amp_dtype:
             logger.warning("%s: the run trained with %s autocast; continuing with %s (USE_AMP=%r on %s)", path,
                            stored or "no", self.amp_dtype or "no", self.cfg.get("USE_AMP", True), self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        if self.amp_dtype == torch.float16 and stored == torch.float16 and state.get("scaler_state"):
+        self.scaler = self._make_scaler()
+        if self.scaler.is_enabled() and stored == self.amp_dtype and state.get("scaler_state"):
             self.scaler.load_state_dict(state["scaler_state"])
 
     def _apply_forced(self, guarded: dict[str, list[Any]]) -> None:

@@ -206,6 +206,8 @@ def test_measure_training_speed_tiny_network():
     assert (r["batch_size"], r["steps"], r["device"], r["amp"], r["compile"]) == (2, 2, "cpu", None, False)
     assert r["samples_per_s"] == pytest.approx(2 / r["s_per_step"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # a copy trained
+    bounded = speed.measure_training_speed(model, batch_size=2, n_times=20, steps=50, warmup=0, max_s=0.0)
+    assert bounded["steps"] == 1  # the time budget stops the timed steps after the first
     bf = speed.measure_training_speed(model, batch_size=2, n_times=20, steps=1, warmup=0, amp_dtype=torch.bfloat16)
     assert bf["amp"] == "bfloat16"
     with pytest.raises(ValueError, match="steps >= 1"):

@@ -67,11 +67,13 @@ LOCAL_WALL_LIMIT_S = 24 * 3600.0
 #: measured with ``--size tiny`` (see README).
 CPU_TRAIN_SAMPLES_PER_S = {"deepsif": 2.0, "tcn": 5.0}
 #: The plan's training probe (:func:`probe_training_rate`): timed steps after warm-up steps,
-#: and the largest batch it uses on a CPU (a step of DeepSIF's network at batch 4 takes
-#: seconds there); on a GPU it uses the training's own batch.
-PROBE_STEPS = 2
+#: the seconds after which the timed steps stop (at least one runs), and the largest batch
+#: it uses on a CPU (a step of DeepSIF's network at batch 2 takes seconds on a quiet
+#: 2-core machine, a minute on a loaded one); on a GPU it uses the training's own batch.
+PROBE_STEPS = 3
 PROBE_WARMUP = 1
-PROBE_CPU_MAX_BATCH = 4
+PROBE_MAX_S = 30.0
+PROBE_CPU_MAX_BATCH = 2
 #: Time samples per training sample (DeepSIF's 500-sample windows).
 N_TIMES = 500
 #: Wall seconds per test sample for the network and all seven baselines at 75 x 994
@@ -199,13 +201,17 @@ def _test_rows(size: TemplateSize, n_regions: int) -> int:
 
 def probe_training_rate(model: str, model_kwargs: dict | None = None, *, gpu: bool, batch_size: int,
                         n_channels: int = 75, n_regions: int = N_TEMPLATE_REGIONS, n_times: int = N_TIMES,
-                        steps: int = PROBE_STEPS, warmup: int = PROBE_WARMUP) -> dict[str, Any] | None:
+                        steps: int = PROBE_STEPS, warmup: int = PROBE_WARMUP,
+                        max_s: float | None = PROBE_MAX_S) -> dict[str, Any] | None:
     """Measure how fast ``model`` trains on the device the run will use; None when the probe fails.
 
     A few training steps (forward, summed MSE backward, Adam) on random data of the
     training shape, after ``warmup`` untimed steps, with the autocast training uses there
     (:func:`~esikit.train.trainer.choose_amp` with ``USE_AMP = True``: bf16/fp16 on a GPU,
-    float32 on a CPU). On a CPU the batch is at most :data:`PROBE_CPU_MAX_BATCH`.
+    float32 on a CPU). On a CPU the batch is at most :data:`PROBE_CPU_MAX_BATCH`; the timed
+    steps stop after ``max_s`` seconds (:data:`PROBE_MAX_S`). A small batch on a CPU
+    underestimates the rate of a bigger one a little (DeepSIF's network: 2 samples/s at
+    batch 8, 2.7 at batch 32, docs/DEEPSIF_TEMPLATE.md).
 
     Returns
     -------
@@ -223,7 +229,8 @@ def probe_training_rate(model: str, model_kwargs: dict | None = None, *, gpu: bo
     try:
         net = build_model(model, n_channels, n_regions, **dict(model_kwargs or {}))
         result = measure_training_speed(net, batch_size=batch, n_times=n_times, device=device,
-                                        amp_dtype=choose_amp(device, True), steps=steps, warmup=warmup)
+                                        amp_dtype=choose_amp(device, True), steps=steps, warmup=warmup,
+                                        max_s=max_s)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the constant fallback, said in the plan
         logger.warning("training probe of %s on %s failed (%s: %s); the plan uses the fallback rate", model, device,
                        type(exc).__name__, exc)

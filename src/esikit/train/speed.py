@@ -234,7 +234,7 @@ def _sync(device: torch.device) -> None:
 def measure_training_speed(model: nn.Module, *, batch_size: int, n_times: int = 500,
                            device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
                            compile: bool = False, steps: int = 3, warmup: int = 1, lr: float = 1e-4,
-                           seed: int = 0) -> dict[str, Any]:
+                           seed: int = 0, max_s: float | None = None) -> dict[str, Any]:
     """Training samples per second of ``model``: forward, MSE backward and Adam step.
 
     Runs on a copy of ``model`` (its weights are not changed) with random inputs of the
@@ -256,6 +256,9 @@ def measure_training_speed(model: nn.Module, *, batch_size: int, n_times: int = 
         Through ``torch.compile``.
     steps, warmup : int
         Timed steps, and steps run before them.
+    max_s : float, optional
+        Stop the timed steps once they took this many seconds (at least one step runs):
+        bounds the probe on a slow or loaded machine.
 
     Returns
     -------
@@ -284,10 +287,15 @@ def measure_training_speed(model: nn.Module, *, batch_size: int, n_times: int = 
     _sync(device)
     warm_s = time.perf_counter() - t0
     t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    done = 0
+    while done < steps:
         loss = _training_step(run, opt, scaler, eeg, src, device, amp_dtype)
+        done += 1
+        if max_s is not None and time.perf_counter() - t0 > max_s:
+            break
     _sync(device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    steps = done
     if not torch.isfinite(loss):
         raise FloatingPointError(f"measure_training_speed: non-finite loss {float(loss)} on {device}")
     return {"samples_per_s": steps * batch_size / wall, "s_per_step": wall / steps, "warmup_s": warm_s,

@@ -61,6 +61,15 @@ def test_unreadable_and_misshapen_clips(tmp_path):
         store.get(2)
 
 
+def test_shape_is_the_most_common_not_the_first_clips(tmp_path):
+    _write_clips(tmp_path, [(0, 1)], shape=(10, 6))  # clip 0, the first one read, is the odd one
+    _write_clips(tmp_path, [(1, 1), (2, 1), (3, 1)])
+    store = FolderClipStore(tmp_path)
+    assert store.shape == (20, 6)
+    with pytest.raises(ClipReadError, match=r"a0/nmm_1\.mat: clip has shape \(10, 6\), expected \(20, 6\)"):
+        store.get(0)
+
+
 def test_h5_store(tmp_path):
     data = np.arange(4 * 10 * 3, dtype=np.float32).reshape(4, 10, 3)
     with h5py.File(tmp_path / "train_nmm.h5", "w") as f:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
@@ -58,12 +58,43 @@ class _CachedStore:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(T, R)`` of every clip, read from the first one."""
+        """``(T, R)`` of every clip (:meth:`learn_shape` when not known yet)."""
         if self._shape is None:
-            if len(self) == 0:
-                raise ValueError(f"{self}: holds no clips")
-            self._shape = tuple(self._read(0).shape)  # type: ignore[assignment]
+            self.learn_shape()
         return self._shape  # type: ignore[return-value]
+
+    def learn_shape(self, n_probe: int = 7) -> tuple[int, int]:
+        """``(T, R)`` of the clips: the most common shape of a few spread over the store.
+
+        Every clip is then checked against it (:meth:`get`), so a defect of the first
+        clip makes that clip unreadable (a missing clip, named) like the same defect
+        anywhere else, instead of setting the shape every other clip is compared with.
+
+        Raises
+        ------
+        ClipReadError
+            When none of the clips read can be read.
+        """
+        n = len(self)
+        if n == 0:
+            raise ValueError(f"{self}: holds no clips")
+        probe = np.unique(np.linspace(0, n - 1, min(n, n_probe)).round().astype(np.int64))
+        shapes, errors = [], []
+        for cid in probe:
+            try:
+                shapes.append(tuple(int(d) for d in self._read(int(cid)).shape))
+            except ClipReadError as exc:
+                errors.append(str(exc))
+        if not shapes:
+            raise ClipReadError(f"none of the {probe.size} clips read to learn T and R could be read: "
+                                + "; ".join(errors[:3]))
+        counts = Counter(shapes)
+        shape = counts.most_common(1)[0][0]
+        if len(counts) > 1:
+            logger.warning("%s: clips of shapes %s among %d read; using %s, the most common (the others count as "
+                           "unreadable)", self, dict(counts), len(shapes), shape)
+        self._shape = shape  # type: ignore[assignment]  (what get and the packed cache check against)
+        return shape  # type: ignore[return-value]
 
     @property
     def n_times(self) -> int:

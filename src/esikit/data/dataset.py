@@ -45,39 +45,8 @@ def resolve_forward(fwd: np.ndarray | str | PathLike, n_regions: int | None = No
 
 
 def learn_clip_shape(store: ClipStore, n_probe: int = 7) -> tuple[int, int]:
-    """``(T, R)`` of a store's clips: the most common shape of a few spread over it.
-
-    The store then checks every clip against it, so a defect of the first clip makes
-    that clip unreadable (a missing clip, named) like the same defect anywhere else,
-    instead of setting the shape every other clip is compared with.
-
-    Raises
-    ------
-    ClipReadError
-        When none of the clips read can be read.
-    """
-    from collections import Counter
-
-    n = len(store)
-    if n == 0:
-        raise ValueError(f"{store}: holds no clips")
-    probe = np.unique(np.linspace(0, n - 1, min(n, n_probe)).round().astype(np.int64))
-    shapes, errors = [], []
-    for cid in probe:
-        try:
-            shapes.append(tuple(int(d) for d in store._read(int(cid)).shape))
-        except ClipReadError as exc:
-            errors.append(str(exc))
-    if not shapes:
-        raise ClipReadError(f"none of the {probe.size} clips read to learn T and R could be read: "
-                            + "; ".join(errors[:3]))
-    counts = Counter(shapes)
-    shape = counts.most_common(1)[0][0]
-    if len(counts) > 1:
-        logger.warning("%s: clips of shapes %s among %d read; using %s, the most common (the others count as "
-                       "unreadable)", store, dict(counts), len(shapes), shape)
-    store._shape = shape  # type: ignore[union-attr]  (what ClipStore.get and the packed cache check against)
-    return shape
+    """``(T, R)`` of a store's clips, learnt afresh (:meth:`~esikit.data.clips.FolderClipStore.learn_shape`)."""
+    return store.learn_shape(n_probe)
 
 
 def find_clip_location(metadata_path: Path) -> Path:

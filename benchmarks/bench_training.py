@@ -18,7 +18,7 @@ paths better than the wall time.
 
 Usage::
 
-    python benchmarks/bench_training.py [--quick | --full] [--no-compile] [--tiny] [--json OUT]
+    python benchmarks/bench_training.py [--quick | --full] [--no-compile] [--tiny] [--threads N] [--json OUT]
 
 The default CPU run is a few steps per path (DeepSIF's network: batch 4, about 2 samples/s
 on 2 cores); ``--quick`` measures only the baselines and bf16; ``--full`` takes more steps.
@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     ap.add_argument("--batch", type=int, default=None, help="batch size for every network and device")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's; on a loaded machine 1 can be several times faster)")
     args, _ = ap.parse_known_args(argv)  # run_all.py may pass options meant for others
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(args)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1, default=str))

@@ -96,7 +96,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_option
-from ..head.configs import ClipIndex, SourceDrawer, source_counts
+from ..head.configs import PATCH_MODES, ClipIndex, SourceDrawer, source_counts
 from ..head.layout import DEEPSIF_PADDING
 from ..head.patches import as_adjacency, gaussian_magnitude, grow_patch
 from ..head.snr import deepsif_spike_window, find_alpha
@@ -396,7 +396,7 @@ def generate_metadata(
     fwd = np.asarray(anatomy.fwd if fwd is None else fwd, dtype=np.float64)
     if fwd.ndim != 2 or fwd.shape[1] != n_regions:
         raise ValueError(f"fwd has shape {fwd.shape}, expected (n_channels, {n_regions}) to match the anatomy")
-    check_option("patch_mode", patch_mode, ("deepsif", "grow"))
+    check_option("patch_mode", patch_mode, PATCH_MODES)
     source_options = source_counts(n_sources)
     n_src = max(source_options)
     levels = np.asarray(snr_levels_db, dtype=np.float64).reshape(-1)
@@ -476,7 +476,7 @@ def generate_metadata(
                 perms[v] = np.random.default_rng([int(seed), _PERMUTATION_TAG, v, 1]).permutation(n_centres)
             partner = int(centre_list[perms[v][cfg // n_variations]])
         p2 = drawer.second(patches[0], rng, partner) if k_src == 2 else None
-        n_fallback += k_src == 2 and p2 is None
+        n_fallback += int(k_src == 2 and p2 is None)
         cfg_patches[cfg] = patches if p2 is None else [*patches, p2]
     if n_fallback:
         logger.warning(

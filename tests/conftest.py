@@ -81,3 +81,27 @@ def array_fingerprint(arrays: dict) -> str:
 def fingerprint():
     """:func:`array_fingerprint`."""
     return array_fingerprint
+
+
+@pytest.fixture(scope="session")
+def ring_toy(tmp_path_factory):
+    """A 16-region toy dataset (:func:`esikit.data.toy.make_toy_dataset`) and a ring anatomy
+    over its regions, as an Anatomy (``anatomy``) and saved (``anatomy_path``): what the
+    dynamic mode needs."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from esikit.data.toy import make_toy_dataset
+    from esikit.head.anatomy import Anatomy
+
+    root = tmp_path_factory.mktemp("ring_toy")
+    toy = make_toy_dataset(root / "toy", n_regions=16, n_channels=8, n_times=100, n_train=8, n_test=4,
+                           clips_per_region=3, seed=3)
+    ring = sp.diags([1.0, 1.0], [1, -1], shape=(16, 16), dtype=float).tolil()
+    ring[0, 15] = ring[15, 0] = 1
+    anatomy = Anatomy(name="ring", fwd=toy["fwd"], channel_names=[f"E{i}" for i in range(8)],
+                      centres=np.c_[np.cos(np.arange(16)), np.sin(np.arange(16)), np.zeros(16)] * 50,
+                      adjacency=ring.tocsr(), weights=np.zeros((16, 16)), tract_lengths=np.zeros((16, 16)),
+                      node_of_region=np.arange(16), region_labels=[str(i) for i in range(16)])
+    anatomy.save(root / "ring.npz")
+    return {**toy, "anatomy": anatomy, "anatomy_path": root / "ring.npz"}

@@ -7,8 +7,6 @@ import pytest
 from esikit.commands.train import build_loaders
 from esikit.config import KEYS, ConfigError
 
-from ..data.test_loaders import toy  # noqa: F401 - the 16-region toy data and its ring anatomy
-
 
 def _cfg(toy, **kw):
     cfg = {name: key.default for name, key in KEYS.items()}
@@ -19,8 +17,8 @@ def _cfg(toy, **kw):
     return cfg
 
 
-def test_dynamic_mode_passes_every_dataset_option(toy):  # noqa: F811
-    cfg = _cfg(toy, SYNTHESIS="reference", MISSING_CLIPS="drop", NMM_PER_REGION=3, CLIP_RESOLUTION="formula",
+def test_dynamic_mode_passes_every_dataset_option(ring_toy):
+    cfg = _cfg(ring_toy, SYNTHESIS="reference", MISSING_CLIPS="drop", NMM_PER_REGION=3, CLIP_RESOLUTION="formula",
                NORMALIZE=False, DYNAMIC_SNR_RANGE=(7.0, 9.0), DYNAMIC_N_SOURCES=(1,))
     _, _, _, info = build_loaders(cfg)
     for name in ("train_dataset", "val_dataset", "test_dataset"):
@@ -32,8 +30,8 @@ def test_dynamic_mode_passes_every_dataset_option(toy):  # noqa: F811
     assert train.snr_range_db == (7.0, 9.0) and train.n_sources_options == (1,) and train.patch_size_range == (1, 3)
 
 
-def test_dynamic_mode_needs_clips_and_anatomy(toy, tmp_path):  # noqa: F811
+def test_dynamic_mode_needs_clips_and_anatomy(ring_toy, tmp_path):
     with pytest.raises(ConfigError, match="NMM_SPIKES_DIR"):
-        build_loaders(_cfg(toy, NMM_SPIKES_DIR=None))
+        build_loaders(_cfg(ring_toy, NMM_SPIKES_DIR=None))
     with pytest.raises(ConfigError, match="ANATOMY"):
-        build_loaders(_cfg(toy, ANATOMY=None, FWD_MATRIX_PATH=tmp_path / "leadfield.mat"))
+        build_loaders(_cfg(ring_toy, ANATOMY=None, FWD_MATRIX_PATH=tmp_path / "leadfield.mat"))

@@ -118,8 +118,13 @@ def test_probe_training_rate_tiny_network(caplog):
                                     n_channels=8, n_regions=16, n_times=20)
     finally:
         torch.set_num_threads(previous)
-    assert r["samples_per_s"] > 0 and r["batch_size"] == tpl.PROBE_CPU_MAX_BATCH and r["steps"] == tpl.PROBE_STEPS
+    # a tiny network's steps fit the budget: measured again at the training's own batch
+    assert r["samples_per_s"] > 0 and r["batch_size"] == 64 and r["steps"] == tpl.PROBE_STEPS
     assert r["device"] == "cpu" and r["amp"] is None and r["model"] == "deepsif"
+    # no budget for the bigger batch: the small one stands
+    slow = tpl.probe_training_rate("deepsif", {"n_hidden": 8}, gpu=False, batch_size=64, n_channels=8, n_regions=16,
+                                   n_times=10, max_s=0.0)
+    assert slow["batch_size"] == tpl.PROBE_CPU_MAX_BATCH and slow["steps"] == 1
     assert tpl.probe_training_rate("deepsif", {"n_hidden": 8}, gpu=False, batch_size=2, n_channels=8, n_regions=16,
                                    n_times=10)["batch_size"] == 2
     with caplog.at_level("WARNING"):
@@ -134,10 +139,11 @@ def test_plan_stage_probes_the_sizes_network_and_deepsifs(tmp_path, monkeypatch)
     real = tpl.probe_training_rate
     probed = []
 
-    def tiny_probe(model, kwargs, *, gpu, batch_size):  # the real probe on a tiny shape
+    def tiny_probe(model, kwargs, *, gpu, batch_size):  # the real probe on a tiny shape, no time for more
         probed.append((model, kwargs, gpu, batch_size))
         small = {"n_hidden": 8, "n_lstm_layers": 1} if model == "deepsif" else {"n_hidden": 8, "n_blocks": 1}
-        return real(model, small, gpu=gpu, batch_size=batch_size, n_channels=8, n_regions=16, n_times=20)
+        return real(model, small, gpu=gpu, batch_size=batch_size, n_channels=8, n_regions=16, n_times=20,
+                    max_s=0.0)
 
     monkeypatch.setattr(tpl, "probe_training_rate", tiny_probe)
     (tmp_path / "anat").mkdir()

@@ -68,7 +68,8 @@ def test_plan_too_big_asks_for_yes_unless_cluster_or_gpu_unknown():
 
 def _probe(rate, device="cpu", batch=4, amp=None):
     return {"samples_per_s": rate, "s_per_step": batch / rate, "warmup_s": 1.0, "cpu_s_per_step": 1.0,
-            "batch_size": batch, "steps": 2, "device": device, "amp": amp, "compile": False, "model": "x"}
+            "batch_size": batch, "steps": 2, "device": device, "threads": 2, "amp": amp, "compile": False,
+            "model": "x"}
 
 
 def test_build_plan_trains_at_the_measured_rate_and_gives_deepsif_schedule_hours():
@@ -84,7 +85,7 @@ def test_build_plan_trains_at_the_measured_rate_and_gives_deepsif_schedule_hours
     assert ds["samples"] == pytest.approx(994 * 192 * 0.9 * 20)
     assert ds["wall_s"] == pytest.approx(994 * 192 * 0.9 * 20 / 0.5)
     text = "\n".join(tpl.format_template_plan(plan))
-    assert "training rate: 4.00 samples/s (measured here: 2 steps of batch 4 on cpu, float32)" in text
+    assert "training rate: 4.00 samples/s (measured here: 2 steps of batch 4 on cpu (2 threads), float32)" in text
     assert f"DeepSIF's own schedule (20 epochs x {994 * 192 * 0.9:,.0f} samples, batch 64) on cpu: " \
            f"{ds['wall_s'] / 3600:,.1f} hours at 0.50 samples/s" in text
     # the probe failed: the CPU constant, said so; on a GPU nothing to fall back on

@@ -246,8 +246,9 @@ def probe_training_rate(model: str, model_kwargs: dict | None = None, *, gpu: bo
 def _rate(model: str, gpu: bool, probe: dict[str, Any] | None) -> tuple[float | None, str]:
     """Training samples/s and where the number comes from: the probe, else the CPU constant."""
     if probe is not None and probe.get("samples_per_s"):
+        threads = f" ({probe['threads']} threads)" if probe.get("device") == "cpu" and probe.get("threads") else ""
         return float(probe["samples_per_s"]), (f"measured here: {probe['steps']} steps of batch "
-                                              f"{probe['batch_size']} on {probe['device']}, "
+                                              f"{probe['batch_size']} on {probe['device']}{threads}, "
                                               f"{probe.get('amp') or 'float32'}")
     if gpu:
         return None, "not measured (the probe failed)"

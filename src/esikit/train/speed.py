@@ -266,7 +266,8 @@ def measure_training_speed(model: nn.Module, *, batch_size: int, n_times: int = 
         ``samples_per_s``, ``s_per_step``, ``warmup_s`` (wall seconds of the warm-up steps),
         ``cpu_s_per_step`` (this process's CPU seconds per step, all threads: on a shared
         machine it compares paths better than the wall time),
-        ``batch_size``, ``steps``, ``device``, ``amp`` (dtype name or None), ``compile``.
+        ``batch_size``, ``steps``, ``device``, ``threads`` (torch's CPU threads), ``amp`` (dtype
+        name or None), ``compile``.
     """
     import copy
 
@@ -301,5 +302,6 @@ def measure_training_speed(model: nn.Module, *, batch_size: int, n_times: int = 
     return {"samples_per_s": steps * batch_size / wall, "s_per_step": wall / steps, "warmup_s": warm_s,
             "cpu_s_per_step": cpu / steps,
             "batch_size": int(batch_size), "steps": int(steps), "device": str(device),
+            "threads": torch.get_num_threads(),
             "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None,
             "compile": bool(compile)}

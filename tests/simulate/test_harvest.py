@@ -10,6 +10,7 @@ import pytest
 from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.distributed import harvest_clips
 from esikit.simulate.spikes import ClipStream, find_spike_times, select_clips
+from tests.simulate.test_distributed import clip_fingerprints
 
 REGIONS = [0, 1, 3, 48]
 KW = dict(clips_per_region=2, regions=REGIONS, settings=(0,), chunk_s=2.0, max_simulated_s=8.0,
@@ -110,6 +111,9 @@ def test_first_rerun_after_kill_completes(tmp_path, monkeypatch):
     anat = load_default_anatomy()
     ref = harvest_clips(anat, tmp_path / "ref" / "nmm_spikes", **KILL_KW)
     assert ref["complete"] and ref["capped_variants"] == []
+    # recorded before issue 11 (one driver): the K-clip harvest's clips do not change
+    assert clip_fingerprints(tmp_path / "ref" / "nmm_spikes") == {
+        "a3/nmm_1.mat": "fc49425083118ac2", "a48/nmm_1.mat": "7a0b9e6ad88ac448"}
     out = tmp_path / "run" / "nmm_spikes"
     _fail_after(monkeypatch, 0, 2, 4)
     with pytest.raises(RuntimeError, match="killed after writing"):
@@ -291,3 +295,57 @@ def test_harvested_clips_are_those_of_the_whole_recording(tmp_path):
         # other regions untouched; the excited region rescaled around its spike only
         np.testing.assert_array_equal(clip[:, others], nmm[s0:s0 + 500, others])
         assert np.corrcoef(clip[:, region], nmm[s0:s0 + 500, region])[0, 1] > 0.5
+
+
+#: sha256 (16 hex digits) of every array of the chain checkpoints (chunks 2 and 3) of
+#: (regions [3, 48], setting 2, seed 5), recorded before issue 11: a harvest started with
+#: the code of that time resumes from its checkpoints with this code to the same clips.
+CHECKPOINTS = {
+    "chunk_000002.npz": {
+        "A": "b9dcdfad4b9ddeb7", "format": "d20cf7210800e218", "found": "374708fff7719dd5",
+        "regions": "9e16d07585a491a6", "ring": "b6e5413a53e8a3a7", "s0_buf": "1edc2eafcdb1d3a1",
+        "s0_ints": "1154633d721f84ec", "s0_peak_r": "35be322d094f9d15", "s0_peak_t": "8cafaef4f372c4af",
+        "s0_pending": "8cafaef4f372c4af", "s1_buf": "52b843fff75533b7", "s1_ints": "e6805ea185c39c5f",
+        "s1_peak_r": "e3b0c44298fc1c14", "s1_peak_t": "e3b0c44298fc1c14", "s1_pending": "e3b0c44298fc1c14",
+        "step": "09e971d8fb56c004", "y": "5be7781dc0dac4d6"},
+    "chunk_000003.npz": {
+        "A": "d8ea8e51a6009ff5", "format": "d20cf7210800e218", "found": "af5570f5a1810b7a",
+        "regions": "4779cee98e83f1a1", "ring": "7dfe0684af18ffda", "s0_buf": "c13c41f7347b2081",
+        "s0_ints": "0f02778b6c8fe80f", "s0_peak_r": "e3b0c44298fc1c14", "s0_peak_t": "e3b0c44298fc1c14",
+        "s0_pending": "e3b0c44298fc1c14", "step": "738bef8fedbaa70e", "y": "bcaad26d2c1d6475"},
+}
+
+
+def test_chunk_tasks_and_checkpoints_bit_identical(tmp_path):
+    """The task function with the spec today's running harvests send: same files, same bytes."""
+    import dataclasses
+    import hashlib
+
+    from esikit.io import load_mat_file
+    from esikit.simulate.harvest import run_chunk_task
+    from esikit.simulate.nmm import JansenRitParams
+
+    def sha(a):
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+    work = tmp_path / ".harvest"
+    work.mkdir()
+    load_default_anatomy().save(work / "anatomy.npz")
+    # exactly the keys distributed.harvest_clips sent before issue 11
+    spec = dict(work_dir=str(work), anatomy=str(work / "anatomy.npz"), batch=0, regions=[3, 48],
+                setting=2, seed=5, params=dataclasses.asdict(JansenRitParams()), chunk_s=2.0, share=1,
+                max_chunks=6, backend="numba", block=16, dt_ms=0.5, target_snr_db=15.0)
+    results = [run_chunk_task(dict(spec, chunk=c)) for c in range(4)]
+    assert [r["new_clips"] for r in results] == [0, 0, 0, 1]
+    assert results[3]["finished"] == {3: {"clips": 1, "simulated_s": 8.0, "capped": False}}
+    chain = work / "chains" / "b00000_s2"
+    got = {}
+    for p in sorted(chain.glob("chunk_*.npz")):
+        with np.load(p, allow_pickle=False) as z:
+            got[p.name] = {k: sha(z[k]) for k in sorted(z.files)}
+    assert got == CHECKPOINTS
+    assert [json.loads((chain / f"finished_{c:06d}.json").read_text()) for c in range(4)] == [
+        {}, {}, {}, {"3": {"clips": 1, "simulated_s": 8.0, "capped": False}}]
+    staged = sorted((work / "clips").rglob("*.mat"))
+    assert [str(p.relative_to(work / "clips")) for p in staged] == ["a3/s2_c000003_000.mat"]
+    assert sha(load_mat_file(staged[0])["data"]) == "fc49425083118ac2"

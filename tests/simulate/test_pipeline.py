@@ -50,6 +50,27 @@ def test_layout_and_summary(small_dataset):
     assert set(centres[centres != 15213].astype(int)) <= with_clips
 
 
+#: sha256 (first 16 hex digits) of every clip's ``data`` of the small dataset (2 Dask worker
+#: processes), recorded with the per-region driver esikit had before issue 11: the clips of
+#: ``--duration`` must not change when the code that makes them does.
+SMALL_DATASET_CLIPS = {
+    "a10/nmm_1.mat": "e6d9d78d2b498a31", "a10/nmm_2.mat": "56b3a51fc4958f16",
+    "a48/nmm_1.mat": "29af7dc815044544", "a48/nmm_2.mat": "96851d99e90e703b",
+    "a48/nmm_3.mat": "23536c2e7ae1d504", "a60/nmm_1.mat": "2ffd89314ab3086b",
+}
+
+
+def test_clips_bit_identical_to_recorded(small_dataset):
+    from tests.simulate.test_distributed import clip_fingerprints
+
+    out, summary = small_dataset
+    assert clip_fingerprints(out / "source" / "nmm_spikes") == SMALL_DATASET_CLIPS
+    spikes = summary["spikes"]
+    assert spikes["peaks_per_region_and_setting"] == {"10": [1, 0, 1], "48": [1, 0, 2], "60": [1, 0, 0]}
+    alpha = spikes["alpha_per_region_and_setting"]
+    assert alpha["48"][1] is None and alpha["48"][2] == pytest.approx(14.163165703097444, rel=1e-12)
+
+
 def test_loads_through_dataset(small_dataset):
     data = pytest.importorskip("esikit.data", reason="esikit.data (the lead's package) not present")
     out, summary = small_dataset

@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 
 from esikit.io import load_mat_file
-from esikit.head.anatomy import load_default_anatomy
 from esikit.simulate.spikes import (
     CLIP_LENGTH,
     ClipStream,
-    downsample_raw,
     find_spike_times,
-    make_spike_clips,
     rescale_spike_channel,
+    save_clip,
     select_clips,
     spike_alpha,
-    write_clip,
 )
 
 
@@ -33,14 +30,6 @@ def _traces(n, peaks, n_regions=3, base=1.0):
     for t, r, amp in peaks:
         x[:, r] += _bump(n, t, amp)
     return x
-
-
-def test_downsample_raw():
-    raw = np.arange(2000 * 3, dtype=float).reshape(2000, 3)
-    out = downsample_raw(raw, node_of_region=np.array([2, 0]))
-    assert out.shape == (250, 2)
-    np.testing.assert_array_equal(out[:, 0], raw[1000::4, 2])  # MATLAB all_data(1001:end) then downsample
-    np.testing.assert_array_equal(out[:, 1], raw[1000::4, 0])
 
 
 def test_find_spike_times_rules():
@@ -135,43 +124,13 @@ def test_rescale_spike_channel():
     np.testing.assert_allclose(rescale_spike_channel(nmm, 1, np.array([600]), 1.0), nmm)
 
 
-def test_write_clip_atomic(tmp_path):
+def test_save_clip_atomic(tmp_path):
     clip = np.arange(500 * 4, dtype=np.float64).reshape(500, 4)
-    path = write_clip(tmp_path, 3, clip)
-    assert path.name == "nmm_3.mat"
+    path = save_clip(tmp_path / "nmm_3.mat", clip)
     data = load_mat_file(path)["data"]
     assert data.dtype == np.float32 and data.shape == (500, 4)
     np.testing.assert_array_equal(data, clip.astype(np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nmm_3.mat"]
-
-
-def test_make_spike_clips_resumable(tmp_path):
-    anat = load_default_anatomy()
-    out = tmp_path / "nmm_spikes"
-    kw = dict(regions=[48], duration_s=12.0, settings=(2,), seed=3, n_workers=1, progress=False)
-    res = make_spike_clips(anat, out, **kw)[48]
-    assert not res.skipped and res.n_clips >= 1
-    files = sorted((out / "a48").glob("nmm_*.mat"))
-    assert len(files) == res.n_clips
-    clip = load_mat_file(files[0])["data"]
-    assert clip.shape == (500, 76) and clip.dtype == np.float32
-    # the spike is in region 48, rescaled above the 8 mV detection level
-    assert clip[:, 48].max() > 8 and clip[:, 48].max() > np.delete(clip, 48, axis=1).max()
-    info = json.loads((out / "a48" / ".done").read_text())
-    assert info["n_clips"] == res.n_clips and info["settings"] == [2]
-
-    mtimes = {p: p.stat().st_mtime_ns for p in (out / "a48").iterdir()}
-    again = make_spike_clips(anat, out, **kw)[48]
-    assert again.skipped and again.n_clips == res.n_clips
-    assert {p: p.stat().st_mtime_ns for p in (out / "a48").iterdir()} == mtimes
-
-    # An interrupted region (no marker, a stale extra clip) is redone from scratch.
-    (out / "a48" / ".done").unlink()
-    write_clip(out / "a48", 99, np.zeros((500, 76)))
-    redo = make_spike_clips(anat, out, **kw)[48]
-    assert not redo.skipped and redo.n_clips == res.n_clips
-    assert not (out / "a48" / "nmm_99.mat").exists()
-    np.testing.assert_array_equal(load_mat_file(files[0])["data"], clip)  # same seed, same clip
 
 
 def _random_recording(rng, n_regions=4):
@@ -195,7 +154,7 @@ def test_stream_rules_equal_batch_rules():
         times, regions = find_spike_times(x)
         spikes, starts = select_clips(times, regions, 0, len(x))
         stream, got, pos = ClipStream(region=0), [], 0
-        whole = rng.random() < 0.25  # make_region_clips feeds the whole recording at once
+        whole = rng.random() < 0.25  # the "duration" mode feeds the whole recording at once
         while pos < len(x):
             m = len(x) if whole else int(rng.integers(1, 900))
             for t, block, ctx, c0 in stream.feed(x[pos:pos + m], final=pos + m >= len(x)):

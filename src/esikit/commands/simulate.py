@@ -71,7 +71,8 @@ def add_parsers(subparsers) -> None:
                    help="DeepSIF noise settings to run, e.g. '0,1,2' (0: mu 0.087, 1: 0.08 x1.7 "
                         "noise, 2: 0.083 x1.5 noise)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (None: all available CPUs)")
+                   help="worker processes of the local Dask cluster (None: all available CPUs; "
+                        "1: no cluster, in this process)")
     p.add_argument("--n-train", type=int, default=DEMO_N_TRAIN,
                    help="samples in train_sample_source1.mat (0: DeepSIF's full design)")
     p.add_argument("--n-test", type=int, default=DEMO_N_TEST,

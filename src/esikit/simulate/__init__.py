@@ -1,10 +1,11 @@
 """Simulation of DeepSIF-style training data.
 
 The Jansen-Rit network simulation (:mod:`.nmm`, one integrator for batches of
-excited-region variants), spike clips (:mod:`.spikes`; harvested
-adaptively in :mod:`.harvest`, on Dask in :mod:`.distributed`, planned in :mod:`.plan`), DeepSIF
-metadata (:mod:`.metadata`) and the whole dataset in one call (:mod:`.pipeline`,
-``esikit simulate``).
+excited-region variants), DeepSIF's spike and clip rules (:mod:`.spikes`), the one task
+that simulates a chunk and cuts its clips (:mod:`.harvest`) and the one driver that runs
+it for a fixed duration, for K clips per region or for a plan's pilot, on Dask or in this
+process (:mod:`.distributed`, :mod:`.plan`), DeepSIF metadata (:mod:`.metadata`) and the
+whole dataset in one call (:mod:`.pipeline`, ``esikit simulate``).
 """
 
 from ..head.anatomy import (
@@ -14,7 +15,7 @@ from ..head.anatomy import (
     load_default_anatomy,
     region_adjacency_from_mesh,
 )
-from .distributed import HarvestConfig, harvest_clips, plot_clips_histogram
+from .distributed import HarvestConfig, harvest_clips, make_spike_clips, plot_clips_histogram
 from .harvest import run_chunk_task
 from .metadata import (
     generate_metadata,
@@ -40,10 +41,7 @@ from .spikes import (
     CLIP_LENGTH,
     ClipStream,
     RegionClipResult,
-    downsample_raw,
     find_spike_times,
-    make_region_clips,
-    make_spike_clips,
     rescale_spike_channel,
     select_clips,
     spike_alpha,
@@ -71,7 +69,6 @@ __all__ = [
     "RegionClipResult",
     "candidate_patches",
     "dataset_paths",
-    "downsample_raw",
     "find_alpha",
     "find_spike_times",
     "generate_metadata",
@@ -84,7 +81,6 @@ __all__ = [
     "load_default_anatomy",
     "make_dataset",
     "make_metadata_files",
-    "make_region_clips",
     "make_spike_clips",
     "peak_windows",
     "pick_second_patch",

@@ -1,36 +1,54 @@
-"""Adaptive clip harvesting: simulate in chunks, cut clips as they appear, stop when enough.
+"""The task of every clip run: simulate a chunk, cut clips as they appear, stop by a rule.
 
-Spikes are rare at DeepSIF's settings (~0.1 per simulated second in the excited region),
-so the clip count wanted, not the number of regions, sets the cost of a dataset. Here
-each variant (excited region, noise setting) is simulated chunk by chunk; after every
-chunk DeepSIF's spike rules (:mod:`esikit.simulate.spikes`) are applied to the stream,
-clips are written as soon as they are certain, and a variant stops once it has its
-share of the clips wanted (or at a cap of simulated time). No raw simulation is kept.
+One function, :func:`run_chunk_task`, simulates one chunk of a batch of variants
+(excited region, noise setting), applies DeepSIF's spike rules
+(:mod:`esikit.simulate.spikes`) to the stream and writes the clips found. The driver
+(:mod:`esikit.simulate.distributed`) runs it on Dask or in this process for the three
+uses: ``esikit simulate --duration`` (and the demo), ``--clips-per-region K`` (and
+``esikit template``), and the pilot of ``--plan`` (:mod:`esikit.simulate.plan`). A spec's
+``mode`` picks the stop rule:
+
+``"clips"`` (default): K clips or a cap
+    Spikes are rare at DeepSIF's settings (~0.1 per simulated second in the excited
+    region), so the clip count wanted, not the number of regions, sets the cost of a
+    dataset. Each variant runs chunk after chunk until it has its share of the clips
+    (``share``) or reaches ``max_chunks``; no raw simulation is kept.
+``"duration"``: a fixed simulated time
+    The whole recording (``chunk_s`` seconds, the transient included) in one chunk, as
+    DeepSIF ran TVB. This is the demo's mode and keeps its numbers: the exact numba
+    kernel (``block=1``), and one generator ``default_rng([seed, region, setting])`` that
+    draws the initial history and then the noise.
 
 Streaming the rules exactly
-    :class:`~esikit.simulate.spikes.ClipStream` keeps the last few seconds of the downsampled activity and the
-    spike peaks that can still matter. A peak's clip is decided once the recording
-    reaches 1000 samples past its block start: by then every peak that could veto it
-    (``block - 200 .. block + 699``) is known and clear of the end margin, so the
-    decision is the one :func:`~esikit.simulate.spikes.find_spike_times` and
-    :func:`~esikit.simulate.spikes.select_clips` take on the whole recording of any
+    :class:`~esikit.simulate.spikes.ClipStream` keeps the last few seconds of the
+    downsampled activity and the spike peaks that can still matter. A peak's clip is
+    decided once the recording reaches 1000 samples past its block start: by then every
+    peak that could veto it (``block - 200 .. block + 699``) is known and clear of the
+    end margin, so the decision is the one :func:`~esikit.simulate.spikes.find_spike_times`
+    and :func:`~esikit.simulate.spikes.select_clips` take on the whole recording of any
     final length. When a variant stops, the remaining peaks are decided with the
     recording's final length. The clips are exactly those of the batch rules on the
     concatenated recording (tested).
 
 Rescaling (DeepSIF's 15 dB ``find_alpha``)
     DeepSIF computes one factor per simulation from all its kept spikes and removes the
-    temporal mean of the whole recording; a stream cannot wait for all spikes, so each
-    clip's factor and mean come from its own spike and the 1500 samples around its
-    block (``block - 500 .. block + 1000``). This is the only departure from
-    ``process_raw_nmm.m``.
+    temporal mean of the whole recording. The ``"duration"`` mode has the whole
+    recording in one task and does exactly that
+    (:func:`~esikit.simulate.spikes.spike_alpha` over every kept spike, then
+    :func:`~esikit.simulate.spikes.rescale_spike_channel`). The ``"clips"`` mode cannot:
+    its stop rule counts clips already written, so a clip must be final before the
+    recording ends (and the recording, of unknown length, is never held whole); each
+    clip's factor and mean come from its own spike and the 1500 samples around its block
+    (``block - 500 .. block + 1000``, :func:`~esikit.simulate.spikes.scale_clip`). This
+    is its only departure from ``process_raw_nmm.m``; deferring the scaling to the end
+    of a variant would also change the clips of harvests already on disk.
 
-Tasks and seeds
-    Variants are integrated in batches (:class:`esikit.simulate.nmm.BatchIntegrator`). A task is one
-    chunk of one (region batch, setting); variant ``(region, setting)`` draws its initial
-    history from ``default_rng([seed, region, setting, 0])`` and the noise of chunk
-    ``c`` from ``default_rng([seed, region, setting, c + 1])``. As the kernel treats the
-    variants of a batch independently, the output does not depend on the batch size,
+Tasks and seeds (``"clips"``)
+    Variants are integrated in batches (:class:`esikit.simulate.nmm.BatchIntegrator`). A
+    task is one chunk of one (region batch, setting); variant ``(region, setting)`` draws
+    its initial history from ``default_rng([seed, region, setting, 0])`` and the noise of
+    chunk ``c`` from ``default_rng([seed, region, setting, c + 1])``. As the kernel treats
+    the variants of a batch independently, the output does not depend on the batch size,
     the number of workers or on restarts. Each task reads the previous chunk's
     checkpoint and writes its own atomically, so a crashed run resumes from the last
     finished chunk of every batch.
@@ -41,7 +59,8 @@ Checkpoints
     field by field, so a file anyone can write into the (shared) folder cannot run code;
     a malformed one raises :class:`CheckpointError` and the driver recomputes the chain.
     A task keeps the previous chunk's checkpoint, so a retried task redoes its chunk
-    from it and writes the same files again.
+    from it and writes the same files again. Clips wait in
+    ``clips/a{region}/s{setting}_c{chunk}_{j}.mat`` until their region is complete.
 """
 
 from __future__ import annotations
@@ -55,64 +74,32 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_option
 from ..io.atomic import atomic_output
-from .nmm import (
-    NOISE_BLOCK, BatchIntegrator, JansenRitParams, NetworkStructure, draw_initial_history, draw_noise,
-    excited_A, network_structure)
-from .spikes import ClipStream, DISCARD_RAW, DOWNSAMPLE, save_clip, scale_clip, write_json
+from .nmm import BatchIntegrator, JansenRitParams, network_structure
+from .spikes import (
+    CLIP_LENGTH, DISCARD_RAW, DOWNSAMPLE, ClipStream, rescale_spike_channel, save_clip, scale_clip,
+    spike_alpha, write_json)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
+    "MODES",
     "chain_dir",
-    "integrate_chunk",
     "read_checkpoint",
     "run_chunk_task",
-    "start_variants",
     "variant_seed",
     "write_checkpoint",
 ]
 
+#: Stop rules of :func:`run_chunk_task` (see the module docstring).
+MODES = ("clips", "duration")
+
+
 def variant_seed(seed: int, region: int, setting: int, chunk: int) -> list[int]:
     """Entropy of the random stream of one chunk of one variant (chunk -1: initial history)."""
     return [int(seed), int(region), int(setting), int(chunk) + 1]
-
-
-# --------------------------------------------------------------------------- variants
-def start_variants(structure: NetworkStructure, params: JansenRitParams, regions: list[int],
-                   node_of_region: np.ndarray, setting: int, seed: int, dt_ms: float = 0.5,
-                   backend: str = "numba", block: int = 16) -> BatchIntegrator:
-    """The integrator of variants ``(region, setting)`` at step 0.
-
-    Each variant's initial history comes from ``variant_seed(seed, region, setting, -1)``
-    and its node ``node_of_region[region]`` is the excited one; ``params`` has the
-    setting applied.
-    """
-    history = np.stack([draw_initial_history(np.random.default_rng(
-        variant_seed(seed, r, setting, -1)), structure.horizon, structure.n_nodes) for r in regions])
-    A = excited_A(structure.n_nodes, [int(node_of_region[r]) for r in regions], params)
-    return BatchIntegrator(structure, A, params, history, dt_ms, backend, block=block)
-
-
-def integrate_chunk(integ: BatchIntegrator, regions: list[int], seed: int, setting: int,
-                    chunk: int, steps: int) -> np.ndarray:
-    """Integrate chunk ``chunk`` (``steps`` steps) of the variants of ``integ``.
-
-    Variant ``region`` draws the chunk's noise from ``variant_seed(seed, region, setting,
-    chunk)``, so its trajectory depends neither on the batch nor on where chunks run.
-
-    Returns
-    -------
-    ndarray, shape (B, steps // DOWNSAMPLE, n_nodes), float32
-        ``y1 - y2`` at 500 Hz [mV].
-    """
-    rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
-    pieces, buf = [], None
-    for s0 in range(0, steps, NOISE_BLOCK):  # noise into one reused buffer
-        buf = draw_noise(rngs, min(NOISE_BLOCK, steps - s0), integ.structure.n_nodes, out=buf)
-        pieces.append(integ.advance(buf, record_every=DOWNSAMPLE, out_dtype=np.float32))
-    return np.concatenate(pieces, axis=1)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -277,7 +264,9 @@ def run_chunk_task(spec: dict) -> dict:
         ``params`` (dict of :class:`JansenRitParams` fields, setting applied here),
         ``chunk_s`` (simulated seconds per chunk), ``share`` (clips wanted per variant),
         ``max_chunks`` (cap per variant), ``backend``, ``block``, ``dt_ms``,
-        ``target_snr_db``.
+        ``target_snr_db``, and ``mode`` (:data:`MODES`, default ``"clips"``; in the
+        ``"duration"`` mode ``chunk_s`` is the whole recording, ``share``, ``max_chunks``
+        and ``block`` are unused).
 
     Returns
     -------
@@ -285,11 +274,14 @@ def run_chunk_task(spec: dict) -> dict:
         ``batch``, ``setting``, ``chunk``, ``n_active`` (variants simulated),
         ``new_clips``, ``simulated_s`` (network-seconds simulated), ``finished``
         (per-region stats of the variants that stopped: ``clips``, ``simulated_s``,
-        ``capped``), ``done`` (the chain is complete), ``wall_s``.
+        ``capped``; in the ``"duration"`` mode also ``peaks`` (peaks of the region
+        passing DeepSIF's peak rules), ``alpha`` (the recording-wide factor, None
+        without clips) and ``wall_s``), ``done`` (the chain is complete), ``wall_s``.
     """
     t_start = time.perf_counter()
     work = Path(spec["work_dir"])
     batch, setting, chunk = int(spec["batch"]), int(spec["setting"]), int(spec["chunk"])
+    whole = check_option("mode", spec.get("mode", "clips"), MODES) == "duration"
     cdir = chain_dir(work, batch, setting)
     cdir.mkdir(parents=True, exist_ok=True)
     anat = _load_work_anatomy(spec["anatomy"])
@@ -299,15 +291,23 @@ def run_chunk_task(spec: dict) -> dict:
     n_nodes = structure.n_nodes
     node_of_region = anat["node_of_region"]
     seed = int(spec["seed"])
+    snr_db = float(spec["target_snr_db"])
     steps = int(round(float(spec["chunk_s"]) * 1000.0 / dt_ms))
-    if steps % DOWNSAMPLE:
+    if whole and chunk != 0:
+        raise ValueError(f"Invalid value for 'chunk': the 'duration' mode simulates the whole "
+                         f"recording in chunk 0, got {chunk!r}.")
+    if not whole and steps % DOWNSAMPLE:
         raise ValueError(f"Invalid value for 'chunk_s': expected a multiple of "
                          f"{DOWNSAMPLE * dt_ms / 1000} s, got {spec['chunk_s']!r}.")
 
     if chunk == 0:
         regions = [int(r) for r in spec["regions"]]
-        integ = start_variants(structure, params, regions, node_of_region, setting, seed, dt_ms,
-                               spec["backend"], int(spec.get("block", 16)))
+        # "duration": one generator per variant draws the initial history, then the noise
+        rngs = [np.random.default_rng([seed, r, setting] if whole else variant_seed(seed, r, setting, -1))
+                for r in regions]
+        integ = BatchIntegrator.start(structure, params, [int(node_of_region[r]) for r in regions], rngs,
+                                      dt_ms, spec["backend"], 1 if whole else int(spec.get("block", 16)),
+                                      exact=whole)
         streams = [ClipStream(region=r) for r in regions]
         found = [0] * len(regions)
     else:
@@ -317,30 +317,37 @@ def run_chunk_task(spec: dict) -> dict:
         integ = BatchIntegrator.from_state(structure, params, state, dt_ms, spec["backend"],
                                            block=int(spec.get("block", 16)))
 
-    rec = integrate_chunk(integ, regions, seed, setting, chunk, steps)
+    if not whole:  # each chunk its own streams: the output depends on no batch and no restart
+        rngs = [np.random.default_rng(variant_seed(seed, r, setting, chunk)) for r in regions]
+    rec = integ.integrate(rngs, steps, DOWNSAMPLE, np.float32)  # (B, ceil(steps / 4), n_nodes)
     first = chunk * steps // DOWNSAMPLE  # downsampled index of rec[:, 0]
     skip = max(0, DISCARD_RAW // DOWNSAMPLE - first)
 
-    share, max_chunks = int(spec["share"]), int(spec["max_chunks"])
-    capped_now = chunk + 1 >= max_chunks
+    capped_now = whole or chunk + 1 >= int(spec["max_chunks"])
     new_clips, finished, keep = 0, {}, []
     for b, (r, stream) in enumerate(zip(regions, streams)):
         rows = rec[b, skip:][:, node_of_region]
         decided = stream.feed(rows, final=capped_now)
+        if whole:
+            clips, alpha = _recording_clips(rows, decided, r, anat["fwd"], snr_db)
+        else:  # up to the variant's share, each scaled around its own spike
+            clips = (scale_clip(ctx, c0, peak, block, r, anat["fwd"], snr_db)[0]
+                     for peak, block, ctx, c0 in decided[:max(0, int(spec["share"]) - found[b])])
         j = 0
-        for peak, block, ctx, c0 in decided:
-            if found[b] >= share:
-                break
-            clip, _ = scale_clip(ctx, c0, peak, block, r, anat["fwd"], float(spec["target_snr_db"]))
+        for clip in clips:
             path = staged_clip_path(work, r, setting, chunk, j)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_clip(path, clip)
             j += 1
-            found[b] += 1
+        found[b] += j
         new_clips += j
-        if found[b] >= share or capped_now:
+        if whole:
+            finished[r] = {"clips": j, "simulated_s": steps * dt_ms / 1000.0, "capped": False,
+                           "peaks": int(stream.n_peaks), "alpha": alpha if np.isfinite(alpha) else None,
+                           "wall_s": (time.perf_counter() - t_start) / len(regions)}
+        elif found[b] >= int(spec["share"]) or capped_now:
             finished[r] = {"clips": int(found[b]), "simulated_s": (chunk + 1) * steps * dt_ms / 1000.0,
-                           "capped": bool(found[b] < share)}
+                           "capped": bool(found[b] < int(spec["share"]))}
         else:
             keep.append(b)
     # finished variants of this chunk are recorded with the chain: append-only per chunk
@@ -361,6 +368,38 @@ def run_chunk_task(spec: dict) -> dict:
     return {"batch": batch, "setting": setting, "chunk": chunk, "n_active": len(regions),
             "new_clips": new_clips, "simulated_s": len(regions) * steps * dt_ms / 1000.0,
             "finished": finished, "done": done, "wall_s": time.perf_counter() - t_start}
+
+
+def _recording_clips(nmm: np.ndarray, decided: list, region: int, fwd: np.ndarray,
+                     target_snr_db: float) -> tuple[list[np.ndarray], float]:
+    """The clips of a whole recording, rescaled by DeepSIF's recording-wide factor.
+
+    Parameters
+    ----------
+    nmm : ndarray, shape (n_times, n_regions)
+        The whole recording (transient dropped, 500 Hz) [mV].
+    decided : list
+        :meth:`ClipStream.feed` of it with ``final=True``.
+    region : int
+    fwd : ndarray, shape (n_channels, n_regions)
+    target_snr_db : float
+
+    Returns
+    -------
+    clips : list of ndarray, shape (500, n_regions)
+    alpha : float
+        One factor from every kept spike (``find_alpha``); NaN without clips.
+    """
+    if not decided:
+        return [], float("nan")
+    spikes = np.array([d[0] for d in decided], dtype=np.int64)
+    alpha = spike_alpha(nmm, fwd, region, spikes, target_snr_db)
+    scaled = nmm
+    if np.isfinite(alpha) and alpha > 0:
+        scaled = rescale_spike_channel(nmm, region, spikes, alpha)
+    else:  # e.g. a region whose leadfield column is zero: nothing to scale against
+        logger.warning("region %d: scaling factor %s; clips kept unscaled", region, alpha)
+    return [scaled[d[1]:d[1] + CLIP_LENGTH] for d in decided], alpha
 
 
 def collect_finished(cdir: Path) -> dict:

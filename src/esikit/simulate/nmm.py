@@ -462,6 +462,17 @@ class BatchIntegrator:
         self._set_arrays(y, s.transpose(2, 1, 0), A.T)  # ring (n, h, B)
 
     @classmethod
+    def start(cls, structure: NetworkStructure, params: JansenRitParams,
+              excited_nodes: Sequence[int | Sequence[int] | None], rngs: Sequence[np.random.Generator],
+              dt_ms: float = 0.5, backend: str = "numba", block: int = 16,
+              exact: bool = False) -> "BatchIntegrator":
+        """Variants at step 0: ``excited_nodes[b]`` (see :func:`excited_A`) excited, the initial
+        history drawn from ``rngs[b]`` (:func:`draw_initial_history`, its first draws)."""
+        history = np.stack([draw_initial_history(rng, structure.horizon, structure.n_nodes) for rng in rngs])
+        A = excited_A(structure.n_nodes, excited_nodes, params)
+        return cls(structure, A, params, history, dt_ms, backend, block=block, exact=exact)
+
+    @classmethod
     def from_state(cls, structure: NetworkStructure, params: JansenRitParams, state: dict,
                    dt_ms: float = 0.5, backend: str = "numba", block: int = 16,
                    exact: bool = False) -> "BatchIntegrator":
@@ -525,6 +536,26 @@ class BatchIntegrator:
         keep = np.asarray(keep, dtype=np.int64)
         st = self.get_state()
         self._set_arrays(st["y"][:, :, keep], st["ring"][:, :, keep], st["A"][:, keep])
+
+    def integrate(self, rngs: Sequence[np.random.Generator], n_steps: int, record_every: int = 1,
+                  out_dtype=np.float32) -> np.ndarray:
+        """Advance ``n_steps`` steps, variant ``b`` drawing its noise from ``rngs[b]``.
+
+        The noise is drawn in blocks of :data:`NOISE_BLOCK` steps into one reused buffer;
+        each stream continues as one long draw would. Returns what :meth:`advance`
+        returns for the whole span, shape (B, n_records, n_nodes).
+        """
+        n = self.structure.n_nodes
+        row0 = (self.step + record_every - 1) // record_every
+        out = np.empty((self.n_batch, (self.step + n_steps + record_every - 1) // record_every - row0, n),
+                       dtype=out_dtype)
+        buf, row = None, 0
+        for step0 in range(0, n_steps, NOISE_BLOCK):
+            buf = draw_noise(rngs, min(NOISE_BLOCK, n_steps - step0), n, out=buf)
+            rec = self.advance(buf, record_every=record_every, out_dtype=out_dtype)
+            out[:, row:row + rec.shape[1]] = rec
+            row += rec.shape[1]
+        return out
 
     def advance(self, z: np.ndarray, record_every: int = 1, out_dtype=np.float32) -> np.ndarray:
         """Integrate every variant ``z.shape[1]`` steps.
@@ -659,19 +690,9 @@ def simulate_batch(
     n_steps = int(round(duration_s * 1000.0 / dt_ms))
     if n_steps < 1:
         raise ValueError(f"duration_s={duration_s} gives {n_steps} steps of {dt_ms} ms")
-    A = excited_A(n, excited_nodes, params)
     rngs = [np.random.default_rng(s) for s in seeds]
-    history = np.stack([draw_initial_history(r, structure.horizon, n) for r in rngs])
-    integ = BatchIntegrator(structure, A, params, history, dt_ms, backend, block=block, exact=exact)
-    del history
-    out = np.empty((n_batch, (n_steps + record_every - 1) // record_every, n), dtype=dtype)
-    buf, row = None, 0
-    # noise in short blocks into one reused buffer: each stream continues as one long draw
-    for step0 in range(0, n_steps, NOISE_BLOCK):
-        buf = draw_noise(rngs, min(NOISE_BLOCK, n_steps - step0), n, out=buf)
-        rec = integ.advance(buf, record_every=record_every, out_dtype=dtype)
-        out[:, row:row + rec.shape[1]] = rec
-        row += rec.shape[1]
+    integ = BatchIntegrator.start(structure, params, excited_nodes, rngs, dt_ms, backend, block, exact)
+    out = integ.integrate(rngs, n_steps, record_every, dtype)
     if not np.isfinite(out[:, -1]).all():
         logger.warning("simulation diverged (non-finite output); check dt_ms=%s and params", dt_ms)
     return out
@@ -693,8 +714,9 @@ def simulate_network(
     """Simulate the Jansen-Rit network with one hyper-excitable node (a batch of one).
 
     The numba kernel runs in its exact mode (``block=1, exact=True``): the trajectories
-    of this function, and the clips ``esikit simulate --duration`` cuts from them, do not
-    depend on the kernel's speed shortcuts.
+    of this function do not depend on the kernel's speed shortcuts. They are those of
+    ``esikit simulate --duration`` (the ``"duration"`` mode of
+    :func:`esikit.simulate.harvest.run_chunk_task`, same seed, same kernel).
 
     Parameters
     ----------

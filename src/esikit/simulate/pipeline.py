@@ -28,8 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
+from .distributed import check_variants, harvest_clips, make_spike_clips
 from .nmm import NOISE_SETTINGS, JansenRitParams
-from .spikes import make_spike_clips, plain_json, write_json
+from .spikes import plain_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ def make_dataset(
     settings : sequence of int
         DeepSIF noise settings, indices into :data:`~esikit.simulate.nmm.NOISE_SETTINGS`.
     n_workers : int | None
-        Worker processes for the simulation (None: all available CPUs).
+        Worker processes for the simulation (None: all available CPUs; 1: in this
+        process).
     seed : int
         Seeds the simulations (per region and setting) and the metadata.
     n_train, n_test : int | None
@@ -224,12 +226,7 @@ def make_dataset(
     out_dir = Path(out_dir)
     preset = resolve_preset(metadata_preset, anatomy)
     anat = load_anatomy(anatomy)
-    settings = tuple(int(s) for s in settings)
-    for s in settings:
-        if s not in range(len(NOISE_SETTINGS)):
-            raise ValueError(f"Invalid value for 'settings': expected values in "
-                             f"{list(range(len(NOISE_SETTINGS)))}, got {s!r}.")
-    region_list = list(range(anat.n_regions)) if regions is None else sorted({int(x) for x in regions})
+    region_list, settings = check_variants(anat, regions, settings)
     params = dataclasses.replace(params or JansenRitParams(), coupling_scale=float(coupling_scale),
                                  coupling_r=float(r))
     config = {
@@ -292,23 +289,50 @@ def make_dataset(
     write_json(progress_path, {"status": "in_progress", "config": config})
 
     _write_anatomy(anat, paths)
-    if clips_per_region is not None:
-        return _make_harvested_dataset(anat, config, paths, region_list, settings, seed, params,
-                                       n_workers, n_train, n_test, progress, metadata_kw,
-                                       int(clips_per_region), harvest_kw, t0, out_dir)
-    logger.info("Simulating %d regions x %d settings x %.1f s on %s", len(region_list),
-                len(settings), duration_s, anat)
-    results = make_spike_clips(anat, paths["nmm_spikes"], regions=region_list,
-                               duration_s=duration_s, settings=settings, seed=seed,
-                               params=params, n_workers=n_workers, progress=progress)
-    clips = {r: res.n_clips for r, res in results.items()}
+    if clips_per_region is None:
+        logger.info("Simulating %d regions x %d settings x %.1f s on %s", len(region_list),
+                    len(settings), duration_s, anat)
+        results = make_spike_clips(anat, paths["nmm_spikes"], regions=region_list,
+                                   duration_s=duration_s, settings=settings, seed=seed,
+                                   params=params, n_workers=n_workers, progress=progress)
+        clips = {r: res.n_clips for r, res in results.items()}
+        simulated = float(sum(res.simulated_s for res in results.values()))
+        peaks = {r: res.peaks_per_setting for r, res in results.items()}
+        total_peaks = int(sum(sum(v) for v in peaks.values()))
+        made = {
+            "spikes": {
+                "peaks_per_region_and_setting": {str(r): v for r, v in peaks.items()},
+                "peaks_total": total_peaks,
+                "peaks_per_simulated_s": total_peaks / simulated if simulated else None,
+                "alpha_per_region_and_setting": {str(r): _clean_nan(res.alpha_per_setting)
+                                                 for r, res in results.items()},
+            },
+            "simulated_s": simulated,
+            "simulation_wall_s": float(sum(res.wall_s for res in results.values() if not res.skipped)),
+        }
+        remedy = (f" in {duration_s} s per setting; increase duration_s (spikes come at ~0.1-0.2 "
+                  "per simulated second)")
+    else:
+        report = harvest_clips(anat, paths["nmm_spikes"], int(clips_per_region), regions=region_list,
+                               settings=settings, seed=seed, params=params, n_workers=n_workers,
+                               progress=progress, report_dir=out_dir, **harvest_kw)
+        if not report["complete"]:
+            raise RuntimeError(f"{paths['nmm_spikes']}: harvest interrupted "
+                               f"({report.get('variants_done')} of {report.get('variants_total')} "
+                               "variants done); rerun the same command to finish it")
+        clips = {int(r): n for r, n in report["clips_per_region"].items()}
+        made = {k: report[k] for k in ("regions_below_target", "capped_variants", "bytes_on_disk",
+                                       "simulated_s", "simulated_s_per_region", "histogram")}
+        made.update({"spikes": {"peaks_per_simulated_s": report["clips_per_simulated_s"]},
+                     "simulation_wall_s": report["wall_s"],
+                     "harvest_report": str(Path(out_dir) / "harvest_report.json")})
+        remedy = "; raise max_simulated_s"
     without = [r for r, n in clips.items() if n == 0]
     if without:
         logger.warning("%d of %d regions produced no clip (excluded from the metadata): %s",
                        len(without), len(region_list), without)
     if len(without) == len(region_list):
-        raise ValueError(f"No region produced a spike clip in {duration_s} s per setting; "
-                         "increase duration_s (spikes come at ~0.1-0.2 per simulated second)")
+        raise ValueError(f"No region produced a spike clip{remedy}")
 
     from .metadata import make_metadata_files
 
@@ -317,11 +341,6 @@ def make_dataset(
         anat, paths["nmm_spikes"], paths["source_dir"], n_train, n_test, seed=seed,
         **{"progress": progress, **default_metadata_kw(anat, (metadata_kw or {}).get("preset", "esikit")),
            **(metadata_kw or {})})
-    meta_s = time.perf_counter() - t_meta
-
-    simulated = float(sum(res.simulated_s for res in results.values()))
-    peaks = {r: res.peaks_per_setting for r, res in results.items()}
-    total_peaks = int(sum(sum(v) for v in peaks.values()))
     summary = {
         "status": "complete",
         "config": config,
@@ -331,16 +350,8 @@ def make_dataset(
         "n_clips": int(sum(clips.values())),
         "clips_per_region": {str(r): n for r, n in clips.items()},
         "regions_without_clips": without,
-        "spikes": {
-            "peaks_per_region_and_setting": {str(r): v for r, v in peaks.items()},
-            "peaks_total": total_peaks,
-            "peaks_per_simulated_s": total_peaks / simulated if simulated else None,
-            "alpha_per_region_and_setting": {str(r): _clean_nan(res.alpha_per_setting)
-                                             for r, res in results.items()},
-        },
-        "simulated_s": simulated,
-        "simulation_wall_s": float(sum(res.wall_s for res in results.values() if not res.skipped)),
-        "metadata_wall_s": meta_s,
+        **made,
+        "metadata_wall_s": time.perf_counter() - t_meta,
         "wall_s": time.perf_counter() - t0,
         "train_metadata": str(train_path),
         "test_metadata": str(test_path),
@@ -349,58 +360,6 @@ def make_dataset(
     write_json(status_path, summary)
     progress_path.unlink(missing_ok=True)
     logger.info("Dataset complete in %s: %d clips from %d regions (%.0f s simulated, %.0f s wall)",
-                out_dir, summary["n_clips"], len(region_list) - len(without), simulated,
+                out_dir, summary["n_clips"], len(region_list) - len(without), summary["simulated_s"],
                 summary["wall_s"])
-    return summary
-
-
-def _make_harvested_dataset(anat, config, paths, region_list, settings, seed, params, n_workers,
-                            n_train, n_test, progress, metadata_kw, clips_per_region, harvest_kw,
-                            t0, out_dir) -> dict[str, Any]:
-    """The ``clips_per_region`` branch of :func:`make_dataset`."""
-    from .distributed import harvest_clips
-    from .metadata import make_metadata_files
-
-    report = harvest_clips(anat, paths["nmm_spikes"], clips_per_region, regions=region_list,
-                           settings=settings, seed=seed, params=params, n_workers=n_workers,
-                           progress=progress, report_dir=out_dir, **harvest_kw)
-    if not report["complete"]:
-        raise RuntimeError(f"{paths['nmm_spikes']}: harvest interrupted "
-                           f"({report.get('variants_done')} of {report.get('variants_total')} "
-                           "variants done); rerun the same command to finish it")
-    clips = {int(r): n for r, n in report["clips_per_region"].items()}
-    without = [r for r, n in clips.items() if n == 0]
-    if len(without) == len(region_list):
-        raise ValueError("No region produced a spike clip; raise max_simulated_s")
-    t_meta = time.perf_counter()
-    train_path, test_path = files = make_metadata_files(
-        anat, paths["nmm_spikes"], paths["source_dir"], n_train, n_test, seed=seed,
-        **{"progress": progress, **default_metadata_kw(anat, (metadata_kw or {}).get("preset", "esikit")),
-           **(metadata_kw or {})})
-    summary = {
-        "status": "complete",
-        "config": config,
-        "paths": {k: str(v) for k, v in paths.items()},
-        "n_channels": anat.n_channels,
-        "n_regions": anat.n_regions,
-        "n_clips": report["n_clips"],
-        "clips_per_region": report["clips_per_region"],
-        "regions_without_clips": without,
-        "regions_below_target": report["regions_below_target"],
-        "capped_variants": report["capped_variants"],
-        "bytes_on_disk": report["bytes_on_disk"],
-        "spikes": {"peaks_per_simulated_s": report["clips_per_simulated_s"]},
-        "simulated_s": report["simulated_s"],
-        "simulated_s_per_region": report["simulated_s_per_region"],
-        "simulation_wall_s": report["wall_s"],
-        "metadata_wall_s": time.perf_counter() - t_meta,
-        "wall_s": time.perf_counter() - t0,
-        "train_metadata": str(train_path),
-        "test_metadata": str(test_path),
-        "metadata_files": {str(n): [str(a), str(b)] for n, (a, b) in files.by_sources.items()},
-        "harvest_report": str(Path(out_dir) / "harvest_report.json"),
-        "histogram": report["histogram"],
-    }
-    write_json(paths["status"], summary)
-    paths["progress"].unlink(missing_ok=True)
     return summary

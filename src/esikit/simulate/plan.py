@@ -1,7 +1,8 @@
 """Plan a clip harvest from a short pilot run: simulated time, wall time, disk, clips.
 
 :func:`plan_harvest` simulates a few regions under every setting for a few seconds with
-the batched integrator, counts the clips DeepSIF's rules keep (no file written), and
+the harvest's own task (:func:`esikit.simulate.harvest.run_chunk_task`, one chunk as long
+as the pilot, in a temporary folder), counts the clips DeepSIF's rules keep, and
 extrapolates to the requested dataset: how long each (region, setting) must run to get
 its share of clips (capped), the wall time on this machine's cores, the disk the clips
 take, and the disk the raw simulations would take if they were kept (they are not).
@@ -9,10 +10,10 @@ take, and the disk the raw simulations would take if they were kept (they are no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,9 +21,10 @@ import numpy as np
 
 from .._validation import format_bytes, format_duration
 from ..head.anatomy import Anatomy, load_anatomy
-from .harvest import integrate_chunk, start_variants
-from .nmm import JansenRitParams, network_structure
-from .spikes import DISCARD_RAW, DOWNSAMPLE, ClipStream, save_clip, scale_clip
+from .distributed import default_n_workers
+from .harvest import run_chunk_task
+from .nmm import JansenRitParams
+from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,6 @@ def plan_harvest(
         ``expected_regions_below_target``, ``bytes_per_clip``, ``expected_bytes``,
         ``raw_bytes_if_kept``, and the inputs.
     """
-    from .spikes import default_n_workers
-
     anat = load_anatomy(anatomy)
     params = params or JansenRitParams()
     regions = list(range(anat.n_regions)) if regions is None else sorted({int(r) for r in regions})
@@ -89,25 +89,24 @@ def plan_harvest(
         raise ValueError(f"Invalid value for 'pilot_s': expected more than 0.5 s, got {pilot_s!r}.")
     share = int(math.ceil(clips_per_region / len(settings)))
     rates, n_clips_pilot, wall, sim, clip_bytes = {}, 0, 0.0, 0.0, []
-    for s in settings:
-        p = params.with_setting(s)
-        st = network_structure(anat.weights, anat.tract_lengths, p)
-        found = 0
-        for i in range(0, len(pick), batch_size):
-            regs = pick[i:i + batch_size]
-            t0 = time.perf_counter()
-            # the harvest's first chunk, as long as the pilot
-            integ = start_variants(st, p, regs, anat.node_of_region, s, seed, backend=backend)
-            rec = integrate_chunk(integ, regs, seed, s, 0, steps)[:, DISCARD_RAW // DOWNSAMPLE:]
-            wall += time.perf_counter() - t0
-            for b, r in enumerate(regs):
-                decided = ClipStream(region=r).feed(rec[b][:, anat.node_of_region], final=True)
-                found += len(decided)
-                if decided and len(clip_bytes) < 3:
-                    clip_bytes.append(_clip_size(scale_clip(*_args(decided[0]), r, anat.fwd)[0]))
-            sim += len(regs) * steps / 2000.0
-        rates[s] = found / (len(pick) * (steps / 2000.0 - 0.5))
-        n_clips_pilot += found
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        anat.save(work / "anatomy.npz")
+        # the harvest's first chunk, as long as the pilot and final: every clip it holds is kept
+        spec = {"work_dir": str(work), "anatomy": str(work / "anatomy.npz"), "seed": int(seed),
+                "params": dataclasses.asdict(params), "chunk_s": steps / 2000.0,
+                "share": steps // 500 + 1, "max_chunks": 1, "backend": backend, "block": 16,
+                "dt_ms": 0.5, "target_snr_db": 15.0, "mode": "clips", "chunk": 0}
+        for s in settings:
+            found = 0
+            for i in range(0, len(pick), batch_size):
+                res = run_chunk_task(dict(spec, batch=i, regions=pick[i:i + batch_size], setting=s))
+                wall += res["wall_s"]
+                sim += res["simulated_s"]
+                found += res["new_clips"]
+            rates[s] = found / (len(pick) * (steps / 2000.0 - 0.5))
+            n_clips_pilot += found
+        clip_bytes = [p.stat().st_size for p in sorted((work / "clips").rglob("*.mat"))[:3]]
     # A short pilot sees few spikes: each setting's rate is shrunk halfway to the pooled one.
     pooled = float(np.mean(list(rates.values())))
     rates = {s: 0.5 * (v + pooled) for s, v in rates.items()}
@@ -142,11 +141,6 @@ def plan_harvest(
         "expected_bytes": float(expected_clips * bytes_per_clip),
         "raw_bytes_if_kept": float(expected_sim * 2000 * anat.weights.shape[0] * 4),
     }
-
-
-def _args(decided):
-    peak, block, ctx, c0 = decided
-    return ctx, c0, peak, block
 
 
 def _clip_size(clip: np.ndarray) -> int:

@@ -18,6 +18,12 @@ For each region ``r`` DeepSIF simulates the network with ``r`` excitable, then k
 5. each clip is written to ``nmm_spikes/a{r}/nmm_{k}.mat`` (field ``data``, T x R
    float32, ``k`` from 1, continuing across the noise settings).
 
+These rules hold here once, for a recording that arrives in pieces
+(:class:`ClipStream`) as for a whole one (:func:`find_spike_times`,
+:func:`select_clips`, the test oracle). Which recording is simulated, and when a run
+stops, is decided by the one task function (:mod:`esikit.simulate.harvest`) and its
+driver (:mod:`esikit.simulate.distributed`).
+
 Indices in this module are 0-based; docstrings give DeepSIF's 1-based rules.
 """
 
@@ -25,19 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ..head.anatomy import Anatomy
-from ..io.atomic import atomic_output, atomic_write_json, remove_stale_temporaries
-from .nmm import NOISE_SETTINGS, JansenRitParams, simulate_network
 from ..head.snr import find_alpha, peak_windows
+from ..io.atomic import atomic_output, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +49,18 @@ __all__ = [
     "DISCARD_RAW",
     "DOWNSAMPLE",
     "RegionClipResult",
-    "downsample_raw",
     "find_spike_times",
-    "make_region_clips",
-    "make_spike_clips",
     "plain_json",
     "rescale_spike_channel",
     "save_clip",
     "scale_clip",
     "select_clips",
     "spike_alpha",
-    "write_clip",
     "write_json",
 ]
 
 #: Samples per clip (1 s at 500 Hz).
 CLIP_LENGTH = 500
-#: Name of the per-region marker written last (JSON with the counts).
-DONE_MARKER = ".done"
 
 #: Raw samples dropped at the start of every simulation (500 ms at 2000 Hz).
 DISCARD_RAW = 1000
@@ -75,31 +69,6 @@ DOWNSAMPLE = 4
 
 
 # --------------------------------------------------------------------------- rules
-def downsample_raw(raw: np.ndarray, node_of_region: np.ndarray | None = None,
-                   discard: int = DISCARD_RAW, factor: int = DOWNSAMPLE) -> np.ndarray:
-    """Drop the transient, keep every ``factor``-th sample and map nodes to regions.
-
-    Parameters
-    ----------
-    raw : ndarray, shape (n_raw, n_nodes)
-        Simulated ``y1 - y2`` at the integration rate (2000 Hz).
-    node_of_region : ndarray of int, shape (n_regions,) | None
-        Column of ``raw`` for each region (None keeps all columns).
-    discard : int
-        Raw samples dropped first (DeepSIF: 1000).
-    factor : int
-        Downsampling factor, MATLAB ``downsample`` (first sample of every block).
-
-    Returns
-    -------
-    ndarray, shape (ceil((n_raw - discard) / factor), n_regions)
-    """
-    out = raw[discard::factor]
-    if node_of_region is not None:
-        out = out[:, np.asarray(node_of_region)]
-    return out
-
-
 def find_spike_times(nmm: np.ndarray, threshold: float = 8.0, min_gap: int = 100,
                      start_margin: int = 249, end_margin: int = 250
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -490,14 +459,9 @@ def write_json(path: str | Path, data) -> Path:
     return atomic_write_json(path, data, default=_json_default)
 
 
-def write_clip(folder: Path, k: int, clip: np.ndarray) -> Path:
-    """Write ``folder/nmm_{k}.mat`` (field ``data``, float32) atomically (:func:`save_clip`)."""
-    return save_clip(Path(folder) / f"nmm_{k}.mat", clip)
-
-
 @dataclass
 class RegionClipResult:
-    """What :func:`make_region_clips` produced for one region.
+    """What :func:`esikit.simulate.distributed.make_spike_clips` produced for one region.
 
     Attributes
     ----------
@@ -526,213 +490,3 @@ class RegionClipResult:
     simulated_s: float = 0.0
     wall_s: float = 0.0
     skipped: bool = False
-
-
-def _region_seed(seed: int, region: int, setting: int) -> list[int]:
-    return [int(seed), int(region), int(setting)]
-
-
-def make_region_clips(
-    weights: np.ndarray,
-    tract_lengths: np.ndarray,
-    node_of_region: np.ndarray,
-    fwd: np.ndarray,
-    region: int,
-    out_dir: str | Path,
-    duration_s: float,
-    settings: Sequence[int] = (0, 1, 2),
-    seed: int = 0,
-    params: JansenRitParams | None = None,
-    target_snr_db: float = 15.0,
-    backend: str = "numba",
-) -> RegionClipResult:
-    """Simulate one excited region under each setting and write its spike clips.
-
-    Resumable: when ``out_dir/a{region}/.done`` exists the region is skipped and its
-    recorded counts returned; otherwise any clip left by an interrupted run is replaced.
-
-    Parameters
-    ----------
-    weights, tract_lengths : ndarray, shape (n_nodes, n_nodes)
-        Connectome.
-    node_of_region : ndarray of int, shape (n_regions,)
-        Simulated node of each region.
-    fwd : ndarray, shape (n_channels, n_regions)
-        Region leadfield (for the 15 dB rescaling).
-    region : int
-        Region to excite (its node ``node_of_region[region]`` gets ``A_excited``).
-    out_dir : str | Path
-        The ``nmm_spikes`` folder; clips go to ``a{region}/nmm_{k}.mat``.
-    duration_s : float
-        Simulated seconds per setting, the 0.5 s transient included.
-    settings : sequence of int
-        DeepSIF noise settings (:data:`~esikit.simulate.nmm.NOISE_SETTINGS`) in order.
-    seed : int
-        Base seed; each (region, setting) run is seeded by ``(seed, region, setting)``.
-    params : JansenRitParams | None
-        Model parameters (``mu`` and ``noise_scale`` come from the setting).
-    target_snr_db : float
-        SNR of the rescaled spikes (DeepSIF: 15).
-    backend : {"numba", "numpy"}
-
-    Returns
-    -------
-    RegionClipResult
-    """
-    t_start = time.perf_counter()
-    folder = Path(out_dir) / f"a{int(region)}"
-    marker = folder / DONE_MARKER
-    config = {"settings": [int(x) for x in settings], "duration_s_per_setting": float(duration_s),
-              "seed": int(seed), "target_snr_db": float(target_snr_db)}
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        if all(info.get(key) == value for key, value in config.items()):
-            info["skipped"] = True
-            return RegionClipResult(**{k: info[k] for k in RegionClipResult.__dataclass_fields__
-                                       if k in info})
-        logger.warning("%s: made with other settings (%s), remaking region %d with %s",
-                       marker, {key: info.get(key) for key in config}, region, config)
-        marker.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)  # left by an interrupted run: redo the region from scratch
-    for stale in folder.glob("nmm_*.mat"):
-        stale.unlink()
-
-    node_of_region = np.asarray(node_of_region)
-    excited = int(node_of_region[region])
-    result = RegionClipResult(region=int(region), n_clips=0)
-    k = 0
-    for setting in settings:
-        if setting not in range(len(NOISE_SETTINGS)):
-            raise ValueError(f"Invalid value for 'settings': expected values in "
-                             f"{list(range(len(NOISE_SETTINGS)))}, got {setting!r}.")
-        # Record only what is kept: every 4th sample, first one at raw sample 0.
-        raw = simulate_network(weights, tract_lengths, excited, duration_s, setting=setting,
-                               seed=_region_seed(seed, region, setting), params=params,
-                               backend=backend, record_every=DOWNSAMPLE, dtype=np.float32)
-        nmm = raw[DISCARD_RAW // DOWNSAMPLE:][:, node_of_region]
-        del raw
-        # the harvest's stream rules, fed the whole recording at once (the same clips as
-        # find_spike_times + select_clips, tested)
-        stream = ClipStream(region=int(region))
-        decided = stream.feed(nmm, final=True)
-        spike_times = np.array([d[0] for d in decided], dtype=np.int64)
-        starts = [d[1] for d in decided]
-        result.peaks_per_setting.append(stream.n_peaks)
-        result.clips_per_setting.append(int(len(spike_times)))
-        result.simulated_s += float(duration_s)
-        if len(spike_times) == 0:
-            result.alpha_per_setting.append(float("nan"))
-            continue
-        alpha = spike_alpha(nmm, fwd, region, spike_times, target_snr_db)
-        result.alpha_per_setting.append(alpha)
-        if np.isfinite(alpha) and alpha > 0:
-            scaled = rescale_spike_channel(nmm, region, spike_times, alpha)
-        else:  # e.g. a region whose leadfield column is zero: nothing to scale against
-            logger.warning("region %d, setting %d: scaling factor %s; clips kept unscaled",
-                           region, setting, alpha)
-            scaled = nmm
-        for s0 in starts:
-            k += 1
-            write_clip(folder, k, scaled[s0:s0 + CLIP_LENGTH])
-    result.n_clips = k
-    result.wall_s = time.perf_counter() - t_start
-    info = asdict(result)
-    info["alpha_per_setting"] = [a if np.isfinite(a) else None for a in result.alpha_per_setting]
-    info.update(config)
-    write_json(marker, info)  # written last: the region is complete
-    return result
-
-
-# Worker-process state: the connectome and leadfield are sent once per process.
-_WORKER: dict = {}
-
-
-def _init_worker(weights, tract_lengths, node_of_region, fwd, kwargs) -> None:
-    _WORKER.update(weights=weights, tract_lengths=tract_lengths,
-                   node_of_region=node_of_region, fwd=fwd, kwargs=kwargs)
-
-
-def _run_region(region: int) -> RegionClipResult:
-    w = _WORKER
-    return make_region_clips(w["weights"], w["tract_lengths"], w["node_of_region"], w["fwd"],
-                             region, **w["kwargs"])
-
-
-def default_n_workers() -> int:
-    """CPUs available to this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def make_spike_clips(
-    anatomy: Anatomy,
-    out_dir: str | Path,
-    regions: Sequence[int] | None = None,
-    duration_s: float = 20.0,
-    settings: Sequence[int] = (0, 1, 2),
-    seed: int = 0,
-    params: JansenRitParams | None = None,
-    n_workers: int | None = None,
-    target_snr_db: float = 15.0,
-    backend: str = "numba",
-    progress: bool = True,
-) -> dict[int, RegionClipResult]:
-    """Spike clips of many regions, in parallel over regions (resumable).
-
-    Parameters
-    ----------
-    anatomy : Anatomy
-        Connectome, ``node_of_region`` and leadfield.
-    out_dir : str | Path
-        The ``nmm_spikes`` folder.
-    regions : sequence of int | None
-        Regions to excite, default all.
-    duration_s, settings, seed, params, target_snr_db, backend
-        See :func:`make_region_clips`.
-    n_workers : int | None
-        Worker processes (None: the CPUs available; 1: run in this process).
-    progress : bool
-        Show a tqdm bar over regions.
-
-    Returns
-    -------
-    dict of int to RegionClipResult
-        One entry per region, in region order.
-    """
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    regions = list(range(anatomy.n_regions)) if regions is None else [int(r) for r in regions]
-    bad = [r for r in regions if not 0 <= r < anatomy.n_regions]
-    if bad:
-        raise ValueError(f"Invalid value for 'regions': expected indices in "
-                         f"[0, {anatomy.n_regions}), got {bad}.")
-    kwargs = dict(out_dir=out_dir, duration_s=duration_s, settings=tuple(settings), seed=seed,
-                  params=params, target_snr_db=target_snr_db, backend=backend)
-    n_workers = default_n_workers() if n_workers is None else int(n_workers)
-    n_workers = max(1, min(n_workers, len(regions) or 1))
-    results: dict[int, RegionClipResult] = {}
-    bar = tqdm(total=len(regions), desc="spike clips", unit="region", disable=not progress)
-    args = (anatomy.weights, anatomy.tract_lengths, anatomy.node_of_region, anatomy.fwd, kwargs)
-    try:
-        if n_workers == 1:
-            _init_worker(*args)
-            for r in regions:
-                results[r] = _run_region(r)
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=n_workers, initializer=_init_worker,
-                                     initargs=args) as pool:
-                futures = {pool.submit(_run_region, r): r for r in regions}
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    results[res.region] = res
-                    bar.update(1)
-                    bar.set_postfix(clips=sum(x.n_clips for x in results.values()))
-    finally:
-        bar.close()
-    return {r: results[r] for r in regions}

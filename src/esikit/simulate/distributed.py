@@ -65,7 +65,7 @@ from .harvest import (
     CheckpointError, chain_dir, chunk_seconds_valid, latest_checkpoint, remove_checkpoints,
     run_chunk_task)
 from .nmm import NOISE_SETTINGS, JansenRitParams
-from .spikes import RegionClipResult, write_json
+from .spikes import RegionClipResult, plain_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -715,8 +715,8 @@ def make_spike_clips(
     # what the markers record (as before the one driver), and what else decides the clips
     config = {"settings": list(settings), "duration_s_per_setting": float(duration_s),
               "seed": int(seed), "target_snr_db": float(target_snr_db)}
-    run_config = {"mode": "duration", **config, "params": dataclasses.asdict(params),
-                  "dt_ms": 0.5, "anatomy_id": _anatomy_id(anat)}
+    run_config = plain_json({"mode": "duration", **config, "params": dataclasses.asdict(params),
+                             "dt_ms": 0.5, "anatomy_id": _anatomy_id(anat)})
     work = out_dir / _WORK
     cfg_path = work / "config.json"
     if cfg_path.exists():
@@ -734,8 +734,7 @@ def make_spike_clips(
         if marker.exists():
             info = json.loads(marker.read_text())
             if all(info.get(key) == value for key, value in config.items()):
-                results[r] = RegionClipResult(**{**{k: info[k] for k in RegionClipResult.__dataclass_fields__
-                                                    if k in info}, "skipped": True})
+                results[r] = _region_result(info, skipped=True)
                 continue
             logger.warning("%s: made with other settings (%s), remaking region %d with %s",
                            marker, {key: info.get(key) for key in config}, r, config)
@@ -760,12 +759,14 @@ def make_spike_clips(
             n_workers=n_workers, processes=processes, scheduler_timeout_s=SCHEDULER_TIMEOUT_S,
             max_chains_in_flight=None, progress=progress, desc="spike clips")
         for r in todo:
-            info = _finalize_region(out_dir, work, r, {s: finished[(r, s)] for s in settings},
-                                    settings, extra=config)
-            results[r] = RegionClipResult(
-                region=r, n_clips=int(info["n_clips"]), peaks_per_setting=info["peaks_per_setting"],
-                clips_per_setting=info["clips_per_setting"],
-                alpha_per_setting=[float("nan") if a is None else a for a in info["alpha_per_setting"]],
-                simulated_s=info["simulated_s"], wall_s=info["wall_s"])
+            results[r] = _region_result(_finalize_region(
+                out_dir, work, r, {s: finished[(r, s)] for s in settings}, settings, extra=config), skipped=False)
         shutil.rmtree(work)  # every region asked for is complete: the markers are the record
     return {r: results[r] for r in regions}
+
+
+def _region_result(info: dict, skipped: bool) -> RegionClipResult:
+    """A region's ``.done`` marker of the ``"duration"`` mode as a :class:`RegionClipResult`."""
+    fields = {k: info[k] for k in RegionClipResult.__dataclass_fields__ if k in info}
+    fields["alpha_per_setting"] = [float("nan") if a is None else a for a in fields.get("alpha_per_setting", [])]
+    return RegionClipResult(**{**fields, "skipped": skipped})

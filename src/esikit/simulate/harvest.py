@@ -372,24 +372,10 @@ def run_chunk_task(spec: dict) -> dict:
 
 def _recording_clips(nmm: np.ndarray, decided: list, region: int, fwd: np.ndarray,
                      target_snr_db: float) -> tuple[list[np.ndarray], float]:
-    """The clips of a whole recording, rescaled by DeepSIF's recording-wide factor.
-
-    Parameters
-    ----------
-    nmm : ndarray, shape (n_times, n_regions)
-        The whole recording (transient dropped, 500 Hz) [mV].
-    decided : list
-        :meth:`ClipStream.feed` of it with ``final=True``.
-    region : int
-    fwd : ndarray, shape (n_channels, n_regions)
-    target_snr_db : float
-
-    Returns
-    -------
-    clips : list of ndarray, shape (500, n_regions)
-    alpha : float
-        One factor from every kept spike (``find_alpha``); NaN without clips.
-    """
+    """The clips ``decided`` (:meth:`ClipStream.feed`, ``final=True``) of the whole recording
+    ``nmm`` (n_times, n_regions), rescaled by DeepSIF's one factor from every kept spike
+    (``find_alpha``, ``rescale_nmm_channel``); returns the clips and the factor (NaN
+    without clips)."""
     if not decided:
         return [], float("nan")
     spikes = np.array([d[0] for d in decided], dtype=np.int64)

@@ -123,10 +123,9 @@ def plan_harvest(
     expected_sim = n * sum(per_setting_s.values())
     expected_clips = n * sum(per_setting_clips.values())
     # regions short of K under Poisson counts at the cap
-    below = 0.0
-    for s in settings:
-        lam = rates[s] * max(0.0, max_simulated_s - 0.5)
-        below = max(below, _poisson_cdf(share - 1, lam))
+    from scipy.stats import poisson
+
+    below = max(float(poisson.cdf(share - 1, rates[s] * max(0.0, max_simulated_s - 0.5))) for s in settings)
     return {
         "clips_per_region": int(clips_per_region), "n_regions": n, "settings": settings,
         "max_simulated_s": float(max_simulated_s), "n_cores": n_cores, "batch_size": batch_size,
@@ -148,12 +147,6 @@ def _clip_size(clip: np.ndarray) -> int:
         path = Path(tmp) / "nmm_1.mat"
         save_clip(path, clip)
         return path.stat().st_size
-
-
-def _poisson_cdf(k: int, lam: float) -> float:
-    if k < 0:
-        return 0.0
-    return float(sum(math.exp(-lam) * lam ** i / math.factorial(i) for i in range(k + 1)))
 
 
 def format_plan(plan: dict[str, Any]) -> list[str]:

@@ -216,7 +216,7 @@ def resolve_auto_batch_size(cfg: dict[str, Any], *, n_channels: int | None = Non
         fwd = load_forward_model(cfg["FWD_MATRIX_PATH"])
         n_channels, n_regions = fwd.n_channels, fwd.n_regions
     device = resolve_device(cfg.get("DEVICE", "auto"))
-    rank, world, local_rank = distributed_context()
+    _, world, local_rank = distributed_context()
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
     model = build_model(cfg["MODEL"], int(n_channels), int(n_regions), **dict(cfg.get("MODEL_KWARGS") or {}))

@@ -5,8 +5,8 @@ template size (75 channels, 994 regions, 500 time samples) with
 :func:`esikit.train.speed.measure_training_speed`, the probe ``esikit template --plan``
 uses, on every device present:
 
-* CPU: float32 eager (the baseline), float32 through ``torch.compile`` and bf16 autocast
-  (``USE_AMP = 'bf16'``);
+* CPU: float32 eager (the baseline) and float32 through ``torch.compile``; bf16 autocast
+  (``USE_AMP = 'bf16'``) with ``--full``;
 * CUDA, when available: float32 eager (the baseline), float32 compiled, bf16 (fp16 on a
   GPU without bf16) eager and compiled, at DeepSIF's batch 64, and the batch
   ``BATCH_SIZE = 'auto'`` would choose.
@@ -21,7 +21,8 @@ Usage::
     python benchmarks/bench_training.py [--quick | --full] [--no-compile] [--tiny] [--threads N] [--json OUT]
 
 The default CPU run is a few steps per path (DeepSIF's network: batch 4, about 2 samples/s
-on 2 cores); ``--quick`` measures only the baselines and bf16; ``--full`` takes more steps.
+on 2 quiet cores); ``--quick`` leaves out the compiled paths; ``--full`` takes more steps
+and adds bf16 on the CPU.
 ``--tiny`` runs small networks (8 x 16, 50 samples): a smoke test of this script.
 """
 
@@ -47,14 +48,22 @@ TINY_NETWORKS = {"deepsif": {"n_hidden": 16, "n_lstm_layers": 2}, "tcn": {"n_hid
 BATCH = {("deepsif", "cpu"): 4, ("tcn", "cpu"): 16, ("deepsif", "cuda"): 64, ("tcn", "cuda"): 64}
 
 
-def paths_for(device: torch.device, *, compile_: bool, quick: bool) -> list[tuple[torch.dtype | None, bool]]:
-    """``(autocast dtype, compiled)`` to measure on ``device``; the first is the baseline."""
-    low = torch.bfloat16 if device.type == "cpu" else choose_amp(device, True)
-    paths: list[tuple[torch.dtype | None, bool]] = [(None, False), (low, False)]
-    if compile_ and not quick:
-        paths.insert(1, (None, True))
-        if device.type == "cuda":
-            paths.append((low, True))
+def paths_for(device: torch.device, *, compile_: bool, quick: bool, full: bool = False
+              ) -> list[tuple[torch.dtype | None, bool]]:
+    """``(autocast dtype, compiled)`` to measure on ``device``; the first is the baseline.
+
+    On a GPU float32 and its autocast dtype (bf16, else fp16), each eager and compiled. On
+    a CPU float32 eager and compiled; bf16 only with ``full`` (5-8x slower there).
+    ``quick`` leaves out the compiled paths.
+    """
+    comp = compile_ and not quick
+    if device.type == "cpu":
+        paths: list[tuple[torch.dtype | None, bool]] = [(None, False)]
+        paths += [(None, True)] if comp else []
+        paths += [(torch.bfloat16, False)] if full else []
+        return paths
+    low = choose_amp(device, True)
+    paths = [(None, False)] + ([(None, True)] if comp else []) + [(low, False)] + ([(low, True)] if comp else [])
     return paths
 
 
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             print(f"\n{name} ({model.count_parameters():,} parameters) on {device}")
             print(header)
             base = None
-            for amp, comp in paths_for(device, compile_=not args.no_compile, quick=args.quick):
+            for amp, comp in paths_for(device, compile_=not args.no_compile, quick=args.quick, full=args.full):
                 t0 = time.perf_counter()
                 try:
                     r = measure_training_speed(model, batch_size=batch, n_times=n_times, device=device,
@@ -113,8 +122,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="baselines and bf16 only (no compiled path)")
-    ap.add_argument("--full", action="store_true", help="more timed steps")
+    ap.add_argument("--quick", action="store_true", help="no compiled paths")
+    ap.add_argument("--full", action="store_true", help="more timed steps; bf16 on the CPU too")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile paths")
     ap.add_argument("--tiny", action="store_true", help="small networks: a smoke test of this script")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per path (default 2; 6 with --full)")

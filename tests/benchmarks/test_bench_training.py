@@ -27,20 +27,22 @@ def bench():
 
 def test_paths_per_device_baseline_first(bench, monkeypatch):
     cpu = torch.device("cpu")
-    assert bench.paths_for(cpu, compile_=True, quick=False) == [(None, False), (None, True), (torch.bfloat16, False)]
-    assert bench.paths_for(cpu, compile_=True, quick=True) == [(None, False), (torch.bfloat16, False)]
-    assert bench.paths_for(cpu, compile_=False, quick=False) == [(None, False), (torch.bfloat16, False)]
+    assert bench.paths_for(cpu, compile_=True, quick=False) == [(None, False), (None, True)]
+    assert bench.paths_for(cpu, compile_=True, quick=True) == [(None, False)]
+    assert bench.paths_for(cpu, compile_=False, quick=False, full=True) == [(None, False), (torch.bfloat16, False)]
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     cuda = torch.device("cuda")
     assert bench.paths_for(cuda, compile_=True, quick=False) == [(None, False), (None, True), (torch.float16, False),
                                                                  (torch.float16, True)]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert bench.paths_for(cuda, compile_=True, quick=True) == [(None, False), (torch.bfloat16, False)]
 
 
 def test_smoke_run_tiny_networks(bench, tmp_path, capsys):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        code = bench.main(["--tiny", "--no-compile", "--steps", "1", "--json", str(tmp_path / "r.json")])
+        code = bench.main(["--tiny", "--no-compile", "--full", "--steps", "1", "--json", str(tmp_path / "r.json")])
     finally:
         torch.set_num_threads(previous)
     assert code == 0

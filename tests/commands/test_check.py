@@ -165,3 +165,10 @@ def test_one_based_metadata_is_named(toy, capsys):
     save_mat_file(path, raw)
     assert main(_args(toy, TRAIN_METADATA_PATH=path)) != 0
     assert "labels look 1-based" in capsys.readouterr().out
+
+
+def test_auto_batch_size_is_checked_with_one_cpu_batch(toy, capsys):
+    from esikit.train.speed import CPU_AUTO_BATCH_SIZE
+
+    assert main(_args(toy, BATCH_SIZE="auto")) == 0
+    assert f"one training batch: eeg ({CPU_AUTO_BATCH_SIZE}, 500, 8)" in capsys.readouterr().out

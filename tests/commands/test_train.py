@@ -35,3 +35,21 @@ def test_dynamic_mode_needs_clips_and_anatomy(ring_toy, tmp_path):
         build_loaders(_cfg(ring_toy, NMM_SPIKES_DIR=None))
     with pytest.raises(ConfigError, match="ANATOMY"):
         build_loaders(_cfg(ring_toy, ANATOMY=None, FWD_MATRIX_PATH=tmp_path / "leadfield.mat"))
+
+
+def test_auto_batch_size_trains_with_the_cpu_fallback(ring_toy, tmp_path, caplog):
+    """BATCH_SIZE = "auto" reaches the trainer resolved (on a CPU: the fallback, with a warning)."""
+    import logging
+
+    from esikit.commands.train import train
+    from esikit.train.checkpoint import load_checkpoint
+    from esikit.train.speed import CPU_AUTO_BATCH_SIZE
+
+    cfg = _cfg(ring_toy, BATCH_SIZE="auto", MODEL="tcn", MODEL_KWARGS={"n_hidden": 8, "n_blocks": 1}, NUM_EPOCHS=1,
+               EVALUATE=False, DEVICE="cpu", CHECKPOINT_DIR=str(tmp_path / "ckpt"), LOG_DIR=str(tmp_path / "logs"),
+               RUN_NAME="auto", TRAIN_DATASET_LEN=12)
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg, show_progress=False)
+    assert any("auto" in r.getMessage() for r in caplog.records)
+    state = load_checkpoint(result["run_dir"] / "last.pt")
+    assert state["config"]["BATCH_SIZE"] == CPU_AUTO_BATCH_SIZE

@@ -138,6 +138,7 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
     from ..data import MetadataError, SpikeEEGMetadataDataset, create_dataloaders_from_metadata, resolve_forward
     from ..data.noise import NoiseBankError
     from ..data.packed import CacheError
+    from ..train.speed import CPU_AUTO_BATCH_SIZE
 
     report = _Report()
     if not cfg.get("USE_METADATA_LOADER", True):
@@ -240,8 +241,10 @@ def run_checks(cfg: dict[str, Any], *, n_samples: int = 4, verify_clips: bool = 
     if "train" in datasets:
         try:
             t0 = time.perf_counter()
+            # BATCH_SIZE = "auto" is probed on the device when training starts; one CPU batch checks the data
+            batch_size = CPU_AUTO_BATCH_SIZE if cfg["BATCH_SIZE"] == "auto" else cfg["BATCH_SIZE"]
             train, _, _, info = create_dataloaders_from_metadata(
-                cfg["TRAIN_METADATA_PATH"], None, fwd, batch_size=cfg["BATCH_SIZE"], val_split=cfg["VAL_SPLIT"],
+                cfg["TRAIN_METADATA_PATH"], None, fwd, batch_size=batch_size, val_split=cfg["VAL_SPLIT"],
                 num_workers=0, nmm_spikes_dir=cfg.get("NMM_SPIKES_DIR"), train_dataset_len=cfg.get("TRAIN_DATASET_LEN"),
                 seed=cfg.get("SEED", 0), **dataset_options(cfg),
             )

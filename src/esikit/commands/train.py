@@ -82,9 +82,10 @@ def train(cfg: dict[str, Any], *, resume: bool = False, force: bool = False,
 
 
 def _train(cfg: dict[str, Any], *, resume: bool, force: bool, show_progress: bool) -> dict[str, Any]:
-    from ..train.trainer import Trainer, load_model
+    from ..train.trainer import Trainer, load_model, resolve_auto_batch_size
 
     t0 = time.perf_counter()
+    cfg = resolve_auto_batch_size(cfg)  # BATCH_SIZE = "auto": probed on the device before the loaders exist
     train_loader, val_loader, test_loader, info = build_loaders(cfg)
     run_dir, log_dir = run_dirs(cfg)
     data_info = {k: info[k] for k in ("n_channels", "n_regions", "n_times", "n_train", "n_val", "n_test")}

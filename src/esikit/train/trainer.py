@@ -10,6 +10,7 @@ trains, ``<run>/.lock`` is held so that a second run into the same folder stops 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -72,6 +73,23 @@ def is_worker_death(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
         "exited unexpectedly" in text or "killed by signal" in text)
+
+
+def _collect_dead_loaders(attempts: int = 5) -> None:
+    """Free the iterators of dead DataLoader workers now, so their workers are unregistered.
+
+    An iterator may sit in a reference cycle; until it is collected, torch's SIGCHLD
+    handler raises "worker ... killed" at any child process exit, possibly during this
+    very clean-up (another loader's dead worker): such errors are absorbed here.
+    """
+    for _ in range(attempts):
+        try:
+            gc.collect()
+            return
+        except RuntimeError as again:
+            if not is_worker_death(again):
+                raise
+            again.__traceback__ = None
 
 
 def worker_death_message(exc: BaseException, run_dir: str | os.PathLike | None = None) -> str:
@@ -693,6 +711,7 @@ class Trainer:
                     # unregisters the dead worker; kept alive, torch's SIGCHLD handler would
                     # raise this again at the next child process exit, anywhere.
                     exc.__traceback__ = None
+                    _collect_dead_loaders()
                     raise DataLoaderWorkerError(message) from None
                 raise
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from .._validation import format_bytes
 from ..simulate.pipeline import DEMO_DURATION_S, DEMO_N_TEST, DEMO_N_TRAIN, DEMO_SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         per_region = list(summary["simulated_s_per_region"].values())
         print(f"  simulated {summary['simulated_s']:.0f} network-seconds "
               f"({min(per_region):.0f}-{max(per_region):.0f} s per region), "
-              f"{summary['bytes_on_disk'] / 1e6:.1f} MB of clips, wall time {summary['wall_s']:.1f} s")
+              f"{format_bytes(summary['bytes_on_disk'])} of clips, wall time {summary['wall_s']:.1f} s")
         print(f"  {len(below)} regions below {k} clips"
               + (f": {below}" if below else "")
               + f"; {len(summary['capped_variants'])} (region, setting) runs hit the cap")

@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import format_bytes, format_duration
+from .._validation import format_bytes, format_duration, option_message
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +177,14 @@ def missing_anatomy_files(folder: str | Path) -> list[str]:
     return missing
 
 
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem of ``path`` (its nearest existing parent)."""
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem of ``path`` (its nearest existing parent); None when unknown."""
+    from ..io.atomic import free_bytes
+
     p = path.resolve()
     while not p.exists():
         p = p.parent
-    return int(shutil.disk_usage(p).free)
+    return free_bytes(p)
 
 
 def _human_s(s: float | None) -> str:
@@ -655,7 +656,7 @@ def check_disk(run: TemplateRun, stage: str) -> None:
     """Raise :class:`TemplateError` when the free disk is below the stage's estimate."""
     need = _stage_bytes(run, stage)
     free = _free_bytes(run.out)
-    if need > free:
+    if free is not None and need > free:
         raise TemplateError(f"{run.out}: stage '{stage}' needs about {format_bytes(need)} of disk (the plan's "
                             f"estimate), only {format_bytes(free)} free; free some space or use another folder")
 
@@ -691,7 +692,7 @@ def run_template(out: str | Path, size: str = "small", anatomy: str | Path = "..
     out = Path(out)
     anatomy_dir = Path(anatomy)
     if size not in SIZES:
-        print(f"esikit template: error: Invalid value for 'size': expected one of {sorted(SIZES)}, got {size!r}.")
+        print(f"esikit template: error: {option_message('size', size, sorted(SIZES))}")
         return 2
     missing = missing_anatomy_files(anatomy_dir)
     if missing:

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from ..io import load_mat_field
+from ..io import load_mat_field, mat_strings
 from ..io.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -438,14 +438,10 @@ def cell_to_lists(cell) -> list[np.ndarray]:
 def _eeglab_labels(eloc) -> list[str]:
     arr = np.asarray(eloc)
     if arr.dtype.names and "labels" in arr.dtype.names:
-        out = []
-        for x in arr["labels"].ravel():
-            x = np.asarray(x).ravel()
-            out.append(str(x[0]) if x.size else "")
-        return out
+        return mat_strings(arr["labels"])
     # io loaders may return a dict-like struct
     if isinstance(eloc, dict) and "labels" in eloc:
-        return [str(np.asarray(x).ravel()[0]) for x in np.asarray(eloc["labels"], dtype=object).ravel()]
+        return mat_strings(eloc["labels"])
     raise ValueError(f"electrode struct without a 'labels' field (got {type(eloc)})")
 
 

@@ -60,6 +60,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..head.anatomy import Anatomy, load_anatomy
+from ..head.layout import clip_filename, region_dirname
 from ..io.atomic import remove_stale_temporaries
 from .harvest import (
     CheckpointError, chain_dir, chunk_seconds_valid, latest_checkpoint, remove_checkpoints,
@@ -443,7 +444,7 @@ def _finalize_region(out_dir: Path, work: Path, region: int, stats: dict[int, di
     ``stats`` are the region's per-setting records of the tasks; ``extra`` goes into the
     ``.done`` marker as well.
     """
-    folder = out_dir / f"a{region}"
+    folder = out_dir / region_dirname(region)
     marker = folder / ".done"
     if marker.exists():
         return json.loads(marker.read_text())
@@ -453,20 +454,20 @@ def _finalize_region(out_dir: Path, work: Path, region: int, stats: dict[int, di
         manifest = json.loads(manifest_path.read_text())
     else:
         remove_stale_temporaries(folder)
-        staged = sorted((work / "clips" / f"a{region}").glob("s*_c*_*.mat"), key=_staged_order(settings))
+        staged = sorted((work / "clips" / region_dirname(region)).glob("s*_c*_*.mat"), key=_staged_order(settings))
         for stale in folder.glob("nmm_*.mat"):
             stale.unlink()
         manifest = {p.name: k for k, p in enumerate(staged, start=1)}
         write_json(manifest_path, manifest)
     for name, k in manifest.items():
-        src = work / "clips" / f"a{region}" / name
+        src = work / "clips" / region_dirname(region) / name
         if src.exists():
-            os.replace(src, folder / f"nmm_{k}.mat")
+            os.replace(src, folder / clip_filename(k))
     info = {"region": region, "n_clips": len(manifest),
             "clips_per_setting": [stats[s]["clips"] for s in settings],
             "simulated_s_per_setting": [stats[s]["simulated_s"] for s in settings],
             "capped_settings": [s for s in settings if stats[s]["capped"]],
-            "bytes": int(sum((folder / f"nmm_{k}.mat").stat().st_size for k in manifest.values()))}
+            "bytes": int(sum((folder / clip_filename(k)).stat().st_size for k in manifest.values()))}
     if all("peaks" in stats[s] for s in settings):  # records of the "duration" mode
         info.update({"peaks_per_setting": [stats[s]["peaks"] for s in settings],
                      "alpha_per_setting": [stats[s]["alpha"] for s in settings],
@@ -730,7 +731,7 @@ def make_spike_clips(
     results: dict[int, RegionClipResult] = {}
     todo = []
     for r in regions:
-        marker = out_dir / f"a{r}" / ".done"
+        marker = out_dir / region_dirname(r) / ".done"
         if marker.exists():
             info = json.loads(marker.read_text())
             if all(info.get(key) == value for key, value in config.items()):

@@ -75,6 +75,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_option
+from ..head.layout import region_dirname
 from ..io.atomic import atomic_output
 from .nmm import BatchIntegrator, JansenRitParams, network_structure
 from .spikes import (
@@ -110,7 +111,7 @@ def chain_dir(work_dir: str | Path, batch: int, setting: int) -> Path:
 
 def staged_clip_path(work_dir: str | Path, region: int, setting: int, chunk: int, j: int) -> Path:
     """Where a clip waits until its region is complete (then renamed to ``nmm_{k}.mat``)."""
-    return Path(work_dir) / "clips" / f"a{int(region)}" / f"s{int(setting)}_c{int(chunk):06d}_{int(j):03d}.mat"
+    return Path(work_dir) / "clips" / region_dirname(region) / f"s{int(setting)}_c{int(chunk):06d}_{int(j):03d}.mat"
 
 
 class CheckpointError(ValueError):

@@ -232,7 +232,8 @@ def _make_client(scheduler: str | None, n_workers: int | None, processes: bool,
         return connect_scheduler(scheduler, timeout_s), None
     n = n_workers or default_n_workers()
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           # any free port: a second run beside another one must not warn about 8787
+                           dashboard_address=":0", silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 

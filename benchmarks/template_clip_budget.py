@@ -41,16 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-#: Metrics of the table: (record field, header, statistic).
-COLUMNS = (
-    ("peak_in_patch", "peak in patch", "mean"),
-    ("peak_distance_mm", "peak dist (mm)", "median"),
-    ("le_mm", "LE (mm)", "median"),
-    ("precision", "precision", "median"),
-    ("recall", "recall", "median"),
-    ("auc", "AUC", "median"),
-    ("corr", "corr", "median"),
-)
+def _columns() -> tuple[tuple[str, str, str], ...]:
+    """Metrics of the table, (record field, header, statistic): the evaluation's columns and LE."""
+    from esikit.evaluate.report import COMPARISON_COLUMNS, EXTRA_COLUMNS
+
+    return tuple(COMPARISON_COLUMNS) + tuple(c for c in EXTRA_COLUMNS if c[0] == "le_mm")
+
 
 
 def link_clips(src: Path, dst: Path, k: int) -> dict[str, int]:
@@ -127,10 +123,11 @@ def run_budget(run, k: int, args: argparse.Namespace) -> dict:
     t2 = time.perf_counter()
     ev = run_evaluation(model, ds, ds.fwd, folder / "evaluate", test_cfg, fwd_path=str(run.fwd_path))
     t_eval = time.perf_counter() - t2
+    columns = _columns()
     stats = ev["summary"]["methods"][cfg["MODEL"]]["overall"]["stats"]
     out = {"k": k, **linked, "train_rows": args.train_samples, "epochs": args.epochs, "model": cfg["MODEL"],
            "best_val_loss": float(result["state"].best_val), "n_test": ev["n_samples"],
-           "metrics": {name: stats[name][how] for name, _, how in COLUMNS if name in stats},
+           "metrics": {name: stats[name][how] for name, _, how in columns if name in stats},
            "wall_s": {"metadata": t_meta, "train": t_train, "evaluate": t_eval}}
     atomic_write_json(done, out)
     print(f"[k={k}] {out['metrics']}", flush=True)
@@ -139,13 +136,14 @@ def run_budget(run, k: int, args: argparse.Namespace) -> dict:
 
 def table(results: list[dict]) -> str:
     """The Markdown table of the budgets (one row each)."""
-    head = ["clips per region", "clips", "train rows x epochs", "best val loss"] + [h for _, h, _ in COLUMNS]
+    columns = _columns()
+    head = ["clips per region", "clips", "train rows x epochs", "best val loss"] + [h for _, h, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         val = r.get("best_val_loss")
         cells = [str(r["k"]), str(r["clips"]), f"{r['train_rows']} x {r['epochs']}",
                  "" if val is None else f"{val:.1f}"]
-        cells += [f"{r['metrics'].get(name, float('nan')):.3g}" for name, _, _ in COLUMNS]
+        cells += [f"{r['metrics'].get(name, float('nan')):.3g}" for name, _, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -157,9 +155,10 @@ def plot(results: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    columns = _columns()
     ks = [r["k"] for r in results]
-    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(3 * len(COLUMNS), 3), constrained_layout=True)
-    for ax, (name, head, how) in zip(axes, COLUMNS):
+    fig, axes = plt.subplots(1, len(columns), figsize=(3 * len(columns), 3), constrained_layout=True)
+    for ax, (name, head, how) in zip(axes, columns):
         ax.plot(ks, [r["metrics"].get(name, np.nan) for r in results], "o-")
         ax.set_title(f"{head} ({how})", fontsize=9)
         ax.set_xlabel("clips per region")

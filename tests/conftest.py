@@ -105,3 +105,19 @@ def ring_toy(tmp_path_factory):
                       node_of_region=np.arange(16), region_labels=[str(i) for i in range(16)])
     anatomy.save(root / "ring.npz")
     return {**toy, "anatomy": anatomy, "anatomy_path": root / "ring.npz"}
+
+
+@pytest.fixture()
+def single_torch_thread():
+    """torch on one intra-op thread for the test (restored after).
+
+    Tiny tensors gain nothing from threads, and on a loaded machine (CI's 2 shared cores)
+    OpenMP spin-waiting made one LSTM test 100x slower. Use with
+    ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -17,12 +17,7 @@ from esikit.train.trainer import Trainer, choose_amp, resolve_auto_batch_size
 CUDA = torch.device("cuda", 0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ------------------------------------------------------------------------------ autocast by device

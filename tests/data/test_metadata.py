@@ -109,6 +109,17 @@ def test_one_based_labels_are_named():
     assert len(err.value.problems) == 1, text
 
 
+
+def test_padding_999_is_not_a_one_based_hint_with_999_regions():
+    """With R = 999 the padding value 999 equals R: still padding, never "labels look 1-based"."""
+    raw = _meta(n=12, r=20)
+    sel = raw["selected_region"]
+    region = np.isfinite(sel) & (sel < 20)
+    sel[region] += 500  # labels 500..519 of a 999-region anatomy, none of them 0
+    sel[~region] = 999
+    m = metadata_from_arrays(raw, 999)
+    assert np.all(m.regions[~region] == -1) and np.array_equal(m.regions[region], sel[region].astype(int))
+
 def test_complex_fields():
     raw = _meta()
     ref = metadata_from_arrays(raw, 20)

@@ -134,10 +134,16 @@ def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple
     (:data:`PADDING_VALUES`, NaN). Anything else is reported, with the likely cause when
     one is clear: labels saved 1-based, or an integer type too small for the labels.
     """
-    v = sel.astype(np.float64)
-    valid = is_region_label(v, n_regions)
-    padding = is_padding_label(v)
-    bad = ~valid & ~padding
+    # one float64 view (no copy for DeepSIF's double files) and each elementwise test once:
+    # this runs over every label of a file at start-up
+    v = np.asarray(sel, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        whole = np.floor(v) == v  # False for NaN and +-inf
+    padding = np.isnan(v)
+    for value in PADDING_VALUES:
+        padding |= v == value
+    valid = whole & (v >= 0) & (v < n_regions)
+    bad = ~(valid | padding)
     reported = bad.copy()
     if sel.dtype.kind in "iu":
         info = np.iinfo(sel.dtype)
@@ -161,10 +167,8 @@ def _check_labels(sel: np.ndarray, n_regions: int, problems: list[str]) -> tuple
                     "(DeepSIF's) or as a signed integer type"
                 )
                 bad &= ~wrapped
-    with np.errstate(invalid="ignore"):
-        integral = np.isfinite(v) & (np.floor(v) == v) & ~padding
-    at_r = integral & (v == n_regions)
-    if at_r.any() and not (integral & (v == 0)).any():
+    at_r = (v == n_regions) & ~padding  # (with R = 999, 999 is padding)
+    if at_r.any() and not (v == 0).any():
         problems.append(
             f"field 'selected_region': labels look 1-based (MATLAB numbering): no label is 0 and {at_r.sum()} "
             f"label(s) equal R={n_regions} in samples {format_indices(np.nonzero(at_r.any(axis=(1, 2)))[0])}; "

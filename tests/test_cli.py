@@ -44,3 +44,15 @@ def test_evaluate_command_from_a_checkpoint(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "ck" / "r" / "best.pt"), "--baselines", "nope"]) == 2
     assert "Invalid value for 'baselines'" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.pt")]) == 1
+
+
+def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys, tmp_path):
+    import esikit.commands.template as tpl
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tpl, "run_template", interrupted)
+    assert main(["template", str(tmp_path / "out"), "--size", "tiny"]) == 130
+    err = capsys.readouterr().err
+    assert "esikit template: interrupted" in err and "Traceback" not in err

@@ -111,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: every state on disk is written atomically, so there is nothing to undo
+        print(f"esikit {args.command}: interrupted; what was finished is kept (the resumable commands, "
+              "template, simulate and train --resume, go on from there when run again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,7 +44,7 @@ def resolve_forward(fwd: np.ndarray | str | PathLike, n_regions: int | None = No
     return np.asarray(orient_forward_matrix(np.asarray(fwd), n_regions=n_regions), dtype=np.float32), "<array>"
 
 
-def learn_clip_shape(store: ClipStore, n_probe: int = 7) -> tuple[int, int]:
+def learn_clip_shape(store: ClipStore, n_probe: int = 3) -> tuple[int, int]:
     """``(T, R)`` of a store's clips, learnt afresh (:meth:`~esikit.data.clips.FolderClipStore.learn_shape`)."""
     return store.learn_shape(n_probe)
 

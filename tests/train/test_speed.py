@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from esikit.config import ConfigError, default_config, validate_config
-from esikit.data.toy import make_toy_dataset
 from esikit.models import build_model
 from esikit.train import load_checkpoint
 from esikit.train import speed
@@ -119,12 +118,6 @@ def test_resolve_batch_size_gpu_probe_and_cpu_fallback(monkeypatch, caplog):
     monkeypatch.setattr(speed, "cuda_step_fits", fake_cuda_fits)
     assert speed.resolve_batch_size("auto", model, 8, 16, 50, CUDA, torch.bfloat16) == 64
     assert seen == {"model": model, "shape": (8, 16, 50), "device": CUDA, "amp": torch.bfloat16}
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_toy_dataset(tmp_path_factory.mktemp("toy"), n_regions=16, n_channels=8, n_times=100, n_train=16,
-                            n_test=4, max_patch=4, seed=1)
 
 
 def _cfg(toy, tmp_path, **over):

@@ -13,17 +13,10 @@ import pytest
 import torch
 
 from esikit.config import ConfigError, default_config, validate_config
-from esikit.data.toy import make_toy_dataset
 from esikit.train import CheckpointError, NonFiniteLossError, load_checkpoint
 from esikit.train.checkpoint import RunLockedError
 from esikit.commands.train import build_loaders, main, train
 from esikit.train.trainer import DataLoaderWorkerError, ResumeConfigError, Trainer, choose_amp
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return make_toy_dataset(tmp_path_factory.mktemp("toy"), n_regions=16, n_channels=8, n_times=100, n_train=24,
-                            n_test=6, max_patch=4, seed=1)
 
 
 def _cfg(toy, tmp_path, **over):

@@ -238,7 +238,10 @@ def test_plan_extrapolates(tmp_path):
         plan["expected_simulated_s"] * plan["wall_s_per_network_s"] / 2)
     assert plan["raw_bytes_if_kept"] == pytest.approx(plan["expected_simulated_s"] * 2000 * 76 * 4)
     assert plan["bytes_per_clip"] > 1000
-    assert any("wall time on 2 cores" in line for line in format_plan(plan))
+    lo, hi = plan["expected_wall_s_range"]
+    assert lo <= plan["expected_wall_s"] <= hi and lo < hi
+    assert plan["chunk_s"] == 5.0
+    assert any("wall time on 2 cores" in line and "80 % interval" in line for line in format_plan(plan))
 
 
 def test_cli_clips_per_region_makes_dataset(tmp_path, capsys):

@@ -210,7 +210,8 @@ def run_plan(args: argparse.Namespace) -> int:
                                  coupling_r=args.r)
     try:
         plan = plan_harvest(args.anatomy, k, regions=args.regions, settings=args.settings,
-                            max_simulated_s=args.max_simulated_s, pilot_regions=args.pilot_regions,
+                            max_simulated_s=args.max_simulated_s, chunk_s=args.chunk_s,
+                            pilot_regions=args.pilot_regions,
                             pilot_s=args.pilot_seconds, batch_size=args.batch_size,
                             n_cores=args.workers, seed=args.seed, params=params,
                             backend=args.backend)

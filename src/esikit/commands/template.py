@@ -517,7 +517,8 @@ def _run_plan(run: TemplateRun) -> tuple[list[str], dict]:
     from ..simulate.plan import plan_harvest
 
     harvest = plan_harvest(run.anatomy(), run.size.clips_per_region, regions=run.size.regions(),
-                           max_simulated_s=run.size.max_simulated_s, pilot_regions=run.size.pilot_regions,
+                           max_simulated_s=run.size.max_simulated_s, chunk_s=run.size.chunk_s,
+                           pilot_regions=run.size.pilot_regions,
                            pilot_s=run.size.pilot_s, n_cores=run.workers, seed=run.seed)
     n_params = None
     model, kwargs = run.size.model(run.gpu)

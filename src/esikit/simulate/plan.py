@@ -28,7 +28,7 @@ from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["format_plan", "plan_harvest"]
+__all__ = ["expected_variant_cost", "format_plan", "plan_harvest"]
 
 
 def plan_harvest(
@@ -37,6 +37,7 @@ def plan_harvest(
     regions: Sequence[int] | None = None,
     settings: Sequence[int] = (0, 1, 2),
     max_simulated_s: float = 200.0,
+    chunk_s: float = 5.0,
     pilot_regions: int = 4,
     pilot_s: float = 10.0,
     batch_size: int = 16,
@@ -57,6 +58,9 @@ def plan_harvest(
     settings : sequence of int
     max_simulated_s : float
         Cap per (region, setting) [s].
+    chunk_s : float
+        The harvest's chunk [s]: a variant stops only at the end of a chunk, so it
+        simulates a whole number of chunks (up to ``ceil(max_simulated_s / chunk_s)``).
     pilot_regions : int
         Regions simulated in the pilot (spread over ``regions``).
     pilot_s : float
@@ -74,8 +78,10 @@ def plan_harvest(
     dict
         ``clips_per_simulated_s`` (per setting, shrunk halfway to the mean over
         settings: a short pilot sees few spikes), ``wall_s_per_network_s`` (one core),
-        ``expected_simulated_s``, ``expected_wall_s``, ``expected_clips``,
-        ``expected_regions_below_target``, ``bytes_per_clip``, ``expected_bytes``,
+        ``expected_simulated_s``, ``expected_wall_s``, ``expected_wall_s_range`` (the
+        wall time at the ends of the 80 % interval of the pilot's pooled spike rate:
+        a pilot of a few clips knows the rate only roughly), ``expected_clips``,
+        ``expected_fraction_of_variants_capped``, ``bytes_per_clip``, ``expected_bytes``,
         ``raw_bytes_if_kept``, and the inputs.
     """
     anat = load_anatomy(anatomy)
@@ -115,31 +121,63 @@ def plan_harvest(
         rng = np.random.default_rng(0)
         clip_bytes.append(_clip_size(rng.normal(1.0, 0.3, (500, anat.n_regions)).astype(np.float32)))
     bytes_per_clip = float(np.mean(clip_bytes))
-    # each (region, setting) runs until its share (expected share / rate) or the cap
-    per_setting_s = {s: (min(max_simulated_s, share / rates[s] + 0.5) if rates[s] > 0 else max_simulated_s)
-                     for s in settings}
-    per_setting_clips = {s: min(share, rates[s] * max(0.0, max_simulated_s - 0.5)) for s in settings}
     n = len(regions)
-    expected_sim = n * sum(per_setting_s.values())
-    expected_clips = n * sum(per_setting_clips.values())
-    # regions short of K under Poisson counts at the cap
-    from scipy.stats import poisson
+    max_chunks = max(1, int(math.ceil(max_simulated_s / chunk_s - 1e-9)))
 
-    below = max(float(poisson.cdf(share - 1, rates[s] * max(0.0, max_simulated_s - 0.5))) for s in settings)
+    def totals(scale: float) -> tuple[float, float, float]:
+        per = [expected_variant_cost(scale * rates[s], share, chunk_s, max_chunks) for s in settings]
+        return (n * sum(p[0] for p in per), n * sum(p[1] for p in per), float(np.mean([p[2] for p in per])))
+
+    expected_sim, expected_clips, capped = totals(1.0)
+    # 80 % interval of the pooled rate (Garwood's exact Poisson bounds on the pilot's count),
+    # applied to every setting alike: the plan's wall time is as uncertain as that count
+    from scipy.stats import chi2
+
+    exposure = len(pick) * len(settings) * (steps / 2000.0 - 0.5)
+    lo = chi2.ppf(0.1, 2 * n_clips_pilot) / 2 / exposure if n_clips_pilot else 0.0
+    hi = chi2.ppf(0.9, 2 * n_clips_pilot + 2) / 2 / exposure
+    scale_lo, scale_hi = (lo / pooled, hi / pooled) if pooled > 0 else (0.0, 1.0)
+    sim_range = (totals(scale_hi)[0], totals(scale_lo)[0]) if pooled > 0 else (expected_sim, expected_sim)
     return {
         "clips_per_region": int(clips_per_region), "n_regions": n, "settings": settings,
-        "max_simulated_s": float(max_simulated_s), "n_cores": n_cores, "batch_size": batch_size,
+        "max_simulated_s": float(max_simulated_s), "chunk_s": float(chunk_s), "n_cores": n_cores, "batch_size": batch_size,
         "pilot_regions": pick, "pilot_s": float(pilot_s), "pilot_clips": int(n_clips_pilot),
         "clips_per_simulated_s": {int(s): float(v) for s, v in rates.items()},
         "wall_s_per_network_s": float(wall_per_ns),
         "expected_simulated_s": float(expected_sim),
         "expected_wall_s": float(expected_sim * wall_per_ns / n_cores),
+        "expected_wall_s_range": [float(v * wall_per_ns / n_cores) for v in sim_range],
         "expected_clips": float(expected_clips),
-        "expected_fraction_of_variants_capped": float(below),
+        "expected_fraction_of_variants_capped": float(capped),
         "bytes_per_clip": bytes_per_clip,
         "expected_bytes": float(expected_clips * bytes_per_clip),
         "raw_bytes_if_kept": float(expected_sim * 2000 * anat.weights.shape[0] * 4),
     }
+
+
+def expected_variant_cost(rate: float, share: int, chunk_s: float, max_chunks: int,
+                          discard_s: float = DISCARD_RAW / 2000.0) -> tuple[float, float, float]:
+    """Expected simulated time, clips and chance of the cap for one (region, setting).
+
+    Spikes that give clips arrive as a Poisson process of ``rate`` [clips per s] after the
+    first ``discard_s``; the harvest stops a variant at the end of the first chunk by which
+    it holds ``share`` clips, or after ``max_chunks`` chunks. The time is therefore a whole
+    number of chunks: ``chunk_s * sum_j P(fewer than share clips by j * chunk_s)``
+    (inverting the rate alone misses up to a chunk per variant).
+
+    Returns
+    -------
+    simulated_s, clips, p_capped : float
+        ``clips`` is ``E[min(share, N)]`` with ``N`` the clips of a whole capped run.
+    """
+    from scipy.stats import poisson
+
+    t_end = np.arange(max_chunks) * chunk_s - discard_s  # spiking time before each chunk
+    p_short = poisson.cdf(share - 1, rate * np.maximum(t_end, 0.0))
+    simulated = chunk_s * float(np.sum(p_short))
+    mu_cap = rate * max(0.0, max_chunks * chunk_s - discard_s)
+    clips = float(sum(poisson.sf(k - 1, mu_cap) for k in range(1, share + 1)))
+    return simulated, clips, float(poisson.cdf(share - 1, mu_cap))
 
 
 def _clip_size(clip: np.ndarray) -> int:
@@ -152,6 +190,7 @@ def _clip_size(clip: np.ndarray) -> int:
 def format_plan(plan: dict[str, Any]) -> list[str]:
     """Human-readable lines of :func:`plan_harvest`'s result."""
     rates = ", ".join(f"setting {s}: {v:.3f}" for s, v in plan["clips_per_simulated_s"].items())
+    lo, hi = plan.get("expected_wall_s_range", [plan["expected_wall_s"]] * 2)
     return [
         f"Pilot: {len(plan['pilot_regions'])} regions x {len(plan['settings'])} settings x "
         f"{plan['pilot_s']:.0f} s -> {plan['pilot_clips']} clips ({rates} clips per simulated s)",
@@ -162,7 +201,8 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
         f"{plan['max_simulated_s']:.0f} s per (region, setting)",
         f"  expected simulated time: {plan['expected_simulated_s']:.0f} network-seconds",
         f"  expected wall time on {plan['n_cores']} cores here: {format_duration(plan['expected_wall_s'])} "
-        f"({format_duration(plan['expected_wall_s'] * plan['n_cores'])} of one core)",
+        f"({format_duration(plan['expected_wall_s'] * plan['n_cores'])} of one core; "
+        f"{format_duration(lo)} to {format_duration(hi)} within the pilot's 80 % interval of the spike rate)",
         f"  cores to finish within a day: {math.ceil(plan['expected_wall_s'] * plan['n_cores'] / 86400)}"
         f"{' (this machine suffices)' if plan['expected_wall_s'] <= 86400 else ' (use a Dask cluster: --scheduler)'}",
         f"  expected clips: {plan['expected_clips']:.0f}; variants likely to hit the cap: "

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file (best.pt or last.pt)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate on at most N test samples")
     p.add_argument("--out", default=None, help="results folder (default: beside the checkpoint)")
-    p.add_argument("--test-metadata", default=None, help="another test metadata file (same anatomy)")
+    p.add_argument("--test-metadata", nargs="+", default=None,
+                   help="other test metadata files (same anatomy), evaluated together (e.g. the one- and two-source files)")
     p.add_argument("--baselines", default=None,
                    help="comma-separated classical methods (default: the checkpoint's BASELINES): mne, dspm, sloreta, "
                         "eloreta, lcmv, champagne, flexchampagne or any invertmeeg solver name")

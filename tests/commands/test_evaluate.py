@@ -80,3 +80,33 @@ def test_evaluate_refuses_a_crafted_checkpoint(tmp_path, capsys):
                 "config": {}, "x": Payload()}, tmp_path / "best.pt")
     assert evaluate_main(_Args(tmp_path / "best.pt")) == 1
     assert "refused" in capsys.readouterr().err and not marker.exists()
+
+
+def test_evaluate_several_test_files_as_one(project, capsys):
+    """``--test-metadata A B``: every sample of both files, each with its own file's labels."""
+    from esikit.commands.evaluate import JoinedTestSets
+    from esikit.data import SpikeEEGMetadataDataset
+
+    ckpt = project / "checkpoints" / "r" / "best.pt"
+    files = [str(project / "data" / "source" / n) for n in ("test_sample_source1.mat", "train_sample_source1.mat")]
+    args = _Args(ckpt, out=str(project / "ev"))
+    args.test_metadata, args.max_samples = files, None
+    assert evaluate_main(args) == 0, capsys.readouterr().err
+    rows = (project / "ev" / "results_samples.csv").read_text().splitlines()
+    fwd = str(project / "data" / "anatomy" / "leadfield_6_12.mat")
+    parts = [SpikeEEGMetadataDataset(f, fwd) for f in files]
+    joined = JoinedTestSets(parts)
+    assert len(joined) == 4 + 8
+    # position 5 is the second file's row 1: same labels and the same synthesized sample
+    a, b = joined.sample_info(5), parts[1].sample_info(1)
+    assert (a["index"], a["snr_db"], a["n_sources"], a["centres"]) == (b["index"], b["snr_db"], b["n_sources"],
+                                                                       b["centres"])
+    assert np.array_equal(joined[5][0], parts[1][1][0])
+    with pytest.raises(IndexError):
+        joined.sample_info(12)
+    assert len(rows) - 1 == 12  # one row per sample (the network only: no baselines in this project)
+    assert "Test results on 12 samples" in capsys.readouterr().out
+    # a missing second file: an error naming it, nothing evaluated
+    args.test_metadata = [files[0], str(project / "missing.mat")]
+    assert evaluate_main(args) == 1
+    assert "missing.mat" in capsys.readouterr().err

@@ -44,6 +44,38 @@ def run_evaluation(model, test_dataset, fwd, out_dir, cfg: dict[str, Any], histo
     )
 
 
+class JoinedTestSets:
+    """Several test datasets evaluated as one (positions run through them in order).
+
+    What the evaluation reads of a dataset: ``len``, ``ds[i]``, ``sample_info(i)`` and
+    ``fwd``. Each sample keeps its own file's row as ``index``; its number of sources
+    (from its labels) splits the table, so a one- and a two-source file give rows by
+    number of sources.
+    """
+
+    def __init__(self, parts: list[Any]):
+        self.parts = list(parts)
+        self.fwd = self.parts[0].fwd
+        self._bounds = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._bounds[-1])
+
+    def _locate(self, i: int) -> tuple[Any, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        k = int(np.searchsorted(self._bounds, i, side="right")) - 1
+        return self.parts[k], int(i - self._bounds[k])
+
+    def __getitem__(self, i: int):
+        part, j = self._locate(int(i))
+        return part[j]
+
+    def sample_info(self, i: int) -> dict[str, Any]:
+        part, j = self._locate(int(i))
+        return part.sample_info(j)
+
+
 def print_evaluation(ev: dict[str, Any], run_dir: Path) -> None:
     print()
     print(f"Test results on {ev['n_samples']} samples (median over samples; full tables in {run_dir}/results.md):")
@@ -69,19 +101,25 @@ def main(args) -> int:
         cfg["BASELINES"] = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     options = {"oracle": bool(getattr(args, "oracle", False)), "depth": getattr(args, "depth", None),
                "rule": getattr(args, "rule", None) or "deepsif"}
-    test_path = args.test_metadata or cfg.get("TEST_METADATA_PATH")
-    if not test_path:
+    given = args.test_metadata
+    paths = [given] if isinstance(given, (str, Path)) else list(given or [])
+    if not paths and cfg.get("TEST_METADATA_PATH"):
+        paths = [cfg["TEST_METADATA_PATH"]]
+    if not paths:
         print("error: the checkpoint's config has no TEST_METADATA_PATH; pass --test-metadata", file=sys.stderr)
         return 1
+    parts = []
     try:
-        ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
-                                     dataset_len=cfg.get("TEST_DATASET_LEN") if not args.test_metadata else None,
-                                     seed=cfg.get("SEED", 0), **dataset_options(cfg))
-        check_model_fits(model, ds.fwd, checkpoint=args.checkpoint, fwd_path=cfg["FWD_MATRIX_PATH"])
+        for test_path in paths:
+            ds = SpikeEEGMetadataDataset(test_path, cfg["FWD_MATRIX_PATH"], cfg.get("NMM_SPIKES_DIR"),
+                                         dataset_len=None if given else cfg.get("TEST_DATASET_LEN"),
+                                         seed=cfg.get("SEED", 0), **dataset_options(cfg))
+            check_model_fits(model, ds.fwd, checkpoint=args.checkpoint, fwd_path=cfg["FWD_MATRIX_PATH"])
+            parts.append(ds.subset(np.arange(len(ds)), freeze_epoch=True))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    ds = ds.subset(np.arange(len(ds)), freeze_epoch=True)
+    ds = parts[0] if len(parts) == 1 else JoinedTestSets(parts)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     history = state.get("train_state", {}).get("history")
     try:

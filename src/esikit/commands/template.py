@@ -141,10 +141,12 @@ SIZES: dict[str, TemplateSize] = {
                          gpu_model="tcn", gpu_model_kwargs={"n_hidden": 32, "n_blocks": 2}, epochs=1,
                          batch_size=8, learning_rate=1e-3, weight_decay=0.0, eval_samples=8,
                          pilot_regions=1, pilot_s=2.0),
-    # every region, at most 4 hours on 2 cores: TCN (244k parameters) on a CPU, DeepSIF's network on a GPU
+    # every region, at most 4 hours on 2 cores: TCN (244k parameters) on a CPU, DeepSIF's network on a GPU.
+    # 10 epochs: the TCN trains at ~55 samples/s on a quiet 2-core machine (README), so
+    # 72,000 samples take ~22 min; after 2 the validation loss was still falling fast.
     "small": TemplateSize("small", n_regions=None, clips_per_region=3, max_simulated_s=30.0, chunk_s=5.0,
                           n_train=8000, n_test=200, cpu_model="tcn", cpu_model_kwargs={},
-                          gpu_model="deepsif", gpu_model_kwargs={}, epochs=2, batch_size=32,
+                          gpu_model="deepsif", gpu_model_kwargs={}, epochs=10, batch_size=32,
                           learning_rate=1e-3, weight_decay=1e-6, eval_samples=200, pilot_regions=2, pilot_s=6.0),
     # DeepSIF's scale: 994 regions x 3 settings, 60 clips per region, DeepSIF's design and schedule
     "full": TemplateSize("full", n_regions=None, clips_per_region=60, max_simulated_s=200.0, chunk_s=5.0,
@@ -505,7 +507,7 @@ def _stage_key(run: TemplateRun, stage: str) -> dict[str, Any]:
     if stage == "train":
         return {**common, "model": s.model(run.gpu), "epochs": s.epochs, "batch_size": s.batch_size,
                 "learning_rate": s.learning_rate, "weight_decay": s.weight_decay}
-    return {**common, "eval_samples": s.eval_samples}
+    return {**common, "eval_samples": s.eval_samples, "test_files": ["source1", "source2"]}
 
 
 #: Stages each stage reads (its record is invalid when theirs changed).
@@ -627,8 +629,10 @@ def _run_evaluate(run: TemplateRun) -> tuple[list[str], dict]:
     best = run.run_dir / "best.pt"
     ckpt = best if best.is_file() else run.run_dir / "last.pt"
     out = run.out / "evaluate"
+    # both test files, so the table has rows by number of sources (training used the two-source file)
+    tests = [str(run.out / "metadata" / f"test_sample_source{k}.mat") for k in (1, 2)]
     args = argparse.Namespace(checkpoint=str(ckpt), out=str(out), max_samples=run.size.eval_samples,
-                              test_metadata=None, baselines=None, oracle=False, depth=None, rule="deepsif")
+                              test_metadata=tests, baselines=None, oracle=False, depth=None, rule="deepsif")
     t0 = time.perf_counter()
     code = evaluate_main(args)
     if code:

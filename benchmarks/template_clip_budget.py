@@ -8,7 +8,7 @@ waveforms each region had to offer.
 
 For each budget ``k``:
 
-1. ``OUT/budget/k{k}/nmm_spikes``: links to the first ``k`` clips of every region of the
+1. ``OUT/budget/<setting>/k{k}/nmm_spikes``: links to the first ``k`` clips of every region of the
    run's ``clips/nmm_spikes`` (a harvest with ``K`` clips per region over three noise
    settings numbers them setting by setting, so ``k = 1`` keeps setting 0's clip);
 2. DeepSIF-preset metadata drawn from that folder with the run's seed (the two-source
@@ -19,7 +19,8 @@ For each budget ``k``:
    of the run's own ``metadata/test_sample_source2.mat`` over all its clips: the same
    test samples for every budget.
 
-Writes ``OUT/budget/budget.json``, ``budget.md`` (the table) and ``budget.png``.
+Writes ``OUT/budget/n{rows}_e{epochs}_t{test}/budget.json``, ``budget.md`` (the table)
+and ``budget.png``: one folder per training setting.
 
 Usage::
 
@@ -28,7 +29,7 @@ Usage::
 
 ``OUT`` is an ``esikit template`` run that has finished its ``leadfield`` stage (its
 ``train`` and ``evaluate`` stages are not needed). Each budget is resumable: a finished
-one (``k{k}/result.json``) is not redone.
+one (``k{k}/result.json`` in the setting's folder) is not redone.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _columns() -> tuple[tuple[str, str, str], ...]:
 
     return tuple(COMPARISON_COLUMNS) + tuple(c for c in EXTRA_COLUMNS if c[0] == "le_mm")
 
+
+
+def study_dir(out: Path, args: argparse.Namespace) -> Path:
+    """One folder per training setting, so a study with other rows, epochs or test samples
+    never reuses another's finished budgets."""
+    return out / "budget" / f"n{args.train_samples}_e{args.epochs}_t{args.test_samples}"
 
 
 def link_clips(src: Path, dst: Path, k: int) -> dict[str, int]:
@@ -88,7 +95,7 @@ def run_budget(run, k: int, args: argparse.Namespace) -> dict:
     from esikit.simulate.metadata import make_metadata_files
     from esikit.train.trainer import load_model
 
-    folder = run.out / "budget" / f"k{k}"
+    folder = study_dir(run.out, args) / f"k{k}"
     done = folder / "result.json"
     if done.is_file():
         print(f"[k={k}] done before: {done}")
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     run = TemplateRun(out, Path(ident["anatomy"]), SIZES[ident["size"]], seed=int(ident["seed"]),
                       progress=args.progress)
     results = [run_budget(run, k, args) for k in sorted(set(args.budgets))]
-    folder = out / "budget"
+    folder = study_dir(out, args)
     atomic_write_json(folder / "budget.json", results)
     text = table(results)
     atomic_write_text(folder / "budget.md", text + "\n")

@@ -62,9 +62,10 @@ SIMULATION_FILES = ("connectivity_998.zip", "electrode_75.mat", "fs_cortex_20k.m
 #: Without a cluster, a plan longer than this on this machine needs ``--yes``.
 LOCAL_WALL_LIMIT_S = 24 * 3600.0
 #: Training samples per second (wall, this project's 2-core machine, CPU): the fallback when
-#: the plan's training probe fails. DeepSIF's network: docs/DEEPSIF_TEMPLATE.md. TCN:
-#: measured with ``--size tiny`` (see README).
-CPU_TRAIN_SAMPLES_PER_S = {"deepsif": 2.0, "tcn": 5.0}
+#: the plan's training probe fails. DeepSIF's network: about 2 on a quiet machine (1.35 by the
+#: probe here). TCN at 75 x 994, batch 32: 54-62 in ``small``'s run on the quiet machine
+#: (4.7 with it loaded by four other jobs; README).
+CPU_TRAIN_SAMPLES_PER_S = {"deepsif": 2.0, "tcn": 55.0}
 #: The plan's training probe (:func:`probe_training_rate`): timed steps after warm-up steps,
 #: the seconds after which the timed steps stop (at least one runs), and the largest batch
 #: it uses on a CPU (a step of DeepSIF's network at batch 2 takes seconds on a quiet
@@ -76,8 +77,8 @@ PROBE_CPU_MAX_BATCH = 2
 #: Time samples per training sample (DeepSIF's 500-sample windows).
 N_TIMES = 500
 #: Wall seconds per test sample for the network and all seven baselines at 75 x 994
-#: (Champagne dominates; measured with ``--size tiny``).
-EVAL_S_PER_SAMPLE = 3.0
+#: (Champagne dominates): 1.6 in ``small``'s run on the quiet 2-core machine, 3 loaded.
+EVAL_S_PER_SAMPLE = 2.0
 #: Seconds per metadata row written (DeepSIF preset, measured with ``--size tiny``).
 METADATA_S_PER_ROW = 0.002
 #: Bytes per metadata row on disk (70-region patches, float64 fields).
@@ -215,7 +216,7 @@ def probe_training_rate(model: str, model_kwargs: dict | None = None, *, gpu: bo
     again at ``batch_size`` when those steps, extrapolated, fit in ``max_s``
     (:data:`PROBE_MAX_S`); the timed steps stop after ``max_s`` seconds. A small batch on a
     CPU underestimates the rate of a bigger one (DeepSIF's network: 2 samples/s at batch 8,
-    2.7 at batch 32, docs/DEEPSIF_TEMPLATE.md), so the plan errs long for DeepSIF's network.
+    2.7 at batch 32, measured when the template issue was filed), so the plan errs long for DeepSIF's network.
 
     Returns
     -------

@@ -166,7 +166,11 @@ def plot(results: list[dict], path: Path) -> Path:
     ks = [r["k"] for r in results]
     fig, axes = plt.subplots(1, len(columns), figsize=(3 * len(columns), 3), constrained_layout=True)
     for ax, (name, head, how) in zip(axes, columns):
-        ax.plot(ks, [r["metrics"].get(name, np.nan) for r in results], "o-")
+        vals = [r["metrics"].get(name, np.nan) for r in results]
+        ax.plot(ks, vals, "o-")
+        if not name.endswith("_mm") and np.nanmax(np.abs(vals)) <= 1.0:
+            # rates and scores on their whole range: a 0.005 difference should look like one
+            ax.set_ylim(min(0.0, float(np.nanmin(vals))), 1.02)
         ax.set_title(f"{head} ({how})", fontsize=9)
         ax.set_xlabel("clips per region")
         ax.set_xticks(ks)

@@ -61,3 +61,19 @@ def test_table_has_a_row_per_budget(budget):
     lines = text.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| 1 | 10 | 100 x 1 | 3.0 | 0.6 |")
     assert "nan" in lines[3]  # a metric not measured shows as nan, not as a number
+
+
+def test_plot_keeps_scores_on_their_whole_range(budget, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    metrics = {name: 0.5 for name, _, _ in budget._columns()}
+    results = [{"k": k, "n_test": 10, "metrics": dict(metrics, auc=0.97 + 0.005 * k, le_mm=4.0 + k)} for k in (1, 3)]
+    path = budget.plot(results, tmp_path / "b.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    axes = {ax.get_title().split(" (")[0]: ax for ax in figs[0].axes}
+    assert axes["AUC"].get_ylim() == (0.0, 1.02)  # a 0.01 difference is drawn as one
+    assert axes["LE"].get_ylim()[1] < 10  # distances keep matplotlib's own range
+    study = budget.study_dir(tmp_path, type("A", (), {"train_samples": 8000, "epochs": 5, "test_samples": 200}))
+    assert study == tmp_path / "budget" / "n8000_e5_t200"

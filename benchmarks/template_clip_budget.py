@@ -171,6 +171,8 @@ def plot(results: list[dict], path: Path) -> Path:
         if not name.endswith("_mm") and np.nanmax(np.abs(vals)) <= 1.0:
             # rates and scores on their whole range: a 0.005 difference should look like one
             ax.set_ylim(min(0.0, float(np.nanmin(vals))), 1.02)
+        else:  # distances from 0 mm
+            ax.set_ylim(bottom=0.0)
         ax.set_title(f"{head} ({how})", fontsize=9)
         ax.set_xlabel("clips per region")
         ax.set_xticks(ks)

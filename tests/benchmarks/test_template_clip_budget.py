@@ -74,6 +74,7 @@ def test_plot_keeps_scores_on_their_whole_range(budget, tmp_path, monkeypatch):
     assert path.read_bytes()[:4] == b"\x89PNG"
     axes = {ax.get_title().split(" (")[0]: ax for ax in figs[0].axes}
     assert axes["AUC"].get_ylim() == (0.0, 1.02)  # a 0.01 difference is drawn as one
-    assert axes["LE"].get_ylim()[1] < 10  # distances keep matplotlib's own range
+    lo, hi = axes["LE"].get_ylim()
+    assert lo == 0.0 and 7.0 <= hi < 10  # distances from 0 mm, top from the data
     study = budget.study_dir(tmp_path, type("A", (), {"train_samples": 8000, "epochs": 5, "test_samples": 200}))
     assert study == tmp_path / "budget" / "n8000_e5_t200"

@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -296,8 +295,10 @@ def build_plan(size: TemplateSize, harvest: dict[str, Any], *, gpu: bool, schedu
     model, _ = size.model(gpu)
     n_clips = float(harvest["expected_clips"])
     # for the disk, every region reaching its share in every setting (a short pilot may see no spike)
+    from ..simulate.distributed import clips_per_setting
+
     n_settings = len(harvest["settings"])
-    clip_bound = n_regions * n_settings * math.ceil(size.clips_per_region / n_settings)
+    clip_bound = n_regions * n_settings * clips_per_setting(size.clips_per_region, n_settings)
     clip_bytes = clip_bound * float(harvest["bytes_per_clip"])
     clip_wall = float(harvest["expected_wall_s"])
     stages: dict[str, dict[str, Any]] = {}

@@ -70,10 +70,20 @@ from .spikes import RegionClipResult, plain_json, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HarvestConfig", "check_variants", "connect_scheduler", "default_n_workers",
-           "harvest_clips", "make_spike_clips", "plot_clips_histogram"]
+__all__ = ["HarvestConfig", "check_variants", "chunks_at_most", "clips_per_setting", "connect_scheduler",
+           "default_n_workers", "harvest_clips", "make_spike_clips", "plot_clips_histogram"]
 
 _WORK = ".harvest"
+
+
+def clips_per_setting(clips_per_region: int, n_settings: int) -> int:
+    """Clips a K-clip harvest wants of each (region, setting): ``ceil(K / settings)``."""
+    return int(math.ceil(clips_per_region / n_settings))
+
+
+def chunks_at_most(max_simulated_s: float, chunk_s: float) -> int:
+    """Chunks a variant runs at most: the cap in whole chunks (a variant stops only at a chunk's end)."""
+    return max(1, int(math.ceil(max_simulated_s / chunk_s - 1e-9)))
 #: Seconds to wait for a Dask scheduler to answer before giving up.
 SCHEDULER_TIMEOUT_S = 10.0
 
@@ -118,12 +128,12 @@ class HarvestConfig:
     @property
     def share(self) -> int:
         """Clips wanted per (region, setting)."""
-        return int(math.ceil(self.clips_per_region / len(self.settings)))
+        return clips_per_setting(self.clips_per_region, len(self.settings))
 
     @property
     def max_chunks(self) -> int:
         """Chunks per (region, setting) at most."""
-        return max(1, int(math.ceil(self.max_simulated_s / self.chunk_s - 1e-9)))
+        return chunks_at_most(self.max_simulated_s, self.chunk_s)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

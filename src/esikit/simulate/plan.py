@@ -21,7 +21,7 @@ import numpy as np
 
 from .._validation import format_bytes, format_duration
 from ..head.anatomy import Anatomy, load_anatomy
-from .distributed import default_n_workers
+from .distributed import chunks_at_most, clips_per_setting, default_n_workers
 from .harvest import run_chunk_task
 from .nmm import JansenRitParams
 from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
@@ -93,7 +93,7 @@ def plan_harvest(
     steps = int(round(pilot_s * 2000)) // DOWNSAMPLE * DOWNSAMPLE
     if steps <= DISCARD_RAW:
         raise ValueError(f"Invalid value for 'pilot_s': expected more than 0.5 s, got {pilot_s!r}.")
-    share = int(math.ceil(clips_per_region / len(settings)))
+    share = clips_per_setting(clips_per_region, len(settings))
     rates, n_clips_pilot, wall, sim, clip_bytes = {}, 0, 0.0, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -122,7 +122,7 @@ def plan_harvest(
         clip_bytes.append(_clip_size(rng.normal(1.0, 0.3, (500, anat.n_regions)).astype(np.float32)))
     bytes_per_clip = float(np.mean(clip_bytes))
     n = len(regions)
-    max_chunks = max(1, int(math.ceil(max_simulated_s / chunk_s - 1e-9)))
+    max_chunks = chunks_at_most(max_simulated_s, chunk_s)
 
     def totals(scale: float) -> tuple[float, float, float]:
         per = [expected_variant_cost(scale * rates[s], share, chunk_s, max_chunks) for s in settings]

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["SIZES", "STAGES", "TemplateError", "TemplateSize", "add_parser", "build_plan", "format_template_plan",
            "missing_anatomy_files", "run_template"]
 
+#: Test files the evaluate stage scores together: both, so its table has rows by number of
+#: sources (training uses the two-source file, as DeepSIF's main.py does).
+EVAL_TEST_FILES = ("test_sample_source1.mat", "test_sample_source2.mat")
 #: Stages in order; each one's record is ``OUT/<stage>/stage.json``.
 STAGES = ("plan", "clips", "metadata", "leadfield", "train", "evaluate")
 #: Regions of DeepSIF's template (columns of ``leadfield_75_20k.mat``).
@@ -509,7 +512,7 @@ def _stage_key(run: TemplateRun, stage: str) -> dict[str, Any]:
     if stage == "train":
         return {**common, "model": s.model(run.gpu), "epochs": s.epochs, "batch_size": s.batch_size,
                 "learning_rate": s.learning_rate, "weight_decay": s.weight_decay}
-    return {**common, "eval_samples": s.eval_samples, "test_files": ["source1", "source2"]}
+    return {**common, "eval_samples": s.eval_samples, "test_files": list(EVAL_TEST_FILES)}
 
 
 #: Stages each stage reads (its record is invalid when theirs changed).
@@ -631,8 +634,7 @@ def _run_evaluate(run: TemplateRun) -> tuple[list[str], dict]:
     best = run.run_dir / "best.pt"
     ckpt = best if best.is_file() else run.run_dir / "last.pt"
     out = run.out / "evaluate"
-    # both test files, so the table has rows by number of sources (training used the two-source file)
-    tests = [str(run.out / "metadata" / f"test_sample_source{k}.mat") for k in (1, 2)]
+    tests = [str(run.out / "metadata" / name) for name in EVAL_TEST_FILES]
     args = argparse.Namespace(checkpoint=str(ckpt), out=str(out), max_samples=run.size.eval_samples,
                               test_metadata=tests, baselines=None, oracle=False, depth=None, rule="deepsif")
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from ..head.anatomy import Anatomy, load_anatomy
 from .distributed import chunks_at_most, clips_per_setting, default_n_workers
 from .harvest import run_chunk_task
 from .nmm import JansenRitParams
-from .spikes import DISCARD_RAW, DOWNSAMPLE, save_clip
+from .spikes import DISCARD_RAW, DOWNSAMPLE, RAW_SFREQ, save_clip
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,11 @@ def plan_harvest(
     settings = [int(s) for s in settings]
     n_cores = int(n_cores or default_n_workers())
     pick = sorted({regions[int(i)] for i in np.linspace(0, len(regions) - 1, min(pilot_regions, len(regions)))})
-    steps = int(round(pilot_s * 2000)) // DOWNSAMPLE * DOWNSAMPLE
+    steps = int(round(pilot_s * RAW_SFREQ)) // DOWNSAMPLE * DOWNSAMPLE
+    discard_s = DISCARD_RAW / RAW_SFREQ
+    spiking_s = steps / RAW_SFREQ - discard_s  # per pilot variant, after the discarded start
     if steps <= DISCARD_RAW:
-        raise ValueError(f"Invalid value for 'pilot_s': expected more than 0.5 s, got {pilot_s!r}.")
+        raise ValueError(f"Invalid value for 'pilot_s': expected more than {discard_s:g} s, got {pilot_s!r}.")
     share = clips_per_setting(clips_per_region, len(settings))
     rates, n_clips_pilot, wall, sim, clip_bytes = {}, 0, 0.0, 0.0, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +102,7 @@ def plan_harvest(
         anat.save(work / "anatomy.npz")
         # the harvest's first chunk, as long as the pilot and final: every clip it holds is kept
         spec = {"work_dir": str(work), "anatomy": str(work / "anatomy.npz"), "seed": int(seed),
-                "params": dataclasses.asdict(params), "chunk_s": steps / 2000.0,
+                "params": dataclasses.asdict(params), "chunk_s": steps / RAW_SFREQ,
                 "share": steps // 500 + 1, "max_chunks": 1, "backend": backend, "block": 16,
                 "dt_ms": 0.5, "target_snr_db": 15.0, "mode": "clips", "chunk": 0}
         for s in settings:
@@ -110,7 +112,7 @@ def plan_harvest(
                 wall += res["wall_s"]
                 sim += res["simulated_s"]
                 found += res["new_clips"]
-            rates[s] = found / (len(pick) * (steps / 2000.0 - 0.5))
+            rates[s] = found / (len(pick) * spiking_s)
             n_clips_pilot += found
         clip_bytes = [p.stat().st_size for p in sorted((work / "clips").rglob("*.mat"))[:3]]
     # A short pilot sees few spikes: each setting's rate is shrunk halfway to the pooled one.
@@ -133,7 +135,7 @@ def plan_harvest(
     # applied to every setting alike: the plan's wall time is as uncertain as that count
     from scipy.stats import chi2
 
-    exposure = len(pick) * len(settings) * (steps / 2000.0 - 0.5)
+    exposure = len(pick) * len(settings) * spiking_s
     lo = chi2.ppf(0.1, 2 * n_clips_pilot) / 2 / exposure if n_clips_pilot else 0.0
     hi = chi2.ppf(0.9, 2 * n_clips_pilot + 2) / 2 / exposure
     scale_lo, scale_hi = (lo / pooled, hi / pooled) if pooled > 0 else (0.0, 1.0)
@@ -151,12 +153,12 @@ def plan_harvest(
         "expected_fraction_of_variants_capped": float(capped),
         "bytes_per_clip": bytes_per_clip,
         "expected_bytes": float(expected_clips * bytes_per_clip),
-        "raw_bytes_if_kept": float(expected_sim * 2000 * anat.weights.shape[0] * 4),
+        "raw_bytes_if_kept": float(expected_sim * RAW_SFREQ * anat.weights.shape[0] * 4),
     }
 
 
 def expected_variant_cost(rate: float, share: int, chunk_s: float, max_chunks: int,
-                          discard_s: float = DISCARD_RAW / 2000.0) -> tuple[float, float, float]:
+                          discard_s: float = DISCARD_RAW / RAW_SFREQ) -> tuple[float, float, float]:
     """Expected simulated time, clips and chance of the cap for one (region, setting).
 
     Spikes that give clips arrive as a Poisson process of ``rate`` [clips per s] after the
@@ -209,5 +211,5 @@ def format_plan(plan: dict[str, Any]) -> list[str]:
         f"{100 * plan['expected_fraction_of_variants_capped']:.0f}%",
         f"  disk: {format_bytes(plan['expected_bytes'])} of clips "
         f"({format_bytes(plan['bytes_per_clip'])} each); the raw simulations, not kept, would be "
-        f"{format_bytes(plan['raw_bytes_if_kept'])} as float32 at 2000 Hz",
+        f"{format_bytes(plan['raw_bytes_if_kept'])} as float32 at {RAW_SFREQ:.0f} Hz",
     ]

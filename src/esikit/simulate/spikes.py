@@ -48,6 +48,7 @@ __all__ = [
     "DECIDE_AFTER",
     "DISCARD_RAW",
     "DOWNSAMPLE",
+    "RAW_SFREQ",
     "RegionClipResult",
     "find_spike_times",
     "plain_json",
@@ -62,6 +63,8 @@ __all__ = [
 #: Samples per clip (1 s at 500 Hz).
 CLIP_LENGTH = 500
 
+#: Sampling rate of the simulated activity [Hz] (integration step 0.5 ms).
+RAW_SFREQ = 2000.0
 #: Raw samples dropped at the start of every simulation (500 ms at 2000 Hz).
 DISCARD_RAW = 1000
 #: Downsampling factor of the simulated activity (2000 Hz -> 500 Hz).
